@@ -1,0 +1,128 @@
+"""Exact composition of the linear pieces between two ReLUs into one synapse.
+
+Everything between two spiking layers (conv, BatchNorm, average pooling, the option-A shortcut's
+strided slice and channel padding, flatten, linear) is linear, so it is fused into one convolution or
+one dense matrix: Lava then delivers it with a single synaptic delay. Arithmetic is float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+
+class FoldError(ValueError):
+    """Two linear pieces cannot be fused exactly."""
+
+
+@dataclass(frozen=True)
+class ConvMap:
+    """Cross-correlation with zero padding: ``weight`` (out, in, kh, kw), ``stride``, ``padding``."""
+    weight: torch.Tensor
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, None, self.stride, self.padding)
+
+
+@dataclass(frozen=True)
+class DenseMap:
+    """Matrix on the source flattened in (C, H, W) order: ``weight`` (out, in)."""
+    weight: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1) @ self.weight.T
+
+
+LinearMap = Union[ConvMap, DenseMap]
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64).cpu()
+
+
+def conv_map(weight, stride=1, padding=0, groups=1, dilation=1) -> ConvMap:
+    """A torch conv's weight as a :class:`ConvMap` (grouped weights expanded to a full matrix)."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+    if pair(dilation) != (1, 1):
+        raise FoldError("dilated convolutions are not supported")
+    weight = _f64(weight)
+    if groups > 1:
+        out_ch, in_per_group = weight.shape[:2]
+        full = torch.zeros(out_ch, in_per_group * groups, *weight.shape[2:], dtype=torch.float64)
+        per_group = out_ch // groups
+        for o in range(out_ch):
+            g = o // per_group
+            full[o, g * in_per_group:(g + 1) * in_per_group] = weight[o]
+        weight = full
+    return ConvMap(weight, pair(stride), pair(padding))
+
+
+def channel_scale_map(scale: torch.Tensor) -> ConvMap:
+    """Per-channel multiplication (a folded BatchNorm) as a 1x1 convolution."""
+    return ConvMap(torch.diag(_f64(scale))[:, :, None, None], (1, 1), (0, 0))
+
+
+def subsample_map(channels: int, step_hw: Tuple[int, int]) -> ConvMap:
+    """``x[:, :, ::sh, ::sw]`` as a strided identity 1x1 convolution."""
+    return ConvMap(torch.eye(channels, dtype=torch.float64)[:, :, None, None], tuple(step_hw), (0, 0))
+
+
+def channel_pad_map(channels: int, before: int, after: int) -> ConvMap:
+    """Zero channels added before and after (option-A shortcut) as a 1x1 convolution."""
+    weight = torch.zeros(before + channels + after, channels, 1, 1, dtype=torch.float64)
+    weight[before:before + channels, :, 0, 0] = torch.eye(channels, dtype=torch.float64)
+    return ConvMap(weight, (1, 1), (0, 0))
+
+
+def avg_pool_map(channels: int, kernel: Tuple[int, int], stride: Tuple[int, int],
+                 padding: Tuple[int, int]) -> ConvMap:
+    """Average pooling (zero padding counted in the average) as a depthwise-diagonal convolution."""
+    weight = torch.zeros(channels, channels, *kernel, dtype=torch.float64)
+    for c in range(channels):
+        weight[c, c] = 1.0 / (kernel[0] * kernel[1])
+    return ConvMap(weight, tuple(stride), tuple(padding))
+
+
+def compose(first: Optional[LinearMap], second: LinearMap, input_shape: Tuple[int, ...]) -> LinearMap:
+    """The single map equal to ``second(first(x))`` for inputs of ``input_shape`` (C, H, W) or (N,).
+
+    ``first=None`` is the identity. Raises :class:`FoldError` where no exact single map exists.
+    """
+    if first is None:
+        return second
+    if isinstance(first, ConvMap) and isinstance(second, ConvMap):
+        return _conv_after_conv(first, second)
+    if isinstance(second, DenseMap):
+        if isinstance(first, DenseMap):
+            return DenseMap(second.weight @ first.weight)
+        out_shape = first(torch.zeros(1, *input_shape, dtype=torch.float64)).shape[1:]
+        grad_out = second.weight.reshape(second.weight.shape[0], *out_shape)
+        weight = torch.nn.grad.conv2d_input((second.weight.shape[0], *input_shape), first.weight,
+                                            grad_out, first.stride, first.padding)
+        return DenseMap(weight.reshape(second.weight.shape[0], -1))
+    raise FoldError("a convolution cannot follow a dense layer without a ReLU between them")
+
+
+def _conv_after_conv(first: ConvMap, second: ConvMap) -> ConvMap:
+    """Fuse two convolutions; exact when the second one has no padding, or when the first one is
+    pooling-like (no padding, kernel <= stride), since then the first map of a zero-padded border
+    is zero too."""
+    k1 = first.weight.shape[2:]
+    for axis in range(2):
+        exact = second.padding[axis] == 0 or (first.padding[axis] == 0 and k1[axis] <= first.stride[axis])
+        if not exact:
+            raise FoldError("two padded convolutions without a ReLU between them cannot be fused exactly")
+    s1, p1, k2 = first.stride, first.padding, second.weight.shape[2:]
+    size = [k1[a] + s1[a] * (k2[a] - 1) for a in range(2)]
+    weight = torch.zeros(second.weight.shape[0], first.weight.shape[1], *size, dtype=torch.float64)
+    for m in range(k2[0]):
+        for n in range(k2[1]):
+            weight[:, :, s1[0] * m:s1[0] * m + k1[0], s1[1] * n:s1[1] * n + k1[1]] += torch.einsum(
+                "oc,cikl->oikl", second.weight[:, :, m, n], first.weight)
+    stride = (s1[0] * second.stride[0], s1[1] * second.stride[1])
+    padding = (p1[0] + s1[0] * second.padding[0], p1[1] + s1[1] * second.padding[1])
+    return ConvMap(weight, stride, padding)

@@ -1,0 +1,93 @@
+"""IR -> IR passes of the converter: thresholds, synchronous relays, schedules."""
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import numpy as np
+
+from ..dynamics import SYNAPSE_DELAY_STEPS
+from ..ir import Conv2d, Dense, GatedIF, Network, Schedule, Synapse, replace
+
+
+def apply_thresholds(network: Network, scales: Mapping[str, np.ndarray], v_init: float) -> Network:
+    """Threshold balancing: ``threshold_d = lambda_d``, ``v_init = v_init * threshold``, and every
+    synapse weight multiplied by the spike value of its source (``lambda`` of the source's input
+    channel; 1 for the pixel input). The ANN rates become ``activation / lambda``."""
+    spike_value = {network.input.name: np.array(1.0)}
+    spike_value.update({name: np.asarray(s, dtype=np.float64) for name, s in scales.items()})
+    layers = [network.input]
+    for layer in network.layers[1:]:
+        synapses = tuple(Synapse(s.source, _scale_inputs(s.op, spike_value[s.source], network[s.source].shape))
+                         for s in layer.synapses)
+        if isinstance(layer, GatedIF):
+            theta = spike_value[layer.name]
+            layer = replace(layer, synapses=synapses, threshold=theta, v_init=v_init * theta)
+        else:
+            layer = replace(layer, synapses=synapses)
+        layers.append(layer)
+    return network.with_layers(layers)
+
+
+def _scale_inputs(op, value: np.ndarray, source_shape) -> object:
+    """``op`` with its weight multiplied per input channel by ``value`` (scalar or (C,))."""
+    if value.ndim == 0:
+        return replace(op, weight=op.weight * value)
+    if isinstance(op, Conv2d):
+        return replace(op, weight=op.weight * value[None, :, None, None])
+    per_input = np.repeat(value, int(np.prod(source_shape[1:])) if len(source_shape) == 3 else 1)
+    return replace(op, weight=op.weight * per_input[None, :])
+
+
+def identity_op(shape):
+    """The identity synapse for a source of ``shape``: a 1x1 conv or an identity matrix."""
+    if len(shape) == 3:
+        return Conv2d(np.eye(shape[0])[:, :, None, None])
+    return Dense(np.eye(shape[0]))
+
+
+def insert_relays(network: Network) -> Network:
+    """Put synchronous relays on every synapse that skips layers, so all inputs of a layer arrive
+    in the same window: a synapse from a source k layers shallower than the layer's deepest source
+    gets a chain of k relays (identity synapse, threshold 1, v_init 0: c spikes in, c out one window
+    later). Relays go right before the layer they feed."""
+    depth: Dict[str, int] = {network.input.name: 0}
+    layers = [network.input]
+    for layer in network.layers[1:]:
+        deepest = max(depth[s.source] for s in layer.synapses)
+        synapses = []
+        for synapse in layer.synapses:
+            source = synapse.source
+            for k in range(1, deepest - depth[source] + 1):
+                shape = network[synapse.source].shape
+                relay_name = f"{synapse.source}_relay{k}_{layer.name}"
+                layers.append(GatedIF(relay_name, shape, (Synapse(source, identity_op(shape)),), threshold=1.0,
+                                      bias=0.0, v_init=0.0, schedule=layer.schedule, role="relay",
+                                      origin=f"synchronous relay {k} of {synapse.source} -> {layer.name}"))
+                depth[relay_name] = depth[synapse.source] + k
+                source = relay_name
+            synapses.append(Synapse(source, synapse.op))
+        depth[layer.name] = deepest + 1
+        layers.append(replace(layer, synapses=tuple(synapses)))
+    return network.with_layers(layers)
+
+
+def assign_schedules(network: Network, mode: str, window_steps: int) -> Network:
+    """Offsets so that each layer starts integrating when its inputs first arrive.
+
+    The input fires from step 0: with ``mode`` bistable it emits the image in windows
+    [0, P), [2P, 3P), ...; otherwise every step. A layer's offset is a source offset plus the
+    source's latency (P steps of integration, none for ``if``) plus the synaptic delay: the latest
+    source for bistable and warmup layers (relays make all sources equal; without relays the early
+    branch's input is lost and counted), the earliest for ``if`` layers (they integrate whatever
+    arrives).
+    """
+    latency = 0 if mode == "if" else window_steps
+    input_schedule = Schedule(mode if mode == "bistable" else "if", -latency, window_steps)
+    offsets = {network.input.name: input_schedule.offset_steps}
+    layers = [replace(network.input, schedule=input_schedule)]
+    for layer in network.layers[1:]:
+        pick = min if mode == "if" else max
+        offset = pick(offsets[s.source] for s in layer.synapses) + latency + SYNAPSE_DELAY_STEPS
+        offsets[layer.name] = offset
+        layers.append(replace(layer, schedule=Schedule(mode, offset, window_steps)))
+    return network.with_layers(layers)

@@ -1,0 +1,49 @@
+"""Image data sets as raw uint8 pixels: scikit-learn's bundled digits and ``.npz`` files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data set cannot be read; the message names the file and the field."""
+
+
+def load_digits_uint8(seed: int = 0, n_test: int = 397) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits (1797 images, always available offline) as uint8 pixels.
+
+    The 0..16 grey levels are scaled to 0..255. Returns ``(x_train, y_train, x_test, y_test)`` with
+    ``x`` shaped (N, 1, 8, 8); the split is a fixed shuffle by ``seed``.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    x, y = x[order], y[order]
+    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+
+
+def load_npz(path) -> Tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` from an ``.npz`` with arrays ``x`` (uint8 images) and ``y`` (class indices)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)} (found {', '.join(archive.files)})")
+            x, y = archive["x"], archive["y"]
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: field 'x' must be uint8 raw pixels, got {x.dtype}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: field 'y' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+    return x, y.astype(np.int64)

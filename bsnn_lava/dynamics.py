@@ -1,0 +1,106 @@
+"""Fixed-point and floating-point neuron arithmetic shared by every backend.
+
+This module is the only home of the gated integrate-and-fire update. The torch reference simulator
+(`bsnn_lava.sim`) and the Lava process models (`bsnn_lava.lava.procs`) call these functions with their
+own arrays (numpy or torch): every function here uses only operators that both array types spell
+the same way (``+ - * >= != // .clip() .sum()``), so the two backends cannot drift apart. It imports
+nothing from torch or from the rest of the project.
+
+Time is counted in steps; ``t`` is a 0-based step index. Units of a neuron's state ``v`` are the
+neuron's own integer scale in a quantized network, or real units in a float network.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+#: Every synapse delivers its output one step after the spike that caused it, as Lava's Dense and
+#: Conv process models do (they send the previous step's accumulation to avoid deadlocks).
+SYNAPSE_DELAY_STEPS = 1
+
+#: Neuron presets (schedule modes). ``bistable``: alternate windows of integrate-only and fire-only;
+#: ``if``: integrate and fire every step; ``warmup``: integrate only in the first window, then
+#: integrate and fire every step.
+MODES = ("bistable", "if", "warmup")
+
+#: Loihi 2 neuron state (membrane potential, accumulators) is a 24-bit signed integer.
+STATE_BITS = 24
+#: Loihi synaptic weights: 8-bit signed mantissa with a shared per-layer exponent.
+WEIGHT_MANT_BITS = 8
+
+
+def phase(t: int, mode: str, offset_steps: int, window_steps: int) -> Tuple[bool, bool]:
+    """Return ``(integrate, fire)`` for step ``t`` of a layer with the given schedule.
+
+    Before ``offset_steps`` the layer is idle (neither). From then on the window index is
+    ``n = (t - offset_steps) // window_steps``; ``bistable`` integrates in even windows and fires in
+    odd ones, ``if`` does both every step, ``warmup`` integrates in window 0 and does both after.
+    """
+    if t < offset_steps:
+        return False, False
+    if mode == "if":
+        return True, True
+    window_index = (t - offset_steps) // window_steps
+    if mode == "bistable":
+        return window_index % 2 == 0, window_index % 2 == 1
+    if mode == "warmup":
+        return True, window_index >= 1
+    raise ValueError(f"unknown neuron mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def state_limits(state_bits: int) -> Tuple[int, int]:
+    """Smallest and largest value of a signed ``state_bits``-bit integer."""
+    return -(1 << (state_bits - 1)), (1 << (state_bits - 1)) - 1
+
+
+def saturate(v: Any, state_bits: Optional[int]) -> Tuple[Any, Any]:
+    """Clip ``v`` to a signed ``state_bits``-bit range; return ``(v_clipped, n_saturated)``.
+
+    ``state_bits=None`` means unbounded (float networks): ``v`` is returned unchanged with count 0.
+    """
+    if state_bits is None:
+        return v, 0
+    lo, hi = state_limits(state_bits)
+    n_saturated = ((v < lo) | (v > hi)).sum()
+    return v.clip(lo, hi), n_saturated
+
+
+def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool, fire: bool,
+                  state_bits: Optional[int] = None) -> Tuple[Any, Any, Any, Any]:
+    """One step of the gated integrate-and-fire neuron with reset by subtraction.
+
+    Args:
+        v: membrane potential, one value per neuron (any shape).
+        a_in: synaptic input delivered this step (same shape as ``v``), or ``None`` for no input.
+        bias: added on every integrate step (broadcasts against ``v``).
+        threshold: spike threshold (broadcasts against ``v``); a spike subtracts it from ``v``.
+        integrate, fire: the gates for this step, from :func:`phase`.
+        state_bits: saturate ``v`` to this signed width after integrating (``None``: float, no bound).
+
+    Returns:
+        ``(spikes, v, n_lost_input, n_saturated)``: ``spikes`` is a boolean array, or ``None`` when
+        the layer cannot fire this step; ``n_lost_input`` counts neurons whose nonzero input was
+        discarded because the layer was not integrating; ``n_saturated`` counts clipped neurons.
+    """
+    n_lost_input = 0
+    n_saturated = 0
+    if integrate:
+        v = v + bias if a_in is None else v + a_in + bias
+        v, n_saturated = saturate(v, state_bits)
+    elif a_in is not None:
+        n_lost_input = (a_in != 0).sum()
+    spikes = None
+    if fire:
+        spikes = v >= threshold
+        v = v - spikes * threshold
+    return spikes, v, n_lost_input, n_saturated
+
+
+def window_spike_count(v: Any, threshold: Any, window_steps: int) -> Tuple[Any, Any]:
+    """Spikes a neuron emits in one fire-only window of ``window_steps`` steps, and the residual.
+
+    Equal to ``window_steps`` repeated fire-only :func:`gated_if_step` calls for integer-valued
+    state: ``count = clip(floor(v / threshold), 0, window_steps)``, ``v -= count * threshold``. The
+    spikes fall on the first ``count`` steps of the window, since ``v`` only decreases while firing.
+    """
+    count = (v // threshold).clip(0, window_steps)
+    return count, v - count * threshold

@@ -1,0 +1,121 @@
+"""The network: an ordered, validated list of layers plus provenance."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+
+import numpy as np
+
+from .nodes import GatedIF, Input, IRError, Layer, Readout
+
+NUMERIC_KINDS = ("float", "int")
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """A converted spiking network.
+
+    ``layers``: topological order, the :class:`Input` first and the :class:`Readout` last; every
+    synapse refers to an earlier layer, so the graph has no cycles. ``numeric``: ``float`` or ``int``
+    (every weight, threshold, bias and initial potential an integer, for fixed-point hardware).
+    ``provenance``: JSON-compatible facts about where the network came from (source model, converter
+    settings, calibration, quantization profile).
+    """
+    layers: Tuple[Layer, ...]
+    numeric: str = "float"
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "provenance", dict(self.provenance))
+        problems = validate_layers(self.layers, self.numeric)
+        if problems:
+            raise IRError("invalid network:\n  " + "\n  ".join(problems))
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __getitem__(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}")
+
+    @property
+    def input(self) -> Input:
+        return self.layers[0]
+
+    @property
+    def readout(self) -> Readout:
+        return self.layers[-1]
+
+    @property
+    def spiking_layers(self) -> Tuple[GatedIF, ...]:
+        return tuple(layer for layer in self.layers if isinstance(layer, GatedIF))
+
+    @property
+    def mode(self) -> str:
+        """The neuron preset of the network's spiking layers."""
+        return self.readout.schedule.mode
+
+    @property
+    def window_steps(self) -> int:
+        return self.readout.schedule.window_steps
+
+    def replace(self, **changes) -> "Network":
+        return dataclasses.replace(self, **changes)
+
+    def with_layers(self, layers) -> "Network":
+        return dataclasses.replace(self, layers=tuple(layers))
+
+
+def validate_layers(layers, numeric: str) -> List[str]:
+    """Every structural problem of a layer list, one message per problem (empty when valid)."""
+    problems: List[str] = []
+    if numeric not in NUMERIC_KINDS:
+        problems.append(f"numeric must be one of {NUMERIC_KINDS}, got {numeric!r}")
+    if not layers or not isinstance(layers[0], Input):
+        problems.append("the first layer must be the Input")
+    if not layers or not isinstance(layers[-1], Readout):
+        problems.append("the last layer must be the Readout")
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for position, layer in enumerate(layers):
+        if not isinstance(layer, (Input, GatedIF, Readout)):
+            problems.append(f"layer {position}: unknown layer type {type(layer).__name__}")
+            continue
+        if layer.name in shapes:
+            problems.append(f"layer {layer.name!r}: duplicate name")
+        if isinstance(layer, Input) and position != 0:
+            problems.append(f"layer {layer.name!r}: only the first layer may be an Input")
+        if isinstance(layer, Readout) and position != len(layers) - 1:
+            problems.append(f"layer {layer.name!r}: only the last layer may be a Readout")
+        for synapse in layer.synapses:
+            if synapse.source not in shapes:
+                known = "an earlier layer" if any(l.name == synapse.source for l in layers) else "no layer"
+                problems.append(f"layer {layer.name!r}: synapse source {synapse.source!r} is {known}"
+                                " (sources must come earlier: no dangling edges, no cycles)")
+                continue
+            if synapse.source == layers[-1].name:
+                problems.append(f"layer {layer.name!r}: the readout cannot be a synapse source")
+            try:
+                out_shape = synapse.op.output_shape(shapes[synapse.source])
+            except IRError as err:
+                problems.append(f"layer {layer.name!r}: synapse from {synapse.source!r}: {err}")
+                continue
+            if out_shape != layer.shape:
+                problems.append(f"layer {layer.name!r}: synapse from {synapse.source!r} gives shape "
+                                f"{out_shape}, layer shape is {layer.shape}")
+        if numeric == "int":
+            problems.extend(_integer_problems(layer))
+        shapes[layer.name] = layer.shape
+    return problems
+
+
+def _integer_problems(layer: Layer) -> List[str]:
+    arrays = {f"synapse from {s.source!r} weight": s.op.weight for s in layer.synapses}
+    for name in ("threshold", "bias", "v_init"):
+        if hasattr(layer, name):
+            arrays[name] = getattr(layer, name)
+    return [f"layer {layer.name!r}: {name} is not integer-valued in an integer network"
+            for name, arr in arrays.items() if not np.array_equal(arr, np.round(arr))]

@@ -1,0 +1,229 @@
+"""Typed, frozen nodes of the network IR.
+
+A network is a list of *layers* in topological order: one :class:`Input` (the pixel source), spiking
+:class:`GatedIF` layers (neurons and synchronous relays) and one :class:`Readout` accumulator. Each
+non-input layer owns the synapses that feed it; several synapses into one layer are summed (this is
+how residual adds are expressed). Every synapse delivers one step after the spike
+(:data:`bsnn_lava.dynamics.SYNAPSE_DELAY_STEPS`).
+
+Units: a synapse weight is the input a neuron receives per unit of its source's output (per spike,
+or per pixel unit for the input layer), in the neuron's own scale. In a float network a spike of
+layer d is worth ``threshold_d`` real activation units; in an integer network every quantity is an
+integer in the receiving layer's scale (``scale`` integer units per float unit).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Tuple, Union
+
+import numpy as np
+
+
+class IRError(ValueError):
+    """An IR node or network is malformed; the message names the layer and the field."""
+
+
+def _array(value, name: str, field_name: str) -> np.ndarray:
+    """Float64 read-only copy of ``value``; rejects NaN and infinity."""
+    arr = np.array(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise IRError(f"layer {name!r}: field {field_name!r} has NaN or infinite values")
+    arr.setflags(write=False)
+    return arr
+
+
+def _pair(value, name: str, field_name: str) -> Tuple[int, int]:
+    pair = (value, value) if np.isscalar(value) else tuple(value)
+    if len(pair) != 2 or not all(int(v) == v and v >= 0 for v in pair):
+        raise IRError(f"layer {name!r}: field {field_name!r} must be two non-negative integers, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a layer integrates and fires (see :func:`bsnn_lava.dynamics.phase`).
+
+    ``mode``: ``bistable`` | ``if`` | ``warmup``; ``offset_steps``: first active step (may be negative
+    for the input); ``window_steps``: window length P in steps.
+    """
+    mode: str
+    offset_steps: int
+    window_steps: int
+
+    def __post_init__(self):
+        if self.mode not in ("bistable", "if", "warmup"):
+            raise IRError(f"schedule mode must be bistable, if or warmup, got {self.mode!r}")
+        if int(self.window_steps) != self.window_steps or self.window_steps < 1:
+            raise IRError(f"schedule window_steps must be a positive integer, got {self.window_steps!r}")
+        if int(self.offset_steps) != self.offset_steps:
+            raise IRError(f"schedule offset_steps must be an integer, got {self.offset_steps!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d:
+    """2-D cross-correlation synapse (torch semantics, zero padding), groups = 1.
+
+    ``weight``: (out_channels, in_channels, kernel_h, kernel_w); ``stride``, ``padding``: (h, w) in
+    pixels; ``weight_exp``: integer networks apply ``weight * 2**weight_exp`` (0 for float networks).
+    """
+    weight: np.ndarray
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    weight_exp: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _array(self.weight, "?", "weight"))
+        object.__setattr__(self, "stride", _pair(self.stride, "?", "stride"))
+        object.__setattr__(self, "padding", _pair(self.padding, "?", "padding"))
+        if self.weight.ndim != 4:
+            raise IRError(f"conv2d weight must have 4 dimensions, got shape {self.weight.shape}")
+        if min(self.stride) < 1:
+            raise IRError(f"conv2d stride must be >= 1, got {self.stride}")
+
+    def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        if len(input_shape) != 3 or input_shape[0] != self.weight.shape[1]:
+            raise IRError(f"conv2d expects input (C={self.weight.shape[1]}, H, W), got {input_shape}")
+        out_hw = [(input_shape[1 + i] + 2 * self.padding[i] - self.weight.shape[2 + i]) // self.stride[i] + 1
+                  for i in range(2)]
+        if min(out_hw) < 1:
+            raise IRError(f"conv2d kernel {self.weight.shape[2:]} does not fit input {input_shape}")
+        return (self.weight.shape[0], out_hw[0], out_hw[1])
+
+
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """Fully connected synapse on the source flattened in (C, H, W) order.
+
+    ``weight``: (out_features, in_features); ``weight_exp`` as for :class:`Conv2d`.
+    """
+    weight: np.ndarray
+    weight_exp: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", _array(self.weight, "?", "weight"))
+        if self.weight.ndim != 2:
+            raise IRError(f"dense weight must have 2 dimensions, got shape {self.weight.shape}")
+
+    def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        if int(np.prod(input_shape)) != self.weight.shape[1]:
+            raise IRError(f"dense expects {self.weight.shape[1]} inputs, source has shape {input_shape}")
+        return (self.weight.shape[0],)
+
+
+SynapseOp = Union[Conv2d, Dense]
+
+
+@dataclass(frozen=True, eq=False)
+class Synapse:
+    """A weighted connection from layer ``source`` (by name) into the layer that owns it."""
+    source: str
+    op: SynapseOp
+
+
+@dataclass(frozen=True, eq=False)
+class Input:
+    """Pixel source: emits the raw image (graded, 0..255) on every step its schedule fires.
+
+    ``shape``: (C, H, W).
+    """
+    name: str
+    shape: Tuple[int, ...]
+    schedule: Schedule
+    kind = "input"
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise IRError(f"layer {self.name!r}: input shape must be (C, H, W), got {self.shape}")
+
+    @property
+    def synapses(self) -> Tuple[Synapse, ...]:
+        return ()
+
+
+def _broadcast_param(node, field_name: str, allow_spatial: bool) -> None:
+    """Check that a per-layer parameter is a scalar, per channel, or (if allowed) per neuron."""
+    arr = _array(getattr(node, field_name), node.name, field_name)
+    shapes = [(), (node.shape[0],)] + ([tuple(node.shape)] if allow_spatial else [])
+    if arr.shape not in shapes:
+        raise IRError(f"layer {node.name!r}: field {field_name!r} has shape {arr.shape}, "
+                      f"expected one of {shapes}")
+    object.__setattr__(node, field_name, arr)
+
+
+@dataclass(frozen=True, eq=False)
+class GatedIF:
+    """Layer of gated integrate-and-fire neurons with reset by subtraction.
+
+    Per step (see :func:`bsnn_lava.dynamics.gated_if_step`): when integrating,
+    ``v += sum(synapse inputs) + bias``; when firing, spike if ``v >= threshold`` and subtract it.
+
+    ``shape``: (C, H, W) or (N,); ``threshold``: scalar or per channel; ``bias``: scalar, per channel
+    or per neuron, added on every integrate step; ``v_init``: initial potential, scalar or per channel
+    (absolute, same units as ``threshold``); ``role``: ``neuron`` or ``relay`` (a synchronous neuron on
+    a shortcut: identity synapse, relays its input one window later); ``scale``: integer units per
+    float unit (1.0 in float networks); ``origin``: the ANN module or graph node it came from.
+    """
+    name: str
+    shape: Tuple[int, ...]
+    synapses: Tuple[Synapse, ...]
+    threshold: np.ndarray
+    bias: np.ndarray
+    v_init: np.ndarray
+    schedule: Schedule
+    role: str = "neuron"
+    scale: float = 1.0
+    origin: str = ""
+    kind = "gated_if"
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "synapses", tuple(self.synapses))
+        _broadcast_param(self, "threshold", allow_spatial=False)
+        _broadcast_param(self, "bias", allow_spatial=True)
+        _broadcast_param(self, "v_init", allow_spatial=False)
+        if np.any(self.threshold <= 0):
+            raise IRError(f"layer {self.name!r}: threshold must be > 0")
+        if self.role not in ("neuron", "relay"):
+            raise IRError(f"layer {self.name!r}: role must be 'neuron' or 'relay', got {self.role!r}")
+        if not self.synapses:
+            raise IRError(f"layer {self.name!r}: a neuron layer needs at least one synapse")
+
+
+@dataclass(frozen=True, eq=False)
+class Readout:
+    """Non-spiking output accumulator: ``v += sum(synapse inputs) + bias`` on integrate steps.
+
+    The prediction at step t is ``argmax(v)`` (first index on ties). ``shape``: (N,) classes;
+    ``bias``: (N,) or scalar; ``scale``, ``origin`` as for :class:`GatedIF`.
+    """
+    name: str
+    shape: Tuple[int, ...]
+    synapses: Tuple[Synapse, ...]
+    bias: np.ndarray
+    schedule: Schedule
+    scale: float = 1.0
+    origin: str = ""
+    kind = "readout"
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "synapses", tuple(self.synapses))
+        _broadcast_param(self, "bias", allow_spatial=False)
+        if len(self.shape) != 1:
+            raise IRError(f"layer {self.name!r}: readout shape must be (classes,), got {self.shape}")
+        if not self.synapses:
+            raise IRError(f"layer {self.name!r}: the readout needs at least one synapse")
+
+
+Layer = Union[Input, GatedIF, Readout]
+
+#: The one registry of layer and synapse types, keyed by the type name used in files and reports.
+LAYER_TYPES = {cls.kind: cls for cls in (Input, GatedIF, Readout)}
+SYNAPSE_TYPES = {"conv2d": Conv2d, "dense": Dense}
+
+
+def replace(node, **changes):
+    """A copy of a frozen node with some fields changed (validated again)."""
+    return dataclasses.replace(node, **changes)

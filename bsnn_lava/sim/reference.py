@@ -1,0 +1,219 @@
+"""Batched reference simulator (torch, CPU or CUDA): the network's exact step semantics.
+
+Two paths give identical spike trains and readouts:
+
+- ``step``: every layer every step, as Lava runs it: at step t each layer applies
+  :func:`bsnn_lava.dynamics.gated_if_step` to the synaptic input computed from the spikes of step
+  t - 1 (one-step synaptic delay); silent sources cost nothing.
+- ``window`` (bistable networks only): one synapse evaluation per layer per window of P steps. A
+  fire-only window emits ``count = clip(floor(v / theta), 0, P)`` spikes on its first ``count``
+  steps, so the spike counts of the source's fire window are everything a layer integrates; the
+  readout's partial sums inside its windows are rebuilt from ``min(count, j + 1)``. Exact for
+  integer-valued arithmetic (integer networks, or float64 with integer-valued weights).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import as_nchw
+from ..dynamics import SYNAPSE_DELAY_STEPS, STATE_BITS, gated_if_step, phase, window_spike_count
+from ..ir import GatedIF, Network
+from .ann import ann_forward
+from .kernels import NetworkKernels
+from .result import SimResult
+
+
+def simulate(network: Network, images, labels=None, steps: int = 128, batch_size: int = 100,
+             device: str = "cpu", method: str = "auto", dtype: Optional[torch.dtype] = None,
+             progress: bool = False) -> SimResult:
+    """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps.
+
+    Args:
+        images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels.
+        labels: (N,) class indices; enables ``accuracy`` (one value per step) and ``ann_accuracy``.
+        method: ``step``, ``window`` (bistable only) or ``auto`` (window where it applies).
+        dtype: arithmetic dtype; default float32 for float networks, float64 for integer networks
+            (exact for integers below 2**53; state saturates at 24 bits).
+    Returns:
+        A :class:`SimResult`.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if method not in ("auto", "step", "window"):
+        raise ValueError(f"method must be auto, step or window, got {method!r}")
+    if method == "auto":
+        method = "window" if window_path_applies(network) else "step"
+    elif method == "window" and not window_path_applies(network):
+        raise ValueError("the window path needs a bistable network whose layers are synchronised "
+                         "(offset = source offset + P + synaptic delay, one offset per layer's sources)")
+    x_all = as_nchw(images, network.input.shape[0])
+    if tuple(x_all.shape[1:]) != network.input.shape:
+        raise ValueError(f"images have shape {tuple(x_all.shape[1:])} (C, H, W); the network expects "
+                         f"{network.input.shape}")
+    y_all = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
+    if y_all is not None and y_all.shape[0] != x_all.shape[0]:
+        raise ValueError(f"{x_all.shape[0]} images but {y_all.shape[0]} labels")
+    dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
+    state_bits = STATE_BITS if network.numeric == "int" else None
+    kernels = NetworkKernels(network, dtype, device)
+    run = _Run(network, kernels, int(steps), state_bits)
+    run_batch = run.window_batch if method == "window" else run.step_batch
+    for start in tqdm(range(0, x_all.shape[0], batch_size), desc=f"simulate ({method})", disable=not progress):
+        x = x_all[start:start + batch_size].to(device=device, dtype=dtype)
+        y = None if y_all is None else y_all[start:start + batch_size].to(device)
+        run_batch(x, y)
+    return run.result(x_all.shape[0], method, y_all is not None)
+
+
+def window_path_applies(network: Network) -> bool:
+    """True when every layer is bistable and synchronised, so the window path is exact."""
+    if any(layer.schedule.mode != "bistable" for layer in network.layers):
+        return False
+    window = network.window_steps
+    offsets = {layer.name: layer.schedule.offset_steps for layer in network.layers}
+    for layer in network.layers[1:]:
+        sources = {offsets[s.source] for s in layer.synapses}
+        if len(sources) != 1 or offsets[layer.name] != sources.pop() + window + SYNAPSE_DELAY_STEPS:
+            return False
+    return network.input.schedule.offset_steps == -window and all(
+        layer.schedule.window_steps == window for layer in network.layers)
+
+
+class _Run:
+    """Accumulates counts over batches."""
+
+    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits):
+        self.network = network
+        self.kernels = kernels
+        self.n_steps = n_steps
+        self.state_bits = state_bits
+        self.spiking = network.spiking_layers
+        self.names = tuple(layer.name for layer in self.spiking)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        device = kernels.device
+        self.spikes_per_step = torch.zeros(n_steps, len(self.names), dtype=torch.float64, device=device)
+        self.correct = torch.zeros(n_steps, dtype=torch.float64, device=device)
+        self.counters = {key: {layer.name: 0 for layer in network.layers[1:]}
+                         for key in ("sin", "lost", "saturated")}
+        self.ann_correct = 0
+        self.predictions = []
+
+    def _initial_state(self, batch: int) -> Dict[str, torch.Tensor]:
+        state = {}
+        for layer in self.network.layers[1:]:
+            start = self.kernels.params[layer.name].get("v_init", torch.zeros((), dtype=self.kernels.dtype,
+                                                                               device=self.kernels.device))
+            state[layer.name] = start.expand(batch, *layer.shape).clone()
+        return state
+
+    def _score(self, t: int, v_readout: torch.Tensor, y) -> None:
+        if y is not None:
+            self.correct[t] += (v_readout.argmax(dim=1) == y).sum()
+
+    def _finish_batch(self, x, y, v_readout, spike_totals: Dict[str, torch.Tensor]) -> None:
+        logits, pre = ann_forward(self.network, x, self.kernels)
+        for layer in self.spiking:
+            if layer.role == "neuron":  # a relay repeats its source's spikes: not counted twice
+                self.counters["sin"][layer.name] += int(((pre[layer.name] <= 0) & (spike_totals[layer.name] > 0)).sum())
+        if y is not None:
+            self.ann_correct += int((logits.argmax(dim=1) == y).sum())
+        self.predictions.append(v_readout.argmax(dim=1).cpu().numpy())
+
+    # --- step path ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step_batch(self, x: torch.Tensor, y) -> None:
+        net, kernels = self.network, self.kernels
+        state = self._initial_state(x.shape[0])
+        totals = {name: torch.zeros_like(state[name]) for name in self.names}
+        pending: Dict[str, Optional[torch.Tensor]] = {}
+        readout = net.readout.name
+        for t in range(self.n_steps):
+            outputs = {net.input.name: x if phase(t, *_sched(net.input))[1] else None}
+            for layer in net.layers[1:]:
+                integrate, fire = phase(t, *_sched(layer))
+                params = kernels.params[layer.name]
+                spikes, state[layer.name], n_lost, n_sat = gated_if_step(
+                    state[layer.name], pending.get(layer.name), params["bias"], params.get("threshold"),
+                    integrate, fire and layer.name != readout, self.state_bits)
+                self.counters["lost"][layer.name] += n_lost
+                self.counters["saturated"][layer.name] += n_sat
+                if spikes is not None and bool(spikes.any()):
+                    s = spikes.to(kernels.dtype)
+                    totals[layer.name] += s
+                    self.spikes_per_step[t, self.index[layer.name]] += s.sum()
+                    outputs[layer.name] = s
+            self._score(t, state[readout], y)
+            pending = {layer.name: kernels.synaptic_input(layer.name, outputs) for layer in net.layers[1:]}
+        self._finish_batch(x, y, state[readout], totals)
+
+    # --- window path --------------------------------------------------------------------------
+    @torch.no_grad()
+    def window_batch(self, x: torch.Tensor, y) -> None:
+        net, kernels, n_steps = self.network, self.kernels, self.n_steps
+        window = net.window_steps
+        state = self._initial_state(x.shape[0])
+        totals = {name: torch.zeros_like(state[name]) for name in self.names}
+        readout = net.readout
+        input_counts = {net.input.name: x * window}
+        input_drive = {layer.name: kernels.synaptic_input(layer.name, input_counts) for layer in net.layers[1:]
+                       if all(s.source == net.input.name for s in layer.synapses)}
+        first_offset = net.layers[1].schedule.offset_steps
+        predicted_until = 0  # steps before this one have been scored
+        for k in range((n_steps - first_offset + 2 * window - 1) // (2 * window)):
+            counts: Dict[str, Optional[torch.Tensor]] = dict(input_counts)
+            for layer in self.spiking:
+                fire_start = layer.schedule.offset_steps + (2 * k + 1) * window
+                if fire_start >= n_steps:
+                    continue
+                params = kernels.params[layer.name]
+                drive = input_drive.get(layer.name)
+                if drive is None:
+                    drive = kernels.synaptic_input(layer.name, counts)
+                v = state[layer.name] + window * params["bias"]
+                if drive is not None:
+                    v = v + drive
+                count, state[layer.name] = window_spike_count(v, params["threshold"], window)
+                observed = count.clamp(max=n_steps - fire_start)
+                totals[layer.name] += observed
+                for j in range(min(window, n_steps - fire_start)):
+                    self.spikes_per_step[fire_start + j, self.index[layer.name]] += (count > j).sum()
+                counts[layer.name] = count if bool(count.any()) else None
+            integrate_start = readout.schedule.offset_steps + 2 * k * window
+            if integrate_start >= n_steps:
+                continue
+            v_before = state[readout.name]
+            for t in range(predicted_until, integrate_start):
+                self._score(t, v_before, y)
+            bias = kernels.params[readout.name]["bias"]
+            n_observed = min(window, n_steps - integrate_start)
+            for j in range(n_observed):
+                partial = {name: None if c is None else c.clamp(max=j + 1) for name, c in counts.items()}
+                drive = kernels.synaptic_input(readout.name, partial)
+                state[readout.name] = v_before + (j + 1) * bias + (0 if drive is None else drive)
+                self._score(integrate_start + j, state[readout.name], y)
+            predicted_until = integrate_start + n_observed
+        for t in range(predicted_until, n_steps):
+            self._score(t, state[readout.name], y)
+        self._finish_batch(x, y, state[readout.name], totals)
+
+    def result(self, n_samples: int, method: str, has_labels: bool) -> SimResult:
+        as_int = lambda d: {k: int(v) for k, v in d.items()}
+        return SimResult(
+            n_steps=self.n_steps, n_samples=n_samples, layer_names=self.names,
+            n_spikes_per_step=self.spikes_per_step.cpu().numpy().astype(np.int64),
+            n_sin=as_int(self.counters["sin"]), n_lost_input=as_int(self.counters["lost"]),
+            n_saturated=as_int(self.counters["saturated"]),
+            n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
+            predictions=np.concatenate(self.predictions),
+            accuracy=(self.correct / n_samples).cpu().numpy() if has_labels else None,
+            ann_accuracy=self.ann_correct / n_samples if has_labels else None,
+            method=method)
+
+
+def _sched(layer):
+    s = layer.schedule
+    return s.mode, s.offset_steps, s.window_steps

@@ -1,0 +1,58 @@
+"""What a simulation returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+
+@dataclass
+class SimResult:
+    """Counts and accuracy of one simulation of ``n_samples`` images for ``n_steps`` steps.
+
+    ``accuracy[t]``: fraction of correct predictions after step t, i.e. after ``t + 1`` steps
+    (``None`` without labels). ``n_spikes_per_step[t, i]``: spikes of spiking layer
+    ``layer_names[i]`` at step t, summed over samples. ``n_sin``: neurons with ANN pre-activation
+    <= 0 that spiked (spikes of inactivated neurons), summed over samples (relays, which repeat
+    their source, count 0). ``n_lost_input``:
+    neuron-steps whose nonzero input was discarded (not integrating). ``n_saturated``: neuron-steps
+    clipped to the state range (integer networks).
+    """
+    n_steps: int
+    n_samples: int
+    layer_names: Tuple[str, ...]
+    n_spikes_per_step: np.ndarray
+    n_sin: Dict[str, int]
+    n_lost_input: Dict[str, int]
+    n_saturated: Dict[str, int]
+    n_neurons: Dict[str, int]
+    predictions: np.ndarray
+    accuracy: Optional[np.ndarray] = None
+    ann_accuracy: Optional[float] = None
+    method: str = "step"
+    extras: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_spikes(self) -> Dict[str, int]:
+        """Total spikes per spiking layer over all steps and samples."""
+        totals = self.n_spikes_per_step.sum(axis=0)
+        return {name: int(n) for name, n in zip(self.layer_names, totals)}
+
+    def steps_to_within(self, points: float) -> Optional[int]:
+        """Smallest number of steps T at which accuracy reaches ``ann_accuracy - points/100``
+        (first crossing), or ``None`` if it never does within the run."""
+        if self.accuracy is None or self.ann_accuracy is None:
+            return None
+        reached = np.nonzero(self.accuracy >= self.ann_accuracy - points / 100.0 - 1e-12)[0]
+        return int(reached[0]) + 1 if reached.size else None
+
+    def summary(self) -> Dict[str, object]:
+        """JSON-compatible digest (curves as lists)."""
+        return {
+            "n_steps": self.n_steps, "n_samples": self.n_samples, "method": self.method,
+            "ann_accuracy": self.ann_accuracy,
+            "accuracy": None if self.accuracy is None else [float(a) for a in self.accuracy],
+            "n_spikes": self.n_spikes, "n_sin": self.n_sin, "n_lost_input": self.n_lost_input,
+            "n_saturated": self.n_saturated, "n_neurons": self.n_neurons,
+        }

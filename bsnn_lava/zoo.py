@@ -1,0 +1,109 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2) with parameter-free option-A shortcuts.
+
+Written from the architecture description: a 3x3 conv stem (16 channels), three stages of n
+BasicBlocks (16, 32, 64 channels; the first block of stages 2 and 3 has stride 2), global average
+pooling and a linear classifier; depth = 6n + 2 (20, 32, 44, 56, 110). The key names match
+checkpoints of the common CIFAR ResNet implementations (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
+``linear``), so their state dicts load directly.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: The ImageNet statistics the common CIFAR ResNet trainers normalise with (pixels in [0, 1]).
+CIFAR_RESNET_MEAN = (0.485, 0.456, 0.406)
+CIFAR_RESNET_STD = (0.229, 0.224, 0.225)
+
+
+class OptionAShortcut(nn.Module):
+    """Parameter-free shortcut: ``x[:, :, ::2, ::2]`` and ``pad`` zero channels on each side."""
+
+    def __init__(self, pad: int):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0.0)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = OptionAShortcut(planes // 4) if stride != 1 or in_planes != planes else nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int = 20, num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        stages = []
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def cifar_resnet(depth: int = 20, num_classes: int = 10) -> CifarResNet:
+    """An untrained CIFAR ResNet of the given depth (20, 32, 44, 56, 110)."""
+    return CifarResNet(depth, num_classes)
+
+
+def load_checkpoint(path: Union[str, Path], depth: int | None = None) -> CifarResNet:
+    """A CIFAR ResNet with weights from ``path`` (loaded with ``weights_only=True``).
+
+    Accepts a bare state dict or ``{'state_dict': ...}``, with or without the ``module.`` prefix of
+    DataParallel; the depth is inferred from the block count unless given.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a loadable torch checkpoint ({err})") from err
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict or {{'state_dict': ...}}")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"layer1\.(\d+)\.", k))}
+    inferred = 6 * len(blocks) + 2
+    if depth is not None and depth != inferred:
+        raise ValueError(f"{path}: checkpoint has {len(blocks)} blocks per stage (depth {inferred}), not depth {depth}")
+    num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
+    model = CifarResNet(inferred, num_classes)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not match a CIFAR ResNet-{inferred}: {err}") from err
+    return model.eval()

@@ -1,0 +1,154 @@
+"""Reference simulator: SIN, relays, lost input, window path == step path, accuracy curve."""
+import numpy as np
+import pytest
+import torch
+
+from bsnn_lava import zoo
+from bsnn_lava.convert import convert
+from bsnn_lava.convert.passes import assign_schedules, insert_relays
+from bsnn_lava.dynamics import SYNAPSE_DELAY_STEPS
+from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse, replace
+from bsnn_lava.sim import simulate, window_path_applies
+
+from conftest import OptionAResNet, SmallVGG, TVStyleResNet, randomize_batchnorm
+
+UNSET = Schedule("if", 0, 1)
+
+
+def _phase_lead_network(mode: str, window: int = 2) -> Network:
+    """E copies the pixel (fires every step in IF), I copies E one layer later, C = E - I.
+
+    The ANN pre-activation of C is 0, so every spike of C is a spike of an inactivated neuron."""
+    one = lambda: Dense(np.ones((1, 1)))
+    layers = [Input("x", (1, 1, 1), UNSET),
+              GatedIF("E", (1,), (Synapse("x", one()),), threshold=1.0, bias=0.0, v_init=0.0, schedule=UNSET),
+              GatedIF("I", (1,), (Synapse("E", one()),), threshold=1.0, bias=0.0, v_init=0.0, schedule=UNSET),
+              GatedIF("C", (1,), (Synapse("E", one()), Synapse("I", Dense(-np.ones((1, 1))))), threshold=1.0,
+                      bias=0.0, v_init=0.0, schedule=UNSET),
+              Readout("out", (2,), (Synapse("C", Dense(np.array([[1.0], [-1.0]]))),), bias=0.0, schedule=UNSET)]
+    network = Network(layers)
+    if mode != "if":
+        network = insert_relays(network)
+    return assign_schedules(network, mode, window)
+
+
+def test_sin_bistable_silent_where_if_fires():
+    pixels = np.full((3, 1, 1, 1), 255, dtype=np.uint8)
+    bistable = simulate(_phase_lead_network("bistable"), pixels, steps=40, method="step")
+    plain_if = simulate(_phase_lead_network("if"), pixels, steps=40, method="step")
+    assert bistable.n_spikes["C"] == 0 and bistable.n_sin["C"] == 0
+    assert plain_if.n_spikes["C"] == 3 and plain_if.n_sin["C"] == 3  # one phase-lead spike per image
+    assert bistable.n_spikes["E"] > 0 and plain_if.n_spikes["E"] > 0
+    assert sum(bistable.n_lost_input.values()) == 0 and sum(plain_if.n_lost_input.values()) == 0
+
+
+def _demo_like(seed=0, model_cls=OptionAResNet):
+    torch.manual_seed(seed)
+    return randomize_batchnorm(model_cls(), seed)
+
+
+def test_relays_repeat_their_source_one_window_later(images):
+    x, y = images
+    window = 3
+    network = convert(_demo_like(), x, neuron="bistable", window=window)
+    result = simulate(network, x, y, steps=60, method="step")
+    lag = window + SYNAPSE_DELAY_STEPS
+    relays = [l for l in network.spiking_layers if l.role == "relay"]
+    assert relays
+    for relay in relays:
+        source = relay.synapses[0].source
+        src = result.n_spikes_per_step[:, result.layer_names.index(source)]
+        rel = result.n_spikes_per_step[:, result.layer_names.index(relay.name)]
+        assert src.sum() > 0
+        np.testing.assert_array_equal(rel[lag:], src[:-lag])
+        assert rel[:lag].sum() == 0
+
+
+def test_without_relays_the_shortcut_input_is_lost_and_counted(images):
+    x, y = images
+    with_relays = convert(_demo_like(), x, neuron="bistable", window=2)
+    without = convert(_demo_like(), x, neuron="bistable", window=2, relays=False)
+    assert sum(simulate(with_relays, x[:4], steps=40, method="step").n_lost_input.values()) == 0
+    lost = simulate(without, x[:4], steps=40, method="step").n_lost_input
+    assert sum(lost.values()) > 0
+
+
+@pytest.mark.parametrize("depth", [20, 56])
+@pytest.mark.parametrize("neuron", ["bistable", "if", "warmup"])
+def test_zoo_networks_lose_no_input(depth, neuron):
+    model = randomize_batchnorm(zoo.cifar_resnet(depth))
+    x = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    network = convert(model, x, neuron=neuron, window=1, mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD)
+    steps = network.readout.schedule.offset_steps + 4
+    result = simulate(network, x[:2], steps=steps, method="step")
+    assert sum(result.n_lost_input.values()) == 0
+    assert result.n_spikes[network.spiking_layers[-1].name] > 0  # activity reached the last layer
+
+
+def _integerized(network: Network, scale: float = 64.0) -> Network:
+    """Round every quantity to an integer in a common scale (a stand-in quantization for exactness tests)."""
+    layers = [network.input]
+    for layer in network.layers[1:]:
+        synapses = tuple(Synapse(s.source, replace(s.op, weight=np.round(s.op.weight * scale))) for s in layer.synapses)
+        changes = dict(synapses=synapses, bias=np.round(layer.bias * scale))
+        if isinstance(layer, GatedIF):
+            threshold = np.maximum(np.round(layer.threshold * scale), 1)
+            changes.update(threshold=threshold, v_init=np.floor(threshold / 2))
+        layers.append(replace(layer, **changes))
+    return network.replace(layers=tuple(layers), numeric="int")
+
+
+@pytest.mark.parametrize("model_cls", [OptionAResNet, SmallVGG, TVStyleResNet])
+@pytest.mark.parametrize("window", [1, 2, 3, 5])
+def test_window_path_equals_step_path(model_cls, window, images):
+    x, y = images
+    network = _integerized(convert(_demo_like(window, model_cls), x, neuron="bistable", window=window))
+    assert window_path_applies(network)
+    steps = network.readout.schedule.offset_steps + 7 * window + 1  # ends inside a window
+    step = simulate(network, x[:8], y[:8], steps=steps, method="step")
+    fast = simulate(network, x[:8], y[:8], steps=steps, method="window")
+    np.testing.assert_array_equal(fast.n_spikes_per_step, step.n_spikes_per_step)
+    np.testing.assert_array_equal(fast.accuracy, step.accuracy)
+    np.testing.assert_array_equal(fast.predictions, step.predictions)
+    assert fast.n_sin == step.n_sin
+    assert step.n_spikes_per_step.sum() > 0
+
+
+def test_window_path_refused_where_it_does_not_apply(images):
+    x, _ = images
+    network = convert(_demo_like(), x, neuron="if")
+    assert not window_path_applies(network)
+    with pytest.raises(ValueError, match="window path needs a bistable network"):
+        simulate(network, x, steps=4, method="window")
+    assert simulate(network, x[:2], steps=4).method == "step"
+
+
+def test_accuracy_curve_reaches_the_ann_on_a_separable_task():
+    """Two classes that a one-layer network separates: the SNN's accuracy per step climbs to the
+    ANN's, and steps_to_within finds the first crossing."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, size=40)
+    x = np.where(y[:, None, None, None] == 1, 200, 20).astype(np.uint8) + rng.integers(0, 30, (40, 1, 2, 2)).astype(np.uint8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 2), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2) / 4)
+        model[0].bias.copy_(torch.tensor([-0.4, 0.4]))
+        model[3].weight.copy_(torch.tensor([[-1.0, 1.0], [1.0, -1.0]]))
+        model[3].bias.zero_()
+    result = simulate(convert(model, x, window=2), x, y, steps=30)
+    assert result.ann_accuracy == 1.0
+    assert result.accuracy[-1] == 1.0
+    reach = result.steps_to_within(0.5)
+    assert reach is not None and result.accuracy[reach - 1] == 1.0 and result.accuracy[reach - 2] < 1.0
+    assert len(result.accuracy) == 30
+
+
+def test_simulate_rejects_bad_input(images):
+    x, y = images
+    network = convert(_demo_like(), x)
+    with pytest.raises(ValueError, match="network expects"):
+        simulate(network, np.zeros((2, 8, 8, 3), dtype=np.uint8), steps=4)
+    with pytest.raises(ValueError, match="labels"):
+        simulate(network, x, y[:3], steps=4)
+    with pytest.raises(ValueError, match="steps"):
+        simulate(network, x, steps=0)
