@@ -3,7 +3,7 @@
 The public API, imported lazily so that light modules (``bsnn_lava.dynamics``, the Lava process
 models) never pull in torch:
 
-- :func:`convert` (``bsnn_lava.convert``): trained model + calibration images -> network IR.
+- :func:`convert` (``bsnn_lava.conversion``): trained model + calibration images -> network IR.
 - :func:`simulate` (``bsnn_lava.sim``): reference simulation, accuracy at every step and counts.
 - :mod:`zoo`: CIFAR ResNets (``cifar_resnet(depth)``, ``load_checkpoint(path)``).
 """
@@ -11,7 +11,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {"convert": ("bsnn_lava.convert", "convert"), "simulate": ("bsnn_lava.sim", "simulate"),
+_LAZY = {"convert": ("bsnn_lava.conversion", "convert"), "simulate": ("bsnn_lava.sim", "simulate"),
          "SimResult": ("bsnn_lava.sim", "SimResult"), "Network": ("bsnn_lava.ir", "Network"),
          "zoo": ("bsnn_lava.zoo", None)}
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .convert import convert
+from .conversion import convert
 from .datasets import load_digits_uint8
 from .plots import plot_accuracy_vs_steps
 from .sim import simulate
@@ -92,7 +92,7 @@ def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, log
     log(f"\nspikes of inactivated neurons (SIN; ANN pre-activation <= 0 but spiked), summed over "
         f"{len(y_test)} images, {steps} steps:")
     for label, result in results.items():
-        per_layer = ", ".join(f"{name}={n}" for name, n in result.n_sin.items() if name in result.layer_names)
+        per_layer = ", ".join(f"{name}={n}" for name, n in result.n_sin.items())
         log(f"  {label:<6} total {sum(result.n_sin.values())}: {per_layer}")
     log(f"  lost input (should be 0): " + ", ".join(f"{k} {sum(r.n_lost_input.values())}" for k, r in results.items()))
     plot = plot_accuracy_vs_steps({f"{k} (P={window}, V(0)=theta/2)" if k == "BSNN" else f"{k} (V(0)=theta/2)":

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bsnn_lava import zoo
-from bsnn_lava.convert import ConversionError, calibrate, convert, lower
+from bsnn_lava.conversion import ConversionError, calibrate, convert, lower
 from bsnn_lava.data import as_nchw
 from bsnn_lava.sim import ann_forward
 

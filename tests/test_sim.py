@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bsnn_lava import zoo
-from bsnn_lava.convert import convert
-from bsnn_lava.convert.passes import assign_schedules, insert_relays
+from bsnn_lava.conversion import convert
+from bsnn_lava.conversion.passes import assign_schedules, insert_relays
 from bsnn_lava.dynamics import SYNAPSE_DELAY_STEPS
 from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse, replace
 from bsnn_lava.sim import simulate, window_path_applies

@@ -7,17 +7,22 @@ editing site-packages, :func:`ensure_lava_importable` installs an import hook th
 module from its own source with ``field(default_factory=ByteEncoder)``. lava-dl's ``netx`` imports
 slayer, which imports torchvision for object detection only; the registry's torchvision cannot load
 beside the CPU torch build, so :func:`ensure_netx_importable` puts an empty stand-in module in place
-when torchvision is not importable. Call these before importing Lava; both are idempotent.
+when torchvision is not importable. Lava sets the multiprocessing start method at import, which
+fails if it was set before (see :func:`_import_lava_multiprocessing`). Call these before importing
+Lava; both are idempotent.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import multiprocessing
 import sys
 import types
 
 _VAR_MODEL = "lava.magma.compiler.var_model"
+_LAVA_MP = "lava.magma.runtime.message_infrastructure.multiprocessing"
 _MUTABLE_DEFAULT = "= ByteEncoder()"
 _FIXED_DEFAULT = "= field(default_factory=ByteEncoder)"
 
@@ -56,10 +61,30 @@ def ensure_lava_importable() -> None:
     if importlib.util.find_spec("lava") is None or importlib.util.find_spec("lava.magma") is None:
         raise LavaNotInstalled("lava-nc is not installed: run scripts/install.sh (Python 3.11) or "
                                "`pip install lava-nc==0.10.0` (Python 3.10)")
-    if sys.version_info >= (3, 11) and not any(isinstance(f, _VarModelFinder) for f in sys.meta_path):
-        if _VAR_MODEL in sys.modules:
-            return  # imported already (by an earlier fix, or a Lava that needs none)
+    if sys.version_info >= (3, 11) and _VAR_MODEL not in sys.modules and not any(
+            isinstance(f, _VarModelFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _VarModelFinder())
+    _import_lava_multiprocessing()
+
+
+def _import_lava_multiprocessing() -> None:
+    """Lava's message infrastructure calls ``multiprocessing.set_start_method('fork')`` when it is
+    imported, which raises "context has already been set" once anything (tqdm's lock, for one) has
+    touched the default context. Where that context is already 'fork', import it with the call
+    made a no-op; any other start method is left to fail loudly, since Lava needs fork."""
+    if _LAVA_MP in sys.modules or multiprocessing.get_start_method(allow_none=True) != "fork":
+        return
+    original = multiprocessing.set_start_method
+
+    def set_start_method(method, force=False):
+        if method != "fork" or force:
+            original(method, force)
+
+    multiprocessing.set_start_method = set_start_method
+    try:
+        importlib.import_module(_LAVA_MP)
+    finally:
+        multiprocessing.set_start_method = original
 
 
 def ensure_netx_importable() -> None:

@@ -97,8 +97,8 @@ class _Run:
         device = kernels.device
         self.spikes_per_step = torch.zeros(n_steps, len(self.names), dtype=torch.float64, device=device)
         self.correct = torch.zeros(n_steps, dtype=torch.float64, device=device)
-        self.counters = {key: {layer.name: 0 for layer in network.layers[1:]}
-                         for key in ("sin", "lost", "saturated")}
+        self.counters = {key: {layer.name: 0 for layer in network.layers[1:]} for key in ("lost", "saturated")}
+        self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron"}
         self.ann_correct = 0
         self.predictions = []
 
@@ -116,9 +116,8 @@ class _Run:
 
     def _finish_batch(self, x, y, v_readout, spike_totals: Dict[str, torch.Tensor]) -> None:
         logits, pre = ann_forward(self.network, x, self.kernels)
-        for layer in self.spiking:
-            if layer.role == "neuron":  # a relay repeats its source's spikes: not counted twice
-                self.counters["sin"][layer.name] += int(((pre[layer.name] <= 0) & (spike_totals[layer.name] > 0)).sum())
+        for name in self.counters["sin"]:  # relays repeat their source's spikes: not counted twice
+            self.counters["sin"][name] += int(((pre[name] <= 0) & (spike_totals[name] > 0)).sum())
         if y is not None:
             self.ann_correct += int((logits.argmax(dim=1) == y).sum())
         self.predictions.append(v_readout.argmax(dim=1).cpu().numpy())

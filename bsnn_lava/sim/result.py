@@ -14,8 +14,8 @@ class SimResult:
     ``accuracy[t]``: fraction of correct predictions after step t, i.e. after ``t + 1`` steps
     (``None`` without labels). ``n_spikes_per_step[t, i]``: spikes of spiking layer
     ``layer_names[i]`` at step t, summed over samples. ``n_sin``: neurons with ANN pre-activation
-    <= 0 that spiked (spikes of inactivated neurons), summed over samples (relays, which repeat
-    their source, count 0). ``n_lost_input``:
+    <= 0 that spiked (spikes of inactivated neurons), summed over samples, for neuron layers
+    (relays repeat their source and are left out). ``n_lost_input``:
     neuron-steps whose nonzero input was discarded (not integrating). ``n_saturated``: neuron-steps
     clipped to the state range (integer networks).
     """
