@@ -60,6 +60,13 @@ class Network:
         return self.readout.schedule.mode
 
     @property
+    def state_bits(self):
+        """Signed width of the neuron state for an integer network (``None`` for float networks)."""
+        if self.numeric != "int":
+            return None
+        return int(self.provenance.get("quantization", {}).get("state_bits", 24))
+
+    @property
     def window_steps(self) -> int:
         return self.readout.schedule.window_steps
 

@@ -10,20 +10,39 @@ import torch.nn.functional as F
 from ..ir import Conv2d, Network
 
 
-class SynapseKernel:
-    """One synapse as a torch op on a batch of source outputs ``(batch, *source_shape)``."""
+#: float32 represents every integer up to 2**24 exactly.
+_FLOAT32_EXACT = 2 ** 24
 
-    def __init__(self, op, dtype: torch.dtype, device):
-        weight = op.weight * (2.0 ** op.weight_exp)
-        self.weight = torch.tensor(weight, dtype=dtype, device=device)
+
+class SynapseKernel:
+    """One synapse as a torch op on a batch of source outputs ``(batch, *source_shape)``.
+
+    Integer synapses compute on the mantissas and multiply by ``2**weight_exp`` afterwards; when
+    ``max_input * max_row_sum(|mantissa|) < 2**24`` no partial sum can lose precision in float32,
+    so the (much faster) float32 kernels are used and the result is converted to ``dtype``.
+    """
+
+    def __init__(self, op, dtype: torch.dtype, device, max_input: float):
+        row_sum = float(np.abs(op.weight).reshape(op.weight.shape[0], -1).sum(axis=1).max())
+        integer = np.array_equal(op.weight, np.round(op.weight))
+        self.compute_dtype = torch.float32 if integer and max_input * row_sum < _FLOAT32_EXACT else dtype
+        self.weight = torch.tensor(op.weight, dtype=self.compute_dtype, device=device)
+        self.weight_scale = 2.0 ** op.weight_exp
+        self.dtype = dtype
         self.is_conv = isinstance(op, Conv2d)
         self.stride = getattr(op, "stride", None)
         self.padding = getattr(op, "padding", None)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, absolute: bool = False) -> torch.Tensor:
+        """The synapse's output; ``absolute=True`` uses ``|weight|`` (a bound on partial sums)."""
+        weight = self.weight.abs() if absolute else self.weight
+        x = x.to(self.compute_dtype)
         if self.is_conv:
-            return F.conv2d(x, self.weight, None, self.stride, self.padding)
-        return x.reshape(x.shape[0], -1) @ self.weight.T
+            y = F.conv2d(x, weight, None, self.stride, self.padding)
+        else:
+            y = x.reshape(x.shape[0], -1) @ weight.T
+        y = y.to(self.dtype)
+        return y if self.weight_scale == 1.0 else y * self.weight_scale
 
 
 def layer_param(values: np.ndarray, shape: Tuple[int, ...], dtype, device) -> torch.Tensor:
@@ -41,22 +60,26 @@ class NetworkKernels:
         self.network = network
         self.dtype = dtype
         self.device = device
+        # the largest value a synapse ever sees: a window's spike count, or P pixels of 255
+        window = network.window_steps
+        max_input = {layer.name: float(window) for layer in network.layers}
+        max_input[network.input.name] = 255.0 * window
         self.synapses: Dict[str, List[Tuple[str, SynapseKernel]]] = {
-            layer.name: [(s.source, SynapseKernel(s.op, dtype, device)) for s in layer.synapses]
+            layer.name: [(s.source, SynapseKernel(s.op, dtype, device, max_input[s.source])) for s in layer.synapses]
             for layer in network.layers}
         self.params: Dict[str, Dict[str, torch.Tensor]] = {}
         for layer in network.layers[1:]:
             names = ("threshold", "bias", "v_init") if layer.kind == "gated_if" else ("bias",)
             self.params[layer.name] = {n: layer_param(getattr(layer, n), layer.shape, dtype, device) for n in names}
 
-    def synaptic_input(self, name: str, outputs: Dict[str, torch.Tensor]):
+    def synaptic_input(self, name: str, outputs: Dict[str, torch.Tensor], absolute: bool = False):
         """Sum of this layer's synapses applied to the given source outputs (``None`` when all sources
-        are silent, i.e. missing from ``outputs`` or ``None``)."""
+        are silent, i.e. missing from ``outputs`` or ``None``); ``absolute``: with ``|weight|``."""
         total = None
         for source, kernel in self.synapses[name]:
             x = outputs.get(source)
             if x is None:
                 continue
-            y = kernel(x)
+            y = kernel(x, absolute)
             total = y if total is None else total + y
         return total

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import as_nchw
-from ..dynamics import SYNAPSE_DELAY_STEPS, STATE_BITS, gated_if_step, phase, window_spike_count
+from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, window_spike_count
 from ..ir import GatedIF, Network
 from .ann import ann_forward
 from .kernels import NetworkKernels
@@ -58,15 +58,29 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     if y_all is not None and y_all.shape[0] != x_all.shape[0]:
         raise ValueError(f"{x_all.shape[0]} images but {y_all.shape[0]} labels")
     dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
-    state_bits = STATE_BITS if network.numeric == "int" else None
+    state_bits = network.state_bits
     kernels = NetworkKernels(network, dtype, device)
     run = _Run(network, kernels, int(steps), state_bits)
-    run_batch = run.window_batch if method == "window" else run.step_batch
+    n_fallback = 0
     for start in tqdm(range(0, x_all.shape[0], batch_size), desc=f"simulate ({method})", disable=not progress):
         x = x_all[start:start + batch_size].to(device=device, dtype=dtype)
         y = None if y_all is None else y_all[start:start + batch_size].to(device)
-        run_batch(x, y)
-    return run.result(x_all.shape[0], method, y_all is not None)
+        if method == "window":
+            snapshot = run.snapshot()
+            try:
+                run.window_batch(x, y)
+                continue
+            except _StepPathNeeded:
+                run.restore(snapshot)
+                n_fallback += 1
+        run.step_batch(x, y)
+    result = run.result(x_all.shape[0], method, y_all is not None)
+    result.extras["n_batches_on_step_path"] = n_fallback
+    return result
+
+
+class _StepPathNeeded(Exception):
+    """A window's partial sums might saturate the state: only the step path is exact there."""
 
 
 def window_path_applies(network: Network) -> bool:
@@ -101,6 +115,26 @@ class _Run:
         self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron"}
         self.ann_correct = 0
         self.predictions = []
+
+    def snapshot(self):
+        return (self.spikes_per_step.clone(), self.correct.clone(),
+                {k: dict(v) for k, v in self.counters.items()}, self.ann_correct, len(self.predictions))
+
+    def restore(self, snapshot) -> None:
+        self.spikes_per_step, self.correct, self.counters, self.ann_correct, n_batches = snapshot
+        del self.predictions[n_batches:]
+
+    def _check_no_saturation(self, v: torch.Tensor, bias, counts, name: str, n_steps_in: int) -> None:
+        """Raise :class:`_StepPathNeeded` unless ``|v| + n|bias| + |W| counts`` fits the state: then no
+        partial sum of the window can saturate, and the window path is exact."""
+        if self.state_bits is None:
+            return
+        bound = v.abs() + n_steps_in * bias.abs()
+        drive = self.kernels.synaptic_input(name, counts, absolute=True)
+        if drive is not None:
+            bound = bound + drive
+        if bool((bound > 2 ** (self.state_bits - 1) - 1).any()):
+            raise _StepPathNeeded(name)
 
     def _initial_state(self, batch: int) -> Dict[str, torch.Tensor]:
         state = {}
@@ -169,6 +203,7 @@ class _Run:
                 if fire_start >= n_steps:
                     continue
                 params = kernels.params[layer.name]
+                self._check_no_saturation(state[layer.name], params["bias"], counts, layer.name, window)
                 drive = input_drive.get(layer.name)
                 if drive is None:
                     drive = kernels.synaptic_input(layer.name, counts)
@@ -188,6 +223,7 @@ class _Run:
             for t in range(predicted_until, integrate_start):
                 self._score(t, v_before, y)
             bias = kernels.params[readout.name]["bias"]
+            self._check_no_saturation(v_before, bias, counts, readout.name, window)
             n_observed = min(window, n_steps - integrate_start)
             for j in range(n_observed):
                 partial = {name: None if c is None else c.clamp(max=j + 1) for name, c in counts.items()}

@@ -1,0 +1,259 @@
+"""The bsnn-netx layout, and the one registry of layer and synapse codecs.
+
+Every IR layer kind (``bsnn_lava.ir.LAYER_TYPES``: ``input``, ``gated_if``, ``readout``) and synapse
+kind (``bsnn_lava.ir.SYNAPSE_TYPES``: ``conv2d``, ``dense``) has exactly one codec here: the name it
+has in the file and the functions that write and read its fields. See ``docs/format.md``.
+
+Units: weights are the input per unit of source output (spike or pixel value) in the target's scale;
+an integer network applies ``weight * 2**weight_exp``. Thresholds, biases and initial potentials are
+in the layer's own units (``scale`` integer units per float unit). Steps are simulation time steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+import h5py
+import numpy as np
+
+from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Conv2d, Dense, GatedIF, Input, Readout, Schedule
+from bsnn_lava.dynamics import MODES
+
+from . import h5io
+from .errors import UnknownTypeError
+from .h5io import Where
+from .limits import Limits, integer_problem, state_problem, threshold_problem, weight_problem
+
+FORMAT_VERSION = 1
+ROLES = ("neuron", "relay")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every codec needs besides its node: where it is, the numeric kind, the profile limits."""
+    where: Where
+    numeric: str
+    limits: Limits
+
+    def weight_itemsize(self) -> int:
+        """Bytes per stored weight: float32 (exact integers) in integer networks, else float64."""
+        return 4 if self.numeric == "int" else 8
+
+
+def _check(where: Where, field: str, problem, reading: bool) -> None:
+    """Raise the reader's or the writer's error for ``field`` if there is a ``problem``."""
+    if problem:
+        raise where.error(field, problem) if reading else where.export_error(field, problem)
+
+
+# --- synapses --------------------------------------------------------------------------------------
+
+def _write_weight(group: h5py.Group, op, ctx: Context) -> None:
+    if ctx.numeric == "int":
+        _check(ctx.where, "weight", weight_problem(op.weight, op.weight_exp, ctx.limits), reading=False)
+    h5io.put_array(group, "weight", op.weight, np.float32 if ctx.numeric == "int" else np.float64)
+    h5io.put_int(group, "weight_exp", op.weight_exp)
+
+
+def _read_weight(group: h5py.Group, ctx: Context, expected: Callable) -> Tuple[np.ndarray, int]:
+    weight = h5io.get_array(group, "weight", ctx.where, ctx.weight_itemsize(), expected)
+    weight_exp = h5io.get_int(group, "weight_exp", ctx.where)
+    if ctx.numeric == "int":
+        _check(ctx.where, "weight", weight_problem(weight, weight_exp, ctx.limits), reading=True)
+    return weight, weight_exp
+
+
+def write_conv2d(group: h5py.Group, op: Conv2d, ctx: Context) -> None:
+    """Torch layout (out, in, kH, kW); stride, padding (H, W) in pixels; dilation 1, groups 1."""
+    _write_weight(group, op, ctx)
+    h5io.put_ints(group, "stride", op.stride)
+    h5io.put_ints(group, "padding", op.padding)
+    h5io.put_ints(group, "dilation", (1, 1))
+    h5io.put_int(group, "groups", 1)
+
+
+def read_conv2d(group: h5py.Group, ctx: Context, source_shape, shape) -> Conv2d:
+    where = ctx.where
+    stride = h5io.get_ints(group, "stride", where, 2)
+    padding = h5io.get_ints(group, "padding", where, 2)
+    if min(stride) < 1 or min(padding) < 0:
+        raise where.error("stride" if min(stride) < 1 else "padding", "must be >= 1 (stride), >= 0 (padding)")
+    if h5io.get_ints(group, "dilation", where, 2) != (1, 1):
+        raise where.error("dilation", "only dilation (1, 1) is supported")
+    if h5io.get_int(group, "groups", where) != 1:
+        raise where.error("groups", "only groups = 1 is supported")
+    if len(source_shape) != 3 or len(shape) != 3:
+        raise where.error("type", f"conv needs (C, H, W) source and layer shapes, got {source_shape} -> {shape}")
+
+    def expected(w_shape):
+        fits = len(w_shape) == 4 and w_shape[:2] == (shape[0], source_shape[0]) and all(
+            1 <= w_shape[2 + i] <= source_shape[1 + i] + 2 * padding[i] for i in range(2))
+        return None if fits else (f"has shape {w_shape}, expected ({shape[0]}, {source_shape[0]}, kH, kW) "
+                                  f"with kernels fitting the padded source {source_shape}")
+
+    weight, weight_exp = _read_weight(group, ctx, expected)
+    return Conv2d(weight, stride=stride, padding=padding, weight_exp=weight_exp)
+
+
+def write_dense(group: h5py.Group, op: Dense, ctx: Context) -> None:
+    """Weight (out, in) on the source flattened in (C, H, W) order."""
+    _write_weight(group, op, ctx)
+
+
+def read_dense(group: h5py.Group, ctx: Context, source_shape, shape) -> Dense:
+    want = (int(np.prod(shape)), int(np.prod(source_shape)))
+    weight, weight_exp = _read_weight(
+        group, ctx, lambda w_shape: None if w_shape == want else f"has shape {w_shape}, expected {want}")
+    return Dense(weight, weight_exp=weight_exp)
+
+
+# --- layers ----------------------------------------------------------------------------------------
+
+def _write_schedule(neuron: h5py.Group, schedule: Schedule) -> None:
+    h5io.put_str(neuron, "mode", schedule.mode)
+    h5io.put_int(neuron, "offset_steps", schedule.offset_steps)
+    h5io.put_int(neuron, "window_steps", schedule.window_steps)
+
+
+def _read_schedule(neuron: h5py.Group, where: Where) -> Schedule:
+    mode = h5io.get_str(neuron, "mode", where)
+    if mode not in MODES:
+        raise where.error("mode", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    window = h5io.get_int(neuron, "window_steps", where)
+    if window < 1:
+        raise where.error("window_steps", f"must be >= 1, got {window}")
+    return Schedule(mode, h5io.get_int(neuron, "offset_steps", where), window)
+
+
+def _param_shapes(shape, spatial: bool):
+    return [(), (shape[0],)] + ([tuple(shape)] if spatial and len(shape) > 1 else [])
+
+
+def _range_problem(key: str, values: np.ndarray, limits: Limits):
+    return threshold_problem(values, limits) if key == "threshold" else state_problem(values, limits)
+
+
+def _write_param(neuron: h5py.Group, key: str, values: np.ndarray, ctx: Context) -> None:
+    """A float64 threshold, bias or v_init (scalar, per channel or per neuron as in the IR)."""
+    if ctx.numeric == "int":
+        _check(ctx.where.sub("neuron"), key, _range_problem(key, values, ctx.limits), reading=False)
+    h5io.put_array(neuron, key, values)
+
+
+def _read_param(neuron: h5py.Group, key: str, where: Where, ctx: Context, shape, spatial: bool) -> np.ndarray:
+    allowed = _param_shapes(shape, spatial)
+    values = h5io.get_array(neuron, key, where, 8, lambda s: None if s in allowed else
+                            f"has shape {s}, expected one of {allowed}")
+    if key == "threshold" and np.any(values <= 0):
+        raise where.error(key, "must be > 0")
+    if ctx.numeric == "int":
+        _check(where, key, integer_problem(values) or _range_problem(key, values, ctx.limits), reading=True)
+    return values
+
+
+def write_input(group: h5py.Group, neuron: h5py.Group, layer: Input, ctx: Context) -> None:
+    """Raw pixels (0..255) on the steps its schedule fires; ``neuron/`` holds only the schedule."""
+    _write_schedule(neuron, layer.schedule)
+
+
+def read_input(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str, shape, synapses) -> Input:
+    if len(shape) != 3:
+        raise ctx.where.error("shape", f"the input shape must be (C, H, W), got {shape}")
+    return Input(name, shape, _read_schedule(neuron, ctx.where.sub("neuron")))
+
+
+def write_gated_if(group: h5py.Group, neuron: h5py.Group, layer: GatedIF, ctx: Context) -> None:
+    """Gated IF, reset by subtraction: role, schedule, threshold, v_init, bias, scale; ``origin``."""
+    h5io.put_str(group, "origin", layer.origin)
+    h5io.put_str(neuron, "role", layer.role)
+    _write_schedule(neuron, layer.schedule)
+    for key in ("threshold", "v_init", "bias"):
+        _write_param(neuron, key, getattr(layer, key), ctx)
+    h5io.put_float(neuron, "scale", layer.scale)
+
+
+def read_gated_if(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str, shape, synapses) -> GatedIF:
+    where = ctx.where.sub("neuron")
+    role = h5io.get_str(neuron, "role", where)
+    if role not in ROLES:
+        raise where.error("role", f"unknown role {role!r} (known: {', '.join(ROLES)})")
+    params = {key: _read_param(neuron, key, where, ctx, shape, spatial=(key == "bias"))
+              for key in ("threshold", "v_init", "bias")}
+    return GatedIF(name, shape, synapses, schedule=_read_schedule(neuron, where), role=role,
+                   scale=h5io.get_float(neuron, "scale", where),
+                   origin=h5io.get_str(group, "origin", ctx.where), **params)
+
+
+def write_readout(group: h5py.Group, neuron: h5py.Group, layer: Readout, ctx: Context) -> None:
+    """Non-spiking accumulator: schedule, bias, scale; ``origin``."""
+    h5io.put_str(group, "origin", layer.origin)
+    _write_schedule(neuron, layer.schedule)
+    _write_param(neuron, "bias", layer.bias, ctx)
+    h5io.put_float(neuron, "scale", layer.scale)
+
+
+def read_readout(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str, shape, synapses) -> Readout:
+    where = ctx.where.sub("neuron")
+    if len(shape) != 1:
+        raise ctx.where.error("shape", f"the readout shape must be (classes,), got {shape}")
+    return Readout(name, shape, synapses, bias=_read_param(neuron, "bias", where, ctx, shape, spatial=False),
+                   schedule=_read_schedule(neuron, where), scale=h5io.get_float(neuron, "scale", where),
+                   origin=h5io.get_str(group, "origin", ctx.where))
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Codec:
+    """An IR type (``kind``), its name in the file (``file_type``) and its field writer and reader."""
+    kind: str
+    file_type: str
+    write: Callable
+    read: Callable
+
+
+#: IR layer kind -> codec; ``file_type`` is the layer's ``neuron/type``.
+LAYER_CODECS: Dict[str, Codec] = {
+    "input": Codec("input", "BSNN_INPUT", write_input, read_input),
+    "gated_if": Codec("gated_if", "BSNN_GIF", write_gated_if, read_gated_if),
+    "readout": Codec("readout", "BSNN_READOUT", write_readout, read_readout),
+}
+#: IR synapse kind -> codec; ``file_type`` is netx's layer ``type`` (and ``synapse/<k>/type``).
+SYNAPSE_CODECS: Dict[str, Codec] = {
+    "conv2d": Codec("conv2d", "conv", write_conv2d, read_conv2d),
+    "dense": Codec("dense", "dense", write_dense, read_dense),
+}
+if set(LAYER_CODECS) != set(LAYER_TYPES) or set(SYNAPSE_CODECS) != set(SYNAPSE_TYPES):
+    raise ImportError("netx_export codecs are out of step with bsnn_lava.ir.LAYER_TYPES/SYNAPSE_TYPES")
+
+
+def _lookup(registry: Dict[str, Codec], key: str, what: str, by_file_type: bool) -> Codec:
+    for codec in registry.values():
+        if (codec.file_type if by_file_type else codec.kind) == key:
+            return codec
+    raise UnknownTypeError(what, key, [c.file_type if by_file_type else c.kind for c in registry.values()])
+
+
+def layer_codec(kind: str) -> Codec:
+    """The codec of an IR layer kind; :class:`UnknownTypeError` names the known kinds."""
+    return _lookup(LAYER_CODECS, kind, "layer kind", by_file_type=False)
+
+
+def layer_codec_for_file(neuron_type: str) -> Codec:
+    return _lookup(LAYER_CODECS, neuron_type, "neuron type", by_file_type=True)
+
+
+def synapse_kind(op) -> str:
+    """The ``SYNAPSE_TYPES`` name of a synapse op."""
+    for kind, cls in SYNAPSE_TYPES.items():
+        if type(op) is cls:
+            return kind
+    raise UnknownTypeError("synapse class", type(op).__name__, [c.__name__ for c in SYNAPSE_TYPES.values()])
+
+
+def synapse_codec(kind: str) -> Codec:
+    return _lookup(SYNAPSE_CODECS, kind, "synapse kind", by_file_type=False)
+
+
+def synapse_codec_for_file(synapse_type: str) -> Codec:
+    return _lookup(SYNAPSE_CODECS, synapse_type, "synapse type", by_file_type=True)

@@ -1,0 +1,143 @@
+"""Quantizer and resource check: ranges, no overflow, float vs integer agreement, clear violations."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bsnn_lava import convert, simulate
+from bsnn_lava.ir import Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
+from bsnn_lava.conversion.passes import assign_schedules
+from bsnn_lava.quantize import quantize
+from bsnn_lava.resources import check_resources
+from hw_profiles import load_profile
+
+from conftest import OptionAResNet, SmallVGG, randomize_batchnorm
+
+LOIHI2 = load_profile("loihi2")
+
+
+def _random_model(seed: int, width: int, depth: int, residual: bool) -> nn.Module:
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else width, width, 3, padding=1) for i in range(depth)])
+            self.fc = nn.Linear(width, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.convs[0](x))
+            for i, conv in enumerate(self.convs[1:]):
+                y = conv(x)
+                x = torch.relu(y + x) if residual and i % 2 == 1 else torch.relu(y)
+            return self.fc(x.mean((2, 3)))
+
+    return Net().eval()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), width=st.integers(1, 6), depth=st.integers(1, 4), residual=st.booleans(),
+       window=st.integers(1, 4), neuron=st.sampled_from(["bistable", "if"]))
+def test_quantized_values_are_in_range_and_never_overflow(seed, width, depth, residual, window, neuron):
+    x = np.random.default_rng(seed).integers(0, 256, size=(6, 1, 6, 6), dtype=np.uint8)
+    model = _random_model(seed, width, depth, residual)
+    # percentile 100: the calibration inputs never drive a neuron above threshold
+    network = quantize(convert(model, x, neuron=neuron, window=window, percentile=100.0), LOIHI2)
+    assert network.numeric == "int"
+    cap = 2 ** (LOIHI2.state_bits - 1 - 6 - math.ceil(math.log2(window + 1)))
+    for layer in network.layers[1:]:
+        for s in layer.synapses:
+            assert -128 <= s.op.weight.min() and s.op.weight.max() <= 127
+            assert 0 <= s.op.weight_exp <= LOIHI2.weight_exp_max
+            assert np.array_equal(s.op.weight, np.round(s.op.weight))
+        assert np.max(np.abs(layer.bias), initial=0) <= 4095 * 2 ** 7
+        if isinstance(layer, GatedIF):
+            assert 1 <= layer.threshold.min() and layer.threshold.max() <= cap
+    assert check_resources(network, LOIHI2).fits
+    result = simulate(network, x, steps=network.readout.schedule.offset_steps + 8 * window, method="step")
+    assert sum(result.n_saturated.values()) == 0
+
+
+def test_float_and_integer_spike_counts_agree_within_the_rounding_bound():
+    """One spiking layer fed by constant pixels. Per window the integer potential differs from
+    scale x float potential by at most P (sum|x| 2**e / 2 + 2**e_b / 2), and the threshold by 1/2;
+    over K windows the cumulative spike count therefore differs by at most
+    K P (|dz| / theta + z |dtheta| / theta**2) + 2 (the two floors)."""
+    rng = np.random.default_rng(3)
+    window, n_windows = 2, 12
+    weight = rng.normal(0, 0.01, size=(5, 16))
+    layers = [Input("x", (1, 4, 4), Schedule("if", 0, 1)),
+              GatedIF("h", (5,), (Synapse("x", Dense(weight)),), threshold=1.0, bias=rng.normal(0, 0.05, 5),
+                      v_init=0.5, schedule=Schedule("if", 0, 1)),
+              Readout("out", (2,), (Synapse("h", Dense(rng.normal(size=(2, 5)))),), bias=0.0,
+                      schedule=Schedule("if", 0, 1))]
+    net = assign_schedules(Network(layers), "bistable", window)
+    qnet = quantize(net, LOIHI2)
+    x = rng.integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8)
+    steps = net["h"].schedule.offset_steps + 2 * window * n_windows
+    float_counts = simulate(net, x, steps=steps, dtype=torch.float64).n_spikes_per_step[:, 0].sum()
+    int_counts = simulate(qnet, x, steps=steps).n_spikes_per_step[:, 0].sum()
+    q = qnet["h"]
+    scale, w_exp = q.scale, q.synapses[0].op.weight_exp
+    bias_exp = qnet.provenance["quantization"]["layers"]["h"]["bias_exp"]
+    pixels = x.reshape(len(x), -1).astype(float)
+    z = pixels @ weight.T + net["h"].bias
+    dz = (pixels.sum(axis=1, keepdims=True) * 2.0 ** w_exp / 2 + 2.0 ** bias_exp / 2) / scale
+    dtheta = 0.5 / scale
+    bound = np.sum(n_windows * window * (dz + np.abs(z) * dtheta) + 2)
+    assert abs(int(int_counts) - int(float_counts)) <= bound
+    assert float_counts > 100  # the layer is active, so the comparison means something
+
+
+def test_residual_branches_land_in_the_target_scale(images):
+    x, _ = images
+    qnet = quantize(convert(randomize_batchnorm(OptionAResNet()), x, window=2), LOIHI2)
+    layer = next(l for l in qnet.spiking_layers if len(l.synapses) == 2)
+    exps = qnet.provenance["quantization"]["layers"][layer.name]["weight_exp"]
+    assert [s.op.weight_exp for s in layer.synapses] == exps
+    assert qnet.provenance["quantization"]["profile"] == "loihi2"
+
+
+def test_resource_check_fits_and_names_an_oversized_layer():
+    small = quantize(convert(randomize_batchnorm(SmallVGG()), np.zeros((2, 16, 16, 3), dtype=np.uint8)), "loihi2")
+    report = check_resources(small, "loihi2")
+    assert report.fits and report.n_cores >= len(small.layers) - 1
+    assert "fits: no limit violated" in report.format()
+    # one neuron reading 200,000 inputs: 1.6 Mbit of synapses > Loihi 1's 1 Mbit core, and > 4096 axons
+    wide = Network([Input("x", (1, 200, 1000), Schedule("if", 0, 1)),
+                    GatedIF("wide", (4,), (Synapse("x", Dense(np.ones((4, 200_000)))),), threshold=1.0, bias=0.0,
+                            v_init=0.0, schedule=Schedule("if", 1, 1)),
+                    Readout("out", (2,), (Synapse("wide", Dense(np.ones((2, 4)))),), bias=0.0,
+                            schedule=Schedule("if", 2, 1))], numeric="int")
+    report = check_resources(wide, "loihi1")
+    assert not report.fits
+    text = report.format()
+    assert "layer 'wide': one neuron needs 1600000 bits of synaptic memory" in text
+    assert "layer 'wide': one neuron reads 200000 source neurons, a core has 4096 input axons" in text
+    assert "graded pixel spikes need 8 payload bits" in text
+
+
+def test_range_violations_are_reported():
+    bad = Network([Input("x", (1, 2, 2), Schedule("if", 0, 1)),
+                   GatedIF("h", (2,), (Synapse("x", Dense(np.full((2, 4), 300.0), weight_exp=9)),), threshold=2.0 ** 24,
+                           bias=0.0, v_init=0.0, schedule=Schedule("if", 1, 1)),
+                   Readout("out", (2,), (Synapse("h", Dense(np.eye(2))),), bias=1e9, schedule=Schedule("if", 2, 1))],
+                  numeric="int")
+    text = check_resources(bad, "loihi2").format()
+    assert "weight mantissa range [300, 300] exceeds 8-bit [-128, 127]" in text
+    assert "weight_exp 9 outside [-8, 7]" in text
+    assert "layer 'h': threshold 16777216 exceeds" in text
+    assert "layer 'out': bias 1000000000 exceeds" in text
+
+
+def test_quantize_refuses_bad_arguments(images):
+    x, _ = images
+    net = convert(randomize_batchnorm(OptionAResNet()), x)
+    with pytest.raises(ValueError, match="headroom_bits"):
+        quantize(net, "loihi2", headroom_bits=30)
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(quantize(net), "loihi2")
