@@ -63,34 +63,46 @@ def test_quantized_values_are_in_range_and_never_overflow(seed, width, depth, re
 
 
 def test_float_and_integer_spike_counts_agree_within_the_rounding_bound():
-    """One spiking layer fed by constant pixels. Per window the integer potential differs from
-    scale x float potential by at most P (sum|x| 2**e / 2 + 2**e_b / 2), and the threshold by 1/2;
-    over K windows the cumulative spike count therefore differs by at most
-    K P (|dz| / theta + z |dtheta| / theta**2) + 2 (the two floors)."""
+    """One spiking layer of 5 neurons fed by constant pixels.
+
+    Rounding: every weight mantissa within half a step of ``w * scale / 2**e``, the threshold within
+    1/2 of ``theta * scale``, the bias within half a step of ``b * scale``. Agreement: with dz the
+    actual error of a neuron's per-step input (in float units) and dtheta that of its threshold,
+    K windows of P steps of integration give cumulative spike counts that differ by at most
+    ``K P (|dz| / theta + z |dtheta| / theta**2) + 2`` (the two floors), per neuron and image."""
     rng = np.random.default_rng(3)
-    window, n_windows = 2, 12
+    window, n_windows = 2, 40
     weight = rng.normal(0, 0.01, size=(5, 16))
+    bias = rng.normal(0.2, 0.05, 5)
     layers = [Input("x", (1, 4, 4), Schedule("if", 0, 1)),
-              GatedIF("h", (5,), (Synapse("x", Dense(weight)),), threshold=1.0, bias=rng.normal(0, 0.05, 5),
+              GatedIF("h", (5,), (Synapse("x", Dense(weight)),), threshold=1.0, bias=bias,
                       v_init=0.5, schedule=Schedule("if", 0, 1)),
               Readout("out", (2,), (Synapse("h", Dense(rng.normal(size=(2, 5)))),), bias=0.0,
                       schedule=Schedule("if", 0, 1))]
     net = assign_schedules(Network(layers), "bistable", window)
     qnet = quantize(net, LOIHI2)
-    x = rng.integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8)
-    steps = net["h"].schedule.offset_steps + 2 * window * n_windows
-    float_counts = simulate(net, x, steps=steps, dtype=torch.float64).n_spikes_per_step[:, 0].sum()
-    int_counts = simulate(qnet, x, steps=steps).n_spikes_per_step[:, 0].sum()
     q = qnet["h"]
     scale, w_exp = q.scale, q.synapses[0].op.weight_exp
     bias_exp = qnet.provenance["quantization"]["layers"]["h"]["bias_exp"]
+    w_int = q.synapses[0].op.weight * 2.0 ** w_exp
+    assert np.all(np.abs(w_int - weight * scale) <= 2.0 ** w_exp / 2 + 1e-9)
+    assert np.all(np.abs(q.threshold - scale) <= 0.5)
+    assert np.all(np.abs(q.bias - bias * scale) <= 2.0 ** bias_exp / 2 + 1e-9)
+
+    x = rng.integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8)
+    steps = net["h"].schedule.offset_steps + 2 * window * n_windows
     pixels = x.reshape(len(x), -1).astype(float)
-    z = pixels @ weight.T + net["h"].bias
-    dz = (pixels.sum(axis=1, keepdims=True) * 2.0 ** w_exp / 2 + 2.0 ** bias_exp / 2) / scale
-    dtheta = 0.5 / scale
-    bound = np.sum(n_windows * window * (dz + np.abs(z) * dtheta) + 2)
-    assert abs(int(int_counts) - int(float_counts)) <= bound
-    assert float_counts > 100  # the layer is active, so the comparison means something
+    z = pixels @ weight.T + bias
+    dz = np.abs(pixels @ (w_int / scale - weight).T + (q.bias / scale - bias))
+    dtheta = abs(float(q.threshold) / scale - 1.0)
+    bound = n_windows * window * (dz + np.abs(z) * dtheta) + 2
+    total_float = 0
+    for i in range(len(x)):
+        n_float = simulate(net, x[i:i + 1], steps=steps, dtype=torch.float64).n_spikes["h"]
+        n_int = simulate(qnet, x[i:i + 1], steps=steps).n_spikes["h"]
+        assert abs(n_int - n_float) <= bound[i].sum(), i
+        total_float += n_float
+    assert total_float > 1000  # the layer is active, so the comparison means something
 
 
 def test_residual_branches_land_in_the_target_scale(images):
