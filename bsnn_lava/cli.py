@@ -14,7 +14,10 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 EPILOG = """examples:
   bsnn demo                       train a digits ResNet, convert, compare BSNN with IF, plot
-  bsnn demo --steps 128 --window 4 --out my-demo
+  bsnn convert resnet20.th --calib train.npz --hw loihi2 --out net.h5
+  bsnn inspect net.h5
+  bsnn check net.h5 --hw loihi1
+  bsnn simulate net.h5 --data test.npz --steps 256 --limit 500 --json out.json
 
 exit codes: 0 success, 1 internal error, 2 bad input (one-line message)"""
 
@@ -29,6 +32,103 @@ def _cmd_demo(args) -> int:
     if args.steps < 1 or args.window < 1:
         raise UsageError("--steps and --window must be positive integers")
     run_demo(Path(args.out), steps=args.steps, window=args.window, seed=args.seed)
+    return EXIT_OK
+
+
+def _load_model(args):
+    """The model to convert and its input normalisation (mean, std on pixels in [0, 1])."""
+    from . import zoo
+
+    if args.factory:
+        import importlib
+
+        module_name, _, attr = args.factory.partition(":")
+        try:
+            model = getattr(importlib.import_module(module_name), attr)()
+        except (ImportError, AttributeError) as err:
+            raise UsageError(f"--factory {args.factory}: cannot import ({err}); use module.path:function") from err
+        if args.model:
+            import torch
+
+            state = torch.load(args.model, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        mean, std = (0.0,), (1.0,)
+    else:
+        if not args.model:
+            raise UsageError("give a CIFAR ResNet checkpoint, or --factory module:function for another model")
+        model = zoo.load_checkpoint(args.model)
+        mean, std = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
+    mean = tuple(args.mean) if args.mean else mean
+    std = tuple(args.std) if args.std else std
+    return model.eval(), mean, std
+
+
+def _cmd_convert(args) -> int:
+    from .conversion import convert
+    from .datasets import load_dataset
+
+    import netx_export
+
+    model, mean, std = _load_model(args)
+    x_calib, _ = load_dataset(args.calib, split="train")
+    network = convert(model, x_calib[:args.n_calib], neuron=args.neuron, window=args.window, v_init=args.v_init,
+                      percentile=args.percentile, channelwise=args.channelwise, mean=mean, std=std, progress=True)
+    if args.hw:
+        from .quantize import quantize
+
+        network = quantize(network, args.hw, headroom_bits=args.headroom_bits)
+    path = netx_export.write(network, args.out, mode="netx" if args.netx_compatible else "bsnn")
+    kind = f"integer ({args.hw})" if args.hw else "float"
+    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={args.window}, "
+          f"pipeline fill {network.readout.schedule.offset_steps} steps")
+    return EXIT_OK
+
+
+def _read_network(path):
+    import netx_export
+
+    return netx_export.read(path)
+
+
+def _cmd_check(args) -> int:
+    import json
+
+    from .resources import check_resources
+
+    report = check_resources(_read_network(args.net), args.hw)
+    print(report.format())
+    if args.json:
+        payload = {"profile": report.profile, "fits": report.fits, "n_cores": report.n_cores,
+                   "n_chips": report.n_chips, "violations": report.violations, "notes": report.notes,
+                   "layers": [vars(u) for u in report.layers]}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+    return EXIT_OK if report.fits else EXIT_BAD_INPUT
+
+
+def _cmd_simulate(args) -> int:
+    import json
+
+    from .datasets import load_dataset
+    from .sim import simulate
+
+    if args.steps < 1:
+        raise UsageError("--steps must be a positive integer")
+    network = _read_network(args.net)
+    x, y = load_dataset(args.data)
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                      progress=True)
+    print(f"{result.n_samples} images, {result.n_steps} steps ({result.method} path): ANN {100 * result.ann_accuracy:.2f}%, "
+          f"SNN {100 * result.accuracy[-1]:.2f}% after {result.n_steps} steps")
+    for points in (2.0, 1.0, 0.5):
+        print(f"  steps to ANN - {points} point(s): {result.steps_to_within(points) or 'not reached'}")
+    print(f"  spikes per image {sum(result.n_spikes.values()) / result.n_samples:.0f}, SIN per image "
+          f"{sum(result.n_sin.values()) / result.n_samples:.1f}, lost input {sum(result.n_lost_input.values())}, "
+          f"saturated {sum(result.n_saturated.values())}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.summary(), indent=1))
     return EXIT_OK
 
 
@@ -48,6 +148,62 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--window", type=int, default=2, help="bistable window P in steps (default: 2)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.set_defaults(handler=_cmd_demo)
+
+    conv = sub.add_parser("convert", help="convert a trained model to a BSNN / IF network and write netx HDF5",
+                          description="Convert a trained ReLU network (a CIFAR ResNet checkpoint, or any model from "
+                          "--factory) into a spiking network, calibrated on --calib, optionally quantized for a "
+                          "hardware profile, and write it as a netx HDF5 file.",
+                          epilog="examples:\n  bsnn convert resnet20.th --calib train.npz --out r20.h5\n"
+                          "  bsnn convert resnet20.th --calib train.npz --hw loihi2 --window 4 --out r20_q.h5\n"
+                          "  bsnn convert w.pt --factory mypkg.nets:build_vgg --mean 0.5 --std 0.25 --calib "
+                          "train.npz --out vgg.h5", formatter_class=argparse.RawDescriptionHelpFormatter)
+    conv.add_argument("model", nargs="?", help="checkpoint (state dict; CIFAR ResNet unless --factory)")
+    conv.add_argument("--factory", help="module.path:function returning the nn.Module (weights from MODEL if given)")
+    conv.add_argument("--calib", required=True, help="calibration data: digits[:train|test] or a .npz (x uint8, y)")
+    conv.add_argument("--n-calib", type=int, default=300, help="calibration images (default: 300)")
+    conv.add_argument("--out", required=True, help="output .h5 file (written atomically)")
+    conv.add_argument("--neuron", choices=("bistable", "if", "warmup"), default="bistable")
+    conv.add_argument("--window", type=int, default=2, help="window P in steps (default: 2)")
+    conv.add_argument("--v-init", type=float, default=0.5, help="V(0) as a fraction of theta (default: 0.5)")
+    conv.add_argument("--percentile", type=float, default=99.9, help="threshold percentile (default: 99.9)")
+    conv.add_argument("--channelwise", action="store_true", help="one threshold per channel")
+    conv.add_argument("--mean", type=float, nargs="+", help="input normalisation mean (pixels in [0, 1])")
+    conv.add_argument("--std", type=float, nargs="+", help="input normalisation std")
+    conv.add_argument("--hw", help="quantize for this hardware profile (loihi2, loihi1 or a .toml path)")
+    conv.add_argument("--headroom-bits", type=int, default=6, help="state headroom above P+1 thresholds (default 6)")
+    conv.add_argument("--netx-compatible", action="store_true",
+                      help="write only what stock lava-dl netx loads (sequential IF networks, CUBA neurons)")
+    conv.set_defaults(handler=_cmd_convert)
+
+    from .cli_netx import add_inspect_parser
+
+    add_inspect_parser(sub)
+
+    check = sub.add_parser("check", help="map a network onto cores of a hardware profile; exit 2 if it does not fit",
+                           description="Map each layer onto cores (neurons, input axons, synaptic memory per core) "
+                           "and print layers -> cores, totals and every violated limit.",
+                           epilog="examples:\n  bsnn check net.h5 --hw loihi2\n  bsnn check net.h5 --hw my_chip.toml "
+                           "--json report.json", formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.add_argument("net", help="a netx HDF5 file written by bsnn convert")
+    check.add_argument("--hw", default="loihi2", help="hardware profile: loihi2, loihi1 or a .toml path")
+    check.add_argument("--json", help="also write the report as JSON to this file")
+    check.set_defaults(handler=_cmd_check)
+
+    simulate = sub.add_parser("simulate", help="run a network file on data: accuracy at every step, counts",
+                              description="Simulate a netx HDF5 network on images with the reference simulator "
+                              "(exact integer arithmetic for quantized networks).",
+                              epilog="examples:\n  bsnn simulate net.h5 --data digits --steps 96\n  bsnn simulate "
+                              "net.h5 --data test.npz --steps 256 --limit 500 --json result.json",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    simulate.add_argument("net", help="a netx HDF5 file written by bsnn convert")
+    simulate.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
+    simulate.add_argument("--steps", type=int, default=128, help="time steps T (default: 128)")
+    simulate.add_argument("--limit", type=int, help="use only the first N images")
+    simulate.add_argument("--batch-size", type=int, default=100)
+    simulate.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    simulate.add_argument("--backend", choices=("torch",), default="torch", help="simulator (default: torch)")
+    simulate.add_argument("--json", help="write accuracy per step and counts as JSON to this file")
+    simulate.set_defaults(handler=_cmd_simulate)
     return parser
 
 

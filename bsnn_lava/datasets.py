@@ -47,3 +47,22 @@ def load_npz(path) -> Tuple[np.ndarray, np.ndarray]:
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: field 'y' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
     return x, y.astype(np.int64)
+
+
+def load_dataset(spec: str, split: str = "test") -> Tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` raw uint8 images and labels from a data spec.
+
+    ``digits`` (scikit-learn's bundled digits; ``digits:train`` for the training split) or a path to
+    an ``.npz`` file with arrays ``x`` and ``y``.
+    """
+    name, _, part = spec.partition(":")
+    if name == "digits":
+        x_train, y_train, x_test, y_test = load_digits_uint8()
+        part = part or split
+        if part not in ("train", "test"):
+            raise DataError(f"{spec}: the digits split must be 'train' or 'test'")
+        return (x_train, y_train) if part == "train" else (x_test, y_test)
+    path = Path(spec)
+    if path.suffix == ".npz" or path.is_file():
+        return load_npz(path)
+    raise DataError(f"{spec}: not a data set (use 'digits', 'digits:train' or a .npz file with x and y)")

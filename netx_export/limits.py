@@ -1,13 +1,16 @@
 """Value ranges an integer network must respect: float32 exactness and the recorded profile.
 
-A network's ``provenance["quantization"]`` (a JSON object written by the quantizer) may record its
-hardware profile's limits; every key is optional and only the keys present are enforced, by the
+A network's ``provenance["quantization"]`` (written by :func:`bsnn_lava.quantize.quantize`) records
+its hardware profile's limits; every key is optional and only the keys present are enforced, by the
 writer (it refuses to write) and by the reader (it refuses to read):
 
-- ``weight_bits`` (int b): every weight mantissa lies in [-2**(b-1), 2**(b-1) - 1];
+- ``weight_mantissa_bits`` (int b): every weight mantissa lies in [-2**(b-1), 2**(b-1) - 1];
 - ``weight_exp_min``, ``weight_exp_max`` (int): bounds of every synapse's ``weight_exp``;
-- ``threshold_max`` (number): largest threshold, in the layer's integer units;
-- ``state_bits`` (int s): every bias and initial potential lies in [-2**(s-1), 2**(s-1) - 1].
+- ``bias_mantissa_bits`` and ``bias_exp_max`` (ints, both needed): |bias| <= 2**(b-1) * 2**exp_max;
+- ``state_bits`` (int s): thresholds, biases and initial potentials lie in [-2**(s-1), 2**(s-1) - 1];
+- ``threshold_max`` (number): largest threshold.
+
+All values are in the layer's integer units.
 
 Float networks have no limits besides finiteness.
 """
@@ -21,17 +24,20 @@ import numpy as np
 #: float32 represents every integer of magnitude up to 2**24 exactly (integer-network weights).
 FLOAT32_EXACT_MAX = 2 ** 24
 
-_INT_KEYS = ("weight_bits", "weight_exp_min", "weight_exp_max", "state_bits")
+_INT_KEYS = ("weight_mantissa_bits", "weight_exp_min", "weight_exp_max", "bias_mantissa_bits", "bias_exp_max",
+             "state_bits")
 
 
 @dataclass(frozen=True)
 class Limits:
     """The recorded limits (``None`` = not recorded)."""
-    weight_bits: Optional[int] = None
+    weight_mantissa_bits: Optional[int] = None
     weight_exp_min: Optional[int] = None
     weight_exp_max: Optional[int] = None
-    threshold_max: Optional[float] = None
+    bias_mantissa_bits: Optional[int] = None
+    bias_exp_max: Optional[int] = None
     state_bits: Optional[int] = None
+    threshold_max: Optional[float] = None
 
 
 def limits_from_provenance(provenance: Mapping[str, Any]) -> Limits:
@@ -79,11 +85,11 @@ def weight_problem(weight: np.ndarray, weight_exp: int, limits: Limits) -> Optio
     if largest > FLOAT32_EXACT_MAX:
         return (f"magnitude {largest:.0f} exceeds 2**24, the largest integer float32 stores exactly "
                 "(use a larger weight_exp)")
-    if limits.weight_bits is not None and weight.size:
-        low, high = _signed_range(limits.weight_bits)
+    if limits.weight_mantissa_bits is not None and weight.size:
+        low, high = _signed_range(limits.weight_mantissa_bits)
         if weight.min() < low or weight.max() > high:
             return (f"values in [{weight.min():.0f}, {weight.max():.0f}] exceed the recorded "
-                    f"{limits.weight_bits}-bit mantissa range [{low}, {high}]")
+                    f"{limits.weight_mantissa_bits}-bit mantissa range [{low}, {high}]")
     if limits.weight_exp_min is not None and weight_exp < limits.weight_exp_min:
         return f"weight_exp {weight_exp} is below the recorded minimum {limits.weight_exp_min}"
     if limits.weight_exp_max is not None and weight_exp > limits.weight_exp_max:
@@ -91,17 +97,26 @@ def weight_problem(weight: np.ndarray, weight_exp: int, limits: Limits) -> Optio
     return None
 
 
-def threshold_problem(threshold: np.ndarray, limits: Limits) -> Optional[str]:
-    if limits.threshold_max is not None and threshold.size and threshold.max() > limits.threshold_max:
-        return f"maximum {threshold.max():g} exceeds the recorded threshold_max {limits.threshold_max:g}"
-    return None
-
-
 def state_problem(values: np.ndarray, limits: Limits) -> Optional[str]:
-    """Why a bias or initial potential does not fit the recorded state width."""
+    """Why a threshold, bias or initial potential does not fit the recorded state width."""
     if limits.state_bits is None or not values.size:
         return None
     low, high = _signed_range(limits.state_bits)
     if values.min() < low or values.max() > high:
         return f"values exceed the recorded {limits.state_bits}-bit state range [{low}, {high}]"
     return None
+
+
+def threshold_problem(threshold: np.ndarray, limits: Limits) -> Optional[str]:
+    if limits.threshold_max is not None and threshold.size and threshold.max() > limits.threshold_max:
+        return f"maximum {threshold.max():g} exceeds the recorded threshold_max {limits.threshold_max:g}"
+    return state_problem(threshold, limits)
+
+
+def bias_problem(bias: np.ndarray, limits: Limits) -> Optional[str]:
+    if None not in (limits.bias_mantissa_bits, limits.bias_exp_max) and bias.size:
+        largest = 2 ** (limits.bias_mantissa_bits - 1 + limits.bias_exp_max)
+        if np.abs(bias).max() > largest:
+            return (f"magnitude {np.abs(bias).max():g} exceeds 2**{limits.bias_mantissa_bits - 1} * "
+                    f"2**{limits.bias_exp_max}, the recorded bias mantissa and exponent range")
+    return state_problem(bias, limits)

@@ -36,18 +36,21 @@ def fill_netx(h5: h5py.File, network: Network, path: str) -> None:
     if network.numeric != "int":
         raise NetxExportError(f"cannot write {path} in netx mode: the network is {network.numeric}; stock netx "
                               "needs integer weights, biases and thresholds (quantize it first)")
+    for i, layer in enumerate(network.layers):  # structure first: refuse before looking at values
+        where = Where(path, i, layer.name)
+        if layer.schedule.mode != "if":
+            raise where.export_error("neuron/mode", f"is {layer.schedule.mode!r}; netx mode needs 'if' schedules "
+                                     "(stock CUBA neurons have no integrate/fire gating)")
+        if i:
+            _single_synapse(layer, network.layers[i - 1].name, where)
     layers = h5.create_group("layer")
     first = layers.create_group("0")
     h5io.put_str(first, "type", "input")
     h5io.put_ints(first, "shape", network.input.shape)
-    if network.input.schedule.mode != "if":
-        raise Where(path, 0, network.input.name).export_error("neuron/mode", _not_if(network.input.schedule.mode))
     for i, layer in enumerate(network.layers[1:], start=1):
         where = Where(path, i, layer.name)
         source = network.layers[i - 1]
         op = _single_synapse(layer, source.name, where)
-        if layer.schedule.mode != "if":
-            raise where.export_error("neuron/mode", _not_if(layer.schedule.mode))
         if isinstance(op, Dense) and len(source.shape) == 3:
             flatten = layers.create_group(str(len(layers)))
             h5io.put_str(flatten, "type", "flatten")
@@ -63,10 +66,6 @@ def fill_netx(h5: h5py.File, network: Network, path: str) -> None:
             h5io.put_int(group, "groups", 1)
         h5io.put_array(group, "bias", _bias(layer, where), np.float32)
         _write_cuba(group.create_group("neuron"), layer, where)
-
-
-def _not_if(mode: str) -> str:
-    return f"is {mode!r}; netx mode needs 'if' schedules (stock CUBA neurons have no integrate/fire gating)"
 
 
 def _single_synapse(layer, previous: str, where: Where):

@@ -22,7 +22,7 @@ from bsnn_lava.dynamics import MODES
 from . import h5io
 from .errors import UnknownTypeError
 from .h5io import Where
-from .limits import Limits, integer_problem, state_problem, threshold_problem, weight_problem
+from .limits import Limits, bias_problem, integer_problem, state_problem, threshold_problem, weight_problem
 
 FORMAT_VERSION = 1
 ROLES = ("neuron", "relay")
@@ -130,7 +130,8 @@ def _param_shapes(shape, spatial: bool):
 
 
 def _range_problem(key: str, values: np.ndarray, limits: Limits):
-    return threshold_problem(values, limits) if key == "threshold" else state_problem(values, limits)
+    check = {"threshold": threshold_problem, "bias": bias_problem}.get(key, state_problem)
+    return check(values, limits)
 
 
 def _write_param(neuron: h5py.Group, key: str, values: np.ndarray, ctx: Context) -> None:

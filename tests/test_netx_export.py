@@ -17,24 +17,27 @@ import netx_export
 from bsnn_lava import zoo
 from bsnn_lava.cli_netx import cmd_inspect
 from bsnn_lava.conversion import convert
+from bsnn_lava.quantize import quantize
 from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse, replace
 from bsnn_lava.sim import simulate
 from conftest import OptionAResNet, SmallVGG, TVStyleResNet, randomize_batchnorm
 from netx_export import NetxExportError, NetxFormatError, UnknownTypeError
 
-QUANTIZATION = {"weight_bits": 8, "weight_exp_min": -8, "weight_exp_max": 7, "threshold_max": 2 ** 23,
+#: Limits recorded the way bsnn_lava.quantize records them (netx_export.limits enforces them).
+QUANTIZATION = {"weight_mantissa_bits": 8, "weight_exp_max": 7, "bias_mantissa_bits": 13, "bias_exp_max": 7,
                 "state_bits": 24}
 
 
 # --- helpers (also used by test_netx_malformed.py) --------------------------------------------------
 
-def integerized(network: Network, weight_max: int = 127) -> Network:
-    """Integer stand-in quantization: per layer, weights scaled to |w| <= weight_max and rounded."""
+def integerized(network: Network, weight_max: int = 127, bias_max: float = np.inf) -> Network:
+    """Integer stand-in quantization: per layer, weights scaled to |w| <= weight_max and rounded;
+    biases clipped to +-bias_max."""
     layers = [network.input]
     for layer in network.layers[1:]:
         scale = weight_max / max(float(np.abs(s.op.weight).max()) for s in layer.synapses)
         synapses = tuple(Synapse(s.source, replace(s.op, weight=np.round(s.op.weight * scale))) for s in layer.synapses)
-        changes = dict(synapses=synapses, bias=np.round(layer.bias * scale), scale=scale)
+        changes = dict(synapses=synapses, bias=np.clip(np.round(layer.bias * scale), -bias_max, bias_max), scale=scale)
         if isinstance(layer, GatedIF):
             threshold = np.maximum(np.round(layer.threshold * scale), 1)
             changes.update(threshold=threshold, v_init=np.floor(threshold / 2))
@@ -141,6 +144,19 @@ def test_integer_network_round_trips_with_float32_weights(images, tmp_path):
     np.testing.assert_array_equal(before.accuracy, after.accuracy)
 
 
+@pytest.mark.parametrize("model_cls", [OptionAResNet, TVStyleResNet])
+def test_quantized_networks_round_trip_exactly(model_cls, images, tmp_path):
+    x, y = images
+    network = quantize(convert(randomize_batchnorm(model_cls()), x, neuron="bistable", window=2), "loihi2")
+    assert any(s.op.weight_exp for layer in network.layers for s in layer.synapses)
+    again = round_trip(network, tmp_path)
+    steps = network.readout.schedule.offset_steps + 8
+    before, after = simulate(network, x[:6], y[:6], steps=steps), simulate(again, x[:6], y[:6], steps=steps)
+    assert before.n_spikes_per_step.sum() > 0
+    np.testing.assert_array_equal(before.n_spikes_per_step, after.n_spikes_per_step)
+    np.testing.assert_array_equal(before.accuracy, after.accuracy)
+
+
 def test_netx_fields_of_the_first_synapse(images, tmp_path):
     x, _ = images
     network = convert(randomize_batchnorm(OptionAResNet()), x, neuron="bistable")
@@ -235,7 +251,7 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
 
 
 def test_writer_enforces_recorded_limits_and_json_provenance(tmp_path):
-    limited = _tiny_int_network(weight=9.0).replace(provenance={"quantization": {"weight_bits": 4}})
+    limited = _tiny_int_network(weight=9.0).replace(provenance={"quantization": {"weight_mantissa_bits": 4}})
     with pytest.raises(NetxExportError, match=r"layer 2 \('out'\), field 'weight': .*4-bit"):
         netx_export.write(limited, tmp_path / "a.h5")
     with pytest.raises(NetxExportError, match="field 'provenance'"):
@@ -294,7 +310,7 @@ def test_netx_mode_refuses_what_stock_netx_cannot_express(images, tmp_path):
 def test_netx_mode_loads_and_runs_in_stock_lava_dl(images, tmp_path):
     x, _ = images
     pixels = x[:4, :8, :8]
-    network = integerized(convert(_sequential(), pixels, neuron="if", mean=(0.5,), std=(0.25,)))
+    network = integerized(convert(_sequential(), pixels, neuron="if", mean=(0.5,), std=(0.25,)), bias_max=4095)
     path = netx_export.write(network, tmp_path / "seq.h5", mode="netx")
     with h5py.File(path, "r") as h5:
         assert [h5[f"layer/{i}/type"][0] for i in range(5)] == [b"input", b"conv", b"conv", b"flatten", b"dense"]
