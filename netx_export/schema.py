@@ -16,8 +16,8 @@ from typing import Callable, Dict, Tuple
 import h5py
 import numpy as np
 
-from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Conv2d, Dense, GatedIF, Input, Readout, Schedule
 from bsnn_lava.dynamics import MODES
+from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Conv2d, Dense, GatedIF, Input, Readout, Schedule
 
 from . import h5io
 from .errors import UnknownTypeError

@@ -17,8 +17,8 @@ import netx_export
 from bsnn_lava import zoo
 from bsnn_lava.cli_netx import cmd_inspect
 from bsnn_lava.conversion import convert
-from bsnn_lava.quantize import quantize
 from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse, replace
+from bsnn_lava.quantize import quantize
 from bsnn_lava.sim import simulate
 from conftest import OptionAResNet, SmallVGG, TVStyleResNet, randomize_batchnorm
 from netx_export import NetxExportError, NetxFormatError, UnknownTypeError
@@ -228,7 +228,7 @@ def test_random_graphs_round_trip_exactly(network):
 
 # --- the writer's refusals and atomicity ------------------------------------------------------------
 
-def _tiny_int_network(weight=1.0):
+def tiny_int_network(weight=1.0):
     x = Input("x", (1, 2, 2), Schedule("if", 0, 1))
     hidden = GatedIF("h", (3,), (Synapse("x", Dense(np.full((3, 4), 1.0))),), threshold=4.0, bias=0.0, v_init=0.0,
                      schedule=Schedule("if", 1, 1))
@@ -238,12 +238,12 @@ def _tiny_int_network(weight=1.0):
 
 
 def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
-    bad = _tiny_int_network(weight=2.0 ** 25)  # beyond float32's exact integers: fails at the last layer
+    bad = tiny_int_network(weight=2.0 ** 25)  # beyond float32's exact integers: fails at the last layer
     target = tmp_path / "net.h5"
     with pytest.raises(NetxExportError, match=r"layer 2 \('out'\), field 'weight': .*2\*\*24"):
         netx_export.write(bad, target)
     assert os.listdir(tmp_path) == []
-    netx_export.write(_tiny_int_network(), target)
+    netx_export.write(tiny_int_network(), target)
     old = target.read_bytes()
     with pytest.raises(NetxExportError):
         netx_export.write(bad, target)
@@ -251,13 +251,17 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
 
 
 def test_writer_enforces_recorded_limits_and_json_provenance(tmp_path):
-    limited = _tiny_int_network(weight=9.0).replace(provenance={"quantization": {"weight_mantissa_bits": 4}})
+    limited = tiny_int_network(weight=9.0).replace(provenance={"quantization": {"weight_mantissa_bits": 4}})
     with pytest.raises(NetxExportError, match=r"layer 2 \('out'\), field 'weight': .*4-bit"):
         netx_export.write(limited, tmp_path / "a.h5")
     with pytest.raises(NetxExportError, match="field 'provenance'"):
-        netx_export.write(_tiny_int_network().replace(provenance={"x": float("nan")}), tmp_path / "a.h5")
+        netx_export.write(tiny_int_network().replace(provenance={"x": float("nan")}), tmp_path / "a.h5")
     with pytest.raises(ValueError, match="mode must be"):
-        netx_export.write(_tiny_int_network(), tmp_path / "a.h5", mode="onnx")
+        netx_export.write(tiny_int_network(), tmp_path / "a.h5", mode="onnx")
+    nul_name = tiny_int_network().with_layers([replace(layer, name="o\0ut") if layer.name == "out" else layer
+                                                for layer in tiny_int_network().layers])
+    with pytest.raises(NetxExportError, match=r"layer 2 .*NUL"):
+        netx_export.write(nul_name, tmp_path / "a.h5")
     assert os.listdir(tmp_path) == []
 
 

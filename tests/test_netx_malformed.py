@@ -15,7 +15,7 @@ from bsnn_lava.conversion import convert
 from bsnn_lava.quantize import quantize
 from conftest import OptionAResNet, randomize_batchnorm
 from netx_export import NetxFormatError
-from test_netx_export import assert_networks_equal
+from test_netx_export import tiny_int_network, assert_networks_equal
 
 # Layers of the quantized OptionAResNet below: 0 x (input), 1 relu (conv), 2 relu_1, 3 relay,
 # 4 relu_2 (two synapses: a residual add), 5 relu_3, 6 relay, 7 relu_4 (two synapses), 8 readout.
@@ -191,6 +191,8 @@ FILE_CASES = {
     "not an HDF5 file": (lambda good_path, path: path.write_text("layer,0,conv\n"), r"not a readable HDF5 file"),
     "a directory": (lambda good_path, path: path.mkdir(), r"is a directory"),
     "missing file": (lambda good_path, path: None, r"no such file"),
+    "a stock netx file": (lambda good_path, path: netx_export.write(tiny_int_network(), path, mode="netx"),
+                          r"field 'format_version': missing: not a bsnn-netx file"),
 }
 
 

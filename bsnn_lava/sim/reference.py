@@ -29,13 +29,16 @@ from .result import SimResult
 
 def simulate(network: Network, images, labels=None, steps: int = 128, batch_size: int = 100,
              device: str = "cpu", method: str = "auto", dtype: Optional[torch.dtype] = None,
-             progress: bool = False) -> SimResult:
+             record: bool = False, progress: bool = False) -> SimResult:
     """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps.
 
     Args:
         images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels.
         labels: (N,) class indices; enables ``accuracy`` (one value per step) and ``ann_accuracy``.
         method: ``step``, ``window`` (bistable only) or ``auto`` (window where it applies).
+        record: keep every spike and the readout potential of every step (step path only; memory
+            n_steps x n_samples x n_neurons): ``result.extras["spikes"][layer]`` is a bool array
+            (n_steps, n_samples, *shape), ``result.extras["readout_v"]`` (n_steps, n_samples, classes).
         dtype: arithmetic dtype; default float32 for float networks, float64 for integer networks
             (exact for integers below 2**53; state saturates at 24 bits).
     Returns:
@@ -46,7 +49,9 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     if method not in ("auto", "step", "window"):
         raise ValueError(f"method must be auto, step or window, got {method!r}")
     if method == "auto":
-        method = "window" if window_path_applies(network) else "step"
+        method = "window" if window_path_applies(network) and not record else "step"
+    if record and method != "step":
+        raise ValueError("record=True needs method='step' (the window path does not visit every step)")
     elif method == "window" and not window_path_applies(network):
         raise ValueError("the window path needs a bistable network whose layers are synchronised "
                          "(offset = source offset + P + synaptic delay, one offset per layer's sources)")
@@ -60,7 +65,7 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
     state_bits = network.state_bits
     kernels = NetworkKernels(network, dtype, device)
-    run = _Run(network, kernels, int(steps), state_bits)
+    run = _Run(network, kernels, int(steps), state_bits, record)
     n_fallback = 0
     for start in tqdm(range(0, x_all.shape[0], batch_size), desc=f"simulate ({method})", disable=not progress):
         x = x_all[start:start + batch_size].to(device=device, dtype=dtype)
@@ -76,6 +81,10 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
         run.step_batch(x, y)
     result = run.result(x_all.shape[0], method, y_all is not None)
     result.extras["n_batches_on_step_path"] = n_fallback
+    if record:
+        result.extras["spikes"] = {name: np.concatenate(chunks, axis=1) for name, chunks in run.records.items()
+                                   if name != network.readout.name}
+        result.extras["readout_v"] = np.concatenate(run.records[network.readout.name], axis=1)
     return result
 
 
@@ -100,8 +109,9 @@ def window_path_applies(network: Network) -> bool:
 class _Run:
     """Accumulates counts over batches."""
 
-    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits):
+    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits, record: bool = False):
         self.network = network
+        self.records = {layer.name: [] for layer in network.layers[1:]} if record else None
         self.kernels = kernels
         self.n_steps = n_steps
         self.state_bits = state_bits
@@ -120,7 +130,7 @@ class _Run:
         return (self.spikes_per_step.clone(), self.correct.clone(),
                 {k: dict(v) for k, v in self.counters.items()}, self.ann_correct, len(self.predictions))
 
-    def restore(self, snapshot) -> None:
+    def restore(self, snapshot) -> None:  # (records are only kept on the step path, never restored)
         self.spikes_per_step, self.correct, self.counters, self.ann_correct, n_batches = snapshot
         del self.predictions[n_batches:]
 
@@ -164,6 +174,10 @@ class _Run:
         totals = {name: torch.zeros_like(state[name]) for name in self.names}
         pending: Dict[str, Optional[torch.Tensor]] = {}
         readout = net.readout.name
+        raster = None
+        if self.records is not None:
+            raster = {name: torch.zeros(self.n_steps, *state[name].shape, dtype=torch.bool) for name in self.names}
+            raster[readout] = torch.zeros(self.n_steps, *state[readout].shape, dtype=torch.float64)
         for t in range(self.n_steps):
             outputs = {net.input.name: x if phase(t, *_sched(net.input))[1] else None}
             for layer in net.layers[1:]:
@@ -179,8 +193,15 @@ class _Run:
                     totals[layer.name] += s
                     self.spikes_per_step[t, self.index[layer.name]] += s.sum()
                     outputs[layer.name] = s
+                    if raster is not None:
+                        raster[layer.name][t] = spikes.cpu()
+            if raster is not None:
+                raster[readout][t] = state[readout].cpu()
             self._score(t, state[readout], y)
             pending = {layer.name: kernels.synaptic_input(layer.name, outputs) for layer in net.layers[1:]}
+        if raster is not None:
+            for name, values in raster.items():
+                self.records[name].append(values.numpy())
         self._finish_batch(x, y, state[readout], totals)
 
     # --- window path --------------------------------------------------------------------------
