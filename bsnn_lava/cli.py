@@ -77,7 +77,8 @@ def _cmd_convert(args) -> int:
     if args.hw:
         from .quantize import quantize
 
-        network = quantize(network, args.hw, headroom_bits=args.headroom_bits)
+        network = quantize(network, args.hw, headroom_bits=args.headroom_bits,
+                           max_exponent=0 if args.netx_compatible else None)
     path = netx_export.write(network, args.out, mode="netx" if args.netx_compatible else "bsnn")
     kind = f"integer ({args.hw})" if args.hw else "float"
     print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={args.window}, "

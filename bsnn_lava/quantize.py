@@ -17,8 +17,9 @@ in ``provenance["quantization"]``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -27,13 +28,21 @@ from hw_profiles import HardwareProfile, load_profile
 from .ir import GatedIF, Network, Readout, Synapse, replace
 
 
-def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", headroom_bits: int = 6) -> Network:
-    """The integer version of a float ``network`` for ``profile`` (a name, path or profile)."""
+def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", headroom_bits: int = 6,
+             max_exponent: Optional[int] = None) -> Network:
+    """The integer version of a float ``network`` for ``profile`` (a name, path or profile).
+
+    ``max_exponent``: cap the weight and bias exponents below the profile's (0 for stock lava-dl
+    netx, whose fixed-point convolution ignores weight exponents).
+    """
     if network.numeric == "int":
         raise ValueError("the network is already quantized")
     hw = profile if isinstance(profile, HardwareProfile) else load_profile(profile)
     if not 0 <= headroom_bits < hw.state_bits - 2:
         raise ValueError(f"headroom_bits must be in [0, {hw.state_bits - 2}), got {headroom_bits}")
+    if max_exponent is not None:
+        hw = dataclasses.replace(hw, weight_exp_max=min(hw.weight_exp_max, max_exponent),
+                                 bias_exp_max=max(hw.bias_exp_min, min(hw.bias_exp_max, max_exponent)))
     mant_max = 2 ** (hw.weight_mantissa_bits - 1) - 1
     exp_max = max(0, hw.weight_exp_max)
     layers = [network.input]
