@@ -90,6 +90,20 @@ class Conv2d:
             raise IRError(f"conv2d kernel {self.weight.shape[2:]} does not fit input {input_shape}")
         return (self.weight.shape[0], out_hw[0], out_hw[1])
 
+    def fan_out(self, input_shape: Tuple[int, ...]) -> np.ndarray:
+        """Synaptic operations one event of each input neuron causes: its nonzero weights onto
+        output neurons that exist (padding borders and strides included). Shape ``input_shape``."""
+        _, out_h, out_w = self.output_shape(input_shape)
+        c_in, h_in, w_in = input_shape
+        nonzero = (self.weight != 0).sum(axis=0)  # (in_channels, kh, kw): output channels per tap
+        counts = np.zeros(input_shape, dtype=np.int64)
+        for ky in range(self.weight.shape[2]):
+            rows = _tap_hits(h_in, ky, self.padding[0], self.stride[0], out_h)
+            for kx in range(self.weight.shape[3]):
+                cols = _tap_hits(w_in, kx, self.padding[1], self.stride[1], out_w)
+                counts += nonzero[:, ky, kx, None, None] * (rows[:, None] & cols[None, :])
+        return counts
+
 
 @dataclass(frozen=True, eq=False)
 class Dense:
@@ -109,6 +123,17 @@ class Dense:
         if int(np.prod(input_shape)) != self.weight.shape[1]:
             raise IRError(f"dense expects {self.weight.shape[1]} inputs, source has shape {input_shape}")
         return (self.weight.shape[0],)
+
+    def fan_out(self, input_shape: Tuple[int, ...]) -> np.ndarray:
+        """Nonzero weights from each input neuron (shape ``input_shape``)."""
+        self.output_shape(input_shape)
+        return (self.weight != 0).sum(axis=0).reshape(input_shape).astype(np.int64)
+
+
+def _tap_hits(size_in: int, tap: int, padding: int, stride: int, size_out: int) -> np.ndarray:
+    """Which input positions kernel tap ``tap`` connects to an existing output position."""
+    offset = np.arange(size_in) + padding - tap  # = stride * output position
+    return (offset >= 0) & (offset % stride == 0) & (offset // stride < size_out)
 
 
 SynapseOp = Union[Conv2d, Dense]

@@ -67,6 +67,17 @@ class NetworkKernels:
         self.synapses: Dict[str, List[Tuple[str, SynapseKernel]]] = {
             layer.name: [(s.source, SynapseKernel(s.op, dtype, device, max_input[s.source])) for s in layer.synapses]
             for layer in network.layers}
+        # synaptic operations per event of each source neuron, one entry per synapse, in layer order
+        self.synapse_names: List[str] = []
+        self.outgoing: Dict[str, List[Tuple[int, torch.Tensor]]] = {layer.name: [] for layer in network.layers}
+        for layer in network.layers:
+            for s in layer.synapses:
+                name = f"{layer.name}<-{s.source}"
+                while name in self.synapse_names:
+                    name += "'"
+                fan_out = torch.tensor(s.op.fan_out(network[s.source].shape), dtype=dtype, device=device)
+                self.outgoing[s.source].append((len(self.synapse_names), fan_out))
+                self.synapse_names.append(name)
         self.params: Dict[str, Dict[str, torch.Tensor]] = {}
         for layer in network.layers[1:]:
             names = ("threshold", "bias", "v_init") if layer.kind == "gated_if" else ("bias",)

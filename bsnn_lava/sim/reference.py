@@ -120,6 +120,9 @@ class _Run:
         self.index = {name: i for i, name in enumerate(self.names)}
         device = kernels.device
         self.spikes_per_step = torch.zeros(n_steps, len(self.names), dtype=torch.float64, device=device)
+        self.synops_per_step = torch.zeros(n_steps, len(kernels.synapse_names), dtype=torch.float64, device=device)
+        self.spikes_per_neuron = {layer.name: torch.zeros(layer.shape, dtype=torch.float64, device=device)
+                                  for layer in self.spiking}
         self.correct = torch.zeros(n_steps, dtype=torch.float64, device=device)
         self.counters = {key: {layer.name: 0 for layer in network.layers[1:]} for key in ("lost", "saturated")}
         self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron"}
@@ -127,12 +130,20 @@ class _Run:
         self.predictions = []
 
     def snapshot(self):
-        return (self.spikes_per_step.clone(), self.correct.clone(),
+        return (self.spikes_per_step.clone(), self.synops_per_step.clone(), self.correct.clone(),
+                {k: v.clone() for k, v in self.spikes_per_neuron.items()},
                 {k: dict(v) for k, v in self.counters.items()}, self.ann_correct, len(self.predictions))
 
     def restore(self, snapshot) -> None:  # (records are only kept on the step path, never restored)
-        self.spikes_per_step, self.correct, self.counters, self.ann_correct, n_batches = snapshot
+        (self.spikes_per_step, self.synops_per_step, self.correct, self.spikes_per_neuron, self.counters,
+         self.ann_correct, n_batches) = snapshot
         del self.predictions[n_batches:]
+
+    def _count_synops(self, t: int, source: str, events: torch.Tensor) -> None:
+        """Synaptic operations of the events a source sends at step t (nonzero entries of ``events``)."""
+        active = (events != 0).to(self.kernels.dtype)
+        for index, fan_out in self.kernels.outgoing[source]:
+            self.synops_per_step[t, index] += (active * fan_out).sum()
 
     def _check_no_saturation(self, v: torch.Tensor, bias, counts, name: str, n_steps_in: int) -> None:
         """Raise :class:`_StepPathNeeded` unless ``|v| + n|bias| + |W| counts`` fits the state: then no
@@ -159,6 +170,8 @@ class _Run:
             self.correct[t] += (v_readout.argmax(dim=1) == y).sum()
 
     def _finish_batch(self, x, y, v_readout, spike_totals: Dict[str, torch.Tensor]) -> None:
+        for name, total in spike_totals.items():
+            self.spikes_per_neuron[name] += total.sum(dim=0)
         logits, pre = ann_forward(self.network, x, self.kernels)
         for name in self.counters["sin"]:  # relays repeat their source's spikes: not counted twice
             self.counters["sin"][name] += int(((pre[name] <= 0) & (spike_totals[name] > 0)).sum())
@@ -180,6 +193,8 @@ class _Run:
             raster[readout] = torch.zeros(self.n_steps, *state[readout].shape, dtype=torch.float64)
         for t in range(self.n_steps):
             outputs = {net.input.name: x if phase(t, *_sched(net.input))[1] else None}
+            if outputs[net.input.name] is not None:
+                self._count_synops(t, net.input.name, x)
             for layer in net.layers[1:]:
                 integrate, fire = phase(t, *_sched(layer))
                 params = kernels.params[layer.name]
@@ -192,6 +207,7 @@ class _Run:
                     s = spikes.to(kernels.dtype)
                     totals[layer.name] += s
                     self.spikes_per_step[t, self.index[layer.name]] += s.sum()
+                    self._count_synops(t, layer.name, s)
                     outputs[layer.name] = s
                     if raster is not None:
                         raster[layer.name][t] = spikes.cpu()
@@ -215,6 +231,9 @@ class _Run:
         input_counts = {net.input.name: x * window}
         input_drive = {layer.name: kernels.synaptic_input(layer.name, input_counts) for layer in net.layers[1:]
                        if all(s.source == net.input.name for s in layer.synapses)}
+        for t in range(n_steps):
+            if phase(t, *_sched(net.input))[1]:
+                self._count_synops(t, net.input.name, x)
         first_offset = net.layers[1].schedule.offset_steps
         predicted_until = 0  # steps before this one have been scored
         for k in range((n_steps - first_offset + 2 * window - 1) // (2 * window)):
@@ -236,6 +255,7 @@ class _Run:
                 totals[layer.name] += observed
                 for j in range(min(window, n_steps - fire_start)):
                     self.spikes_per_step[fire_start + j, self.index[layer.name]] += (count > j).sum()
+                    self._count_synops(fire_start + j, layer.name, count > j)
                 counts[layer.name] = count if bool(count.any()) else None
             integrate_start = readout.schedule.offset_steps + 2 * k * window
             if integrate_start >= n_steps:
@@ -261,6 +281,9 @@ class _Run:
         return SimResult(
             n_steps=self.n_steps, n_samples=n_samples, layer_names=self.names,
             n_spikes_per_step=self.spikes_per_step.cpu().numpy().astype(np.int64),
+            synapse_names=tuple(self.kernels.synapse_names),
+            n_synops_per_step=self.synops_per_step.cpu().numpy().astype(np.int64),
+            n_spikes_per_neuron={k: v.cpu().numpy().astype(np.int64) for k, v in self.spikes_per_neuron.items()},
             n_sin=as_int(self.counters["sin"]), n_lost_input=as_int(self.counters["lost"]),
             n_saturated=as_int(self.counters["saturated"]),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},

@@ -17,12 +17,18 @@ class SimResult:
     <= 0 that spiked (spikes of inactivated neurons), summed over samples, for neuron layers
     (relays repeat their source and are left out). ``n_lost_input``:
     neuron-steps whose nonzero input was discarded (not integrating). ``n_saturated``: neuron-steps
-    clipped to the state range (integer networks).
+    clipped to the state range (integer networks). ``n_synops_per_step[t, k]``: synaptic operations
+    (events x nonzero fan-out) of synapse ``synapse_names[k]`` (``target<-source``) caused by the
+    events its source sent at step t (input pixels count as graded events where nonzero).
+    ``n_spikes_per_neuron[layer]``: spikes of each neuron, summed over steps and samples.
     """
     n_steps: int
     n_samples: int
     layer_names: Tuple[str, ...]
     n_spikes_per_step: np.ndarray
+    synapse_names: Tuple[str, ...]
+    n_synops_per_step: np.ndarray
+    n_spikes_per_neuron: Dict[str, np.ndarray]
     n_sin: Dict[str, int]
     n_lost_input: Dict[str, int]
     n_saturated: Dict[str, int]
@@ -53,6 +59,7 @@ class SimResult:
             "n_steps": self.n_steps, "n_samples": self.n_samples, "method": self.method,
             "ann_accuracy": self.ann_accuracy,
             "accuracy": None if self.accuracy is None else [float(a) for a in self.accuracy],
-            "n_spikes": self.n_spikes, "n_sin": self.n_sin, "n_lost_input": self.n_lost_input,
+            "n_spikes": self.n_spikes, "n_synops": dict(zip(self.synapse_names, map(int, self.n_synops_per_step.sum(0)))),
+            "n_sin": self.n_sin, "n_lost_input": self.n_lost_input,
             "n_saturated": self.n_saturated, "n_neurons": self.n_neurons,
         }

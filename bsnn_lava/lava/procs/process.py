@@ -1,0 +1,224 @@
+"""Lava Processes of a bistable spiking network: interfaces only (ports, Vars, validated proc_params).
+
+Every Process keeps the IR's torch order: a layer of shape (C, H, W) has ports and Vars of shape
+(C, H, W), flattened in C, H, W order wherever a synapse needs a vector. Time is counted in steps.
+The behaviour lives in :mod:`bsnn_lava.lava.procs.models`, and the neuron arithmetic in
+:mod:`bsnn_lava.dynamics`.
+
+A run presents ``n_samples`` images one after another, ``steps_per_sample`` steps each: on the first
+step of a sample every neuron restarts from ``v_init`` (the readout from 0), every synapse delivers
+nothing (no spike is in flight across samples), and the input shows the next image. Schedules
+(:func:`bsnn_lava.dynamics.phase`) use the step index within the sample.
+
+Activity logs: a neuron layer may get ``log_paths``, ``.npy`` files created by the caller (see
+:func:`bsnn_lava.lava.run.run_lava`) that the model writes during the run, because ``Var.get``
+transfers one element per message: ``counts`` (steps_per_sample,) spikes of the layer per step,
+``totals`` (*shape) spikes per neuron, ``raster`` (steps_per_sample, *shape) bool, optional; the
+readout's ``v`` (steps_per_sample, classes) holds its potential after every step. Each file holds the
+current sample and is overwritten by the next.
+"""
+from __future__ import annotations
+
+import typing as ty
+
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+
+from bsnn_lava.dynamics import MODES
+
+#: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
+LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",)}
+REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",)}
+
+
+def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int) -> dict:
+    """The schedule as proc_params; ``ValueError`` for anything :func:`dynamics.phase` cannot run."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    for field_name, value, low in (("window_steps", window_steps, 1), ("steps_per_sample", steps_per_sample, 1),
+                                   ("offset_steps", offset_steps, None)):
+        if isinstance(value, bool) or int(value) != value or (low is not None and value < low):
+            bound = f" >= {low}" if low is not None else ""
+            raise ValueError(f"{field_name} must be an integer{bound}, got {value!r}")
+    return dict(mode=mode, offset_steps=int(offset_steps), window_steps=int(window_steps),
+                steps_per_sample=int(steps_per_sample))
+
+
+def _state_bits(state_bits: ty.Optional[int]) -> ty.Optional[int]:
+    if state_bits is not None and (isinstance(state_bits, bool) or int(state_bits) != state_bits or state_bits < 2):
+        raise ValueError(f"state_bits must be None (unbounded) or an integer >= 2, got {state_bits!r}")
+    return None if state_bits is None else int(state_bits)
+
+
+def _log_paths(kind: str, log_paths: ty.Optional[ty.Mapping[str, str]]) -> ty.Optional[dict]:
+    if log_paths is None:
+        return None
+    unknown = sorted(set(log_paths) - set(LOG_FIELDS[kind]))
+    missing = sorted(set(REQUIRED_LOG_FIELDS[kind]) - set(log_paths))
+    if unknown or missing:
+        raise ValueError(f"log_paths of a {kind} process: unknown {unknown}, missing {missing}; "
+                         f"fields: {', '.join(LOG_FIELDS[kind])}")
+    return {key: str(path) for key, path in log_paths.items()}
+
+
+def _full(value, shape: ty.Tuple[int, ...], field_name: str) -> np.ndarray:
+    """``value`` as an array of ``shape`` (a scalar is repeated); ``ValueError`` otherwise."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape not in ((), tuple(shape)):
+        raise ValueError(f"{field_name} must be a scalar or have shape {tuple(shape)}, got {arr.shape}")
+    return np.broadcast_to(arr, shape).copy()
+
+
+class GatedIF(AbstractProcess):
+    """Layer of gated integrate-and-fire neurons with reset by subtraction (bistable, relay, IF, warm-up).
+
+    Per step (:func:`bsnn_lava.dynamics.gated_if_step`): when integrating, ``v += a_in + bias``
+    (saturated to ``state_bits``); when firing, spike on ``v >= threshold`` and subtract it; input
+    that arrives while not integrating is discarded and counted.
+
+    Args:
+        shape: (C, H, W) or (N,).
+        threshold, bias, v_init: scalars or arrays of ``shape`` (integer scale for ``fixed_pt``).
+        mode, offset_steps, window_steps: the schedule (see :func:`bsnn_lava.dynamics.phase`).
+        steps_per_sample: steps per image; the neurons restart from ``v_init`` every this many steps.
+        state_bits: signed width of ``v`` in ``fixed_pt`` (``None``: unbounded).
+        log_paths: activity log files (module docstring), or ``None``.
+
+    Vars: ``v``, ``threshold``, ``bias``, ``v_init``; counters over the whole run ``n_spikes``
+    (per neuron), ``n_lost_input`` and ``n_saturated`` (neuron-steps, shape (1,)).
+    Ports: ``a_in`` (synaptic input, several synapses are summed), ``s_out`` (binary spikes).
+    """
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], threshold, bias, v_init, mode: str, offset_steps: int,
+                 window_steps: int, steps_per_sample: int, state_bits: ty.Optional[int] = None,
+                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
+        shape = tuple(int(s) for s in shape)
+        super().__init__(shape=shape, name=name, state_bits=_state_bits(state_bits),
+                         log_paths=_log_paths("gated_if", log_paths),
+                         **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+        threshold = _full(threshold, shape, "threshold")
+        if np.any(threshold <= 0):
+            raise ValueError("threshold must be > 0")
+        v_init = _full(v_init, shape, "v_init")
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.v = Var(shape=shape, init=v_init)
+        self.threshold = Var(shape=shape, init=threshold)
+        self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
+        self.v_init = Var(shape=shape, init=v_init)
+        self.n_spikes = Var(shape=shape, init=0)
+        self.n_lost_input = Var(shape=(1,), init=0)
+        self.n_saturated = Var(shape=(1,), init=0)
+
+
+class Readout(AbstractProcess):
+    """Non-spiking accumulator: ``v += a_in + bias`` on the steps its schedule integrates.
+
+    The prediction after a step is ``argmax(v)`` (first index on ties). Arguments as for
+    :class:`GatedIF` (``shape`` is (classes,)); Vars ``v``, ``bias``, ``n_lost_input``,
+    ``n_saturated``; port ``a_in`` only.
+    """
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], bias, mode: str, offset_steps: int, window_steps: int,
+                 steps_per_sample: int, state_bits: ty.Optional[int] = None,
+                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
+        shape = tuple(int(s) for s in shape)
+        super().__init__(shape=shape, name=name, state_bits=_state_bits(state_bits),
+                         log_paths=_log_paths("readout", log_paths),
+                         **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+        self.a_in = InPort(shape=shape)
+        self.v = Var(shape=shape, init=0)
+        self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
+        self.n_lost_input = Var(shape=(1,), init=0)
+        self.n_saturated = Var(shape=(1,), init=0)
+
+
+class PixelInput(AbstractProcess):
+    """The pixel source: sends sample ``k``'s raw image as graded values (0..255) on every step of
+    sample ``k`` on which its schedule fires, and nothing (zeros) on the others.
+
+    Args:
+        images: (n_samples, C, H, W) integer pixels in 0..255; ``s_out`` has shape (C, H, W).
+        mode, offset_steps, window_steps, steps_per_sample: as for :class:`GatedIF`.
+    """
+
+    def __init__(self, *, images: np.ndarray, mode: str, offset_steps: int, window_steps: int,
+                 steps_per_sample: int, name: ty.Optional[str] = None):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[0] < 1:
+            raise ValueError(f"images must be (n_samples, C, H, W) with n_samples >= 1, got {images.shape}")
+        if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 255:
+            raise ValueError("images must hold integer pixel values in 0..255 (8-bit graded spikes)")
+        shape = tuple(int(s) for s in images.shape[1:])
+        super().__init__(shape=shape, name=name, n_samples=int(images.shape[0]),
+                         **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+        self.s_out = OutPort(shape=shape)
+        self.images = Var(shape=images.shape, init=images.astype(np.uint8))
+
+
+class _Synapse(AbstractProcess):
+    """Common ports and proc_params of the event-driven synapses."""
+
+    def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, out_shape, steps_per_sample: int,
+                 name: ty.Optional[str], **op_params):
+        if isinstance(weight_exp, bool) or int(weight_exp) != weight_exp:
+            raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
+        if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
+            raise ValueError(f"steps_per_sample must be an integer >= 1, got {steps_per_sample!r}")
+        if not np.all(np.isfinite(weight)):
+            raise ValueError("weight has NaN or infinite values")
+        in_shape, out_shape = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
+        super().__init__(weight=np.array(weight, dtype=np.float64), weight_exp=int(weight_exp), in_shape=in_shape,
+                         out_shape=out_shape, steps_per_sample=int(steps_per_sample), name=name, **op_params)
+        self.s_in = InPort(shape=in_shape)
+        self.a_out = OutPort(shape=out_shape)
+
+
+class EventDense(_Synapse):
+    """Fully connected synapse on the source flattened in (C, H, W) order, event-driven.
+
+    Delivers ``(weight * 2**weight_exp) @ s`` of the spikes (or pixels) ``s`` received at step t on
+    step t + 1, as Lava's Dense does (:data:`bsnn_lava.dynamics.SYNAPSE_DELAY_STEPS`).
+
+    Args:
+        weight: (out_features, in_features) mantissas (integers for ``fixed_pt``).
+        weight_exp: power-of-two exponent of the weights (>= 0 for ``fixed_pt``).
+        in_shape: the source's shape (its product is ``in_features``); ``s_in`` has this shape.
+        steps_per_sample: steps per image; nothing is delivered on a sample's first step.
+    """
+
+    def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, weight_exp: int = 0,
+                 name: ty.Optional[str] = None):
+        weight = np.asarray(weight)
+        if weight.ndim != 2 or weight.shape[1] != int(np.prod(in_shape)):
+            raise ValueError(f"weight must be (out_features, {int(np.prod(in_shape))}), got {weight.shape}")
+        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, out_shape=(weight.shape[0],),
+                         steps_per_sample=steps_per_sample, name=name)
+
+
+class EventConv(_Synapse):
+    """2-D cross-correlation synapse (torch semantics: zero padding, groups = 1), event-driven.
+
+    Args:
+        weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
+        in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
+        stride, padding: (h, w) in pixels.
+        weight_exp, steps_per_sample: as for :class:`EventDense` (same one-step delivery).
+    """
+
+    def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, stride=(1, 1), padding=(0, 0),
+                 weight_exp: int = 0, name: ty.Optional[str] = None):
+        weight = np.asarray(weight)
+        stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
+        if weight.ndim != 4 or len(in_shape) != 3 or weight.shape[1] != in_shape[0]:
+            raise ValueError(f"weight (out, in, kh, kw) {weight.shape} does not fit input (C, H, W) {tuple(in_shape)}")
+        if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
+            raise ValueError(f"stride must be two integers >= 1 and padding two integers >= 0, got {stride}, {padding}")
+        out_hw = [(in_shape[1 + i] + 2 * padding[i] - weight.shape[2 + i]) // stride[i] + 1 for i in range(2)]
+        if min(out_hw) < 1:
+            raise ValueError(f"kernel {weight.shape[2:]} does not fit input {tuple(in_shape)} with padding {padding}")
+        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape,
+                         out_shape=(weight.shape[0], *out_hw), steps_per_sample=steps_per_sample, name=name,
+                         stride=stride, padding=padding)
