@@ -133,6 +133,34 @@ def _cmd_simulate(args) -> int:
     return EXIT_OK
 
 
+def _cmd_profile(args) -> int:
+    import json
+
+    from .datasets import load_dataset
+    from .profile import format_profile, profile_run
+    from .sim import simulate
+
+    if args.steps < 1:
+        raise UsageError("--steps must be a positive integer")
+    network = _read_network(args.net)
+    x, y = load_dataset(args.data)
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device, progress=True)
+    profile = profile_run(network, result, args.hw)
+    print(format_profile(profile))
+    if args.json:
+        Path(args.json).write_text(json.dumps(profile.to_dict(), indent=1))
+    if args.html:
+        from .report import write_html_report
+
+        one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True)
+        chosen = network.spiking_layers[::max(1, len(network.spiking_layers) // 6)]
+        rasters = {l.name: one.extras["spikes"][l.name].reshape(args.steps, -1) for l in chosen}
+        print(f"wrote {write_html_report(args.html, profile, f'bsnn profile: {args.net}', rasters)}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsnn", description="Bistable spiking networks for Loihi: convert, "
                                      "simulate, export, run in Lava.", epilog=EPILOG,
@@ -205,6 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--backend", choices=("torch",), default="torch", help="simulator (default: torch)")
     simulate.add_argument("--json", help="write accuracy per step and counts as JSON to this file")
     simulate.set_defaults(handler=_cmd_simulate)
+
+    prof = sub.add_parser("profile", help="spikes, synaptic ops and energy per layer and inference; HTML report",
+                          description="Simulate a network file and report, per layer and in total: spikes, exact "
+                          "synaptic operations (relay and shortcut traffic apart), neuron updates, SIN, lost input, "
+                          "saturation; energy per the hardware profile (every constant's source printed); the ANN's "
+                          "MACs and energy (Horowitz 45 nm).",
+                          epilog="examples:\n  bsnn profile net.h5 --data digits --steps 64 --hw loihi2\n"
+                          "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    prof.add_argument("net", help="a netx HDF5 file written by bsnn convert")
+    prof.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
+    prof.add_argument("--steps", type=int, default=128, help="time steps T (default: 128)")
+    prof.add_argument("--hw", default="loihi2", help="hardware profile for energy: loihi2, loihi1 or a .toml path")
+    prof.add_argument("--limit", type=int, help="use only the first N images")
+    prof.add_argument("--batch-size", type=int, default=100)
+    prof.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    prof.add_argument("--json", help="write the profile as JSON to this file")
+    prof.add_argument("--html", help="write a self-contained HTML report (plots embedded) to this file")
+    prof.set_defaults(handler=_cmd_profile)
     return parser
 
 

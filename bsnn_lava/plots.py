@@ -7,14 +7,26 @@ from typing import Mapping, Optional
 import numpy as np
 
 
-def plot_accuracy_vs_steps(curves: Mapping[str, np.ndarray], ann_accuracy: Optional[float], path,
-                           title: str = "Accuracy vs time steps") -> Path:
-    """One line per curve (accuracy after each step, fractions), the ANN as a dashed line."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_accuracy_vs_steps(curves: Mapping[str, np.ndarray], ann_accuracy: Optional[float], path,
+                           title: str = "Accuracy vs time steps") -> Path:
+    """One line per curve (accuracy after each step, fractions), the ANN as a dashed line."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
     for label, accuracy in curves.items():
         ax.plot(np.arange(1, len(accuracy) + 1), 100 * np.asarray(accuracy), label=label)
     if ann_accuracy is not None:
@@ -25,9 +37,50 @@ def plot_accuracy_vs_steps(curves: Mapping[str, np.ndarray], ann_accuracy: Optio
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_spikes_per_layer(names, spikes_per_inference, roles, path) -> Path:
+    """Bar chart: spikes per inference of every spiking layer (relays hatched)."""
+    fig, ax = _pyplot().subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    bars = ax.bar(range(len(names)), spikes_per_inference, color=["tab:orange" if r == "relay" else "tab:blue"
+                                                                  for r in roles])
+    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("spikes per inference")
+    ax.set_title("Spikes per layer (orange: synchronous relays)")
+    ax.grid(axis="y", alpha=0.3)
+    del bars
+    return _save(fig, path)
+
+
+def plot_energy_vs_steps(energy_nj: Mapping[str, np.ndarray], ann_energy_nj: Mapping[str, float], path) -> Path:
+    """Cumulative energy per inference against T, with the ANN's energy as horizontal lines."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+    for label, curve in energy_nj.items():
+        ax.plot(np.arange(1, len(curve) + 1), np.asarray(curve) / 1e3, label=label)
+    for label, value in ann_energy_nj.items():
+        ax.axhline(value / 1e3, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(label, (1, value / 1e3), fontsize=8, va="bottom")
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("energy per inference (uJ)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_raster(rasters: Mapping[str, np.ndarray], path, max_neurons: int = 40) -> Path:
+    """Spike raster of the first ``max_neurons`` neurons of each layer (rasters: (n_steps, n_neurons))."""
+    fig, ax = _pyplot().subplots(figsize=(8, max(3, 0.25 * len(rasters) * 4)))
+    base = 0
+    ticks = []
+    for name, raster in rasters.items():
+        chosen = raster[:, :max_neurons]
+        t, n = np.nonzero(chosen)
+        ax.scatter(t, base + n, s=2, marker="|")
+        ticks.append((base + chosen.shape[1] / 2, name))
+        base += chosen.shape[1] + 4
+    ax.set_yticks([p for p, _ in ticks], [n for _, n in ticks], fontsize=7)
+    ax.set_xlabel("step")
+    ax.set_title(f"Spike raster (first {max_neurons} neurons per layer, one image)")
+    return _save(fig, path)

@@ -1,0 +1,307 @@
+"""CPU process models of the BSNN processes: ``fixed_pt`` (bit-accurate, int64) and ``floating_pt`` (float64).
+
+Every neuron update is :func:`bsnn_lava.dynamics.gated_if_step` with the gates of
+:func:`bsnn_lava.dynamics.phase`, exactly as in the torch reference simulator; ``fixed_pt`` saturates
+the state at the layer's ``state_bits``, ``floating_pt`` never (``state_bits=None``).
+
+Timing (the reference simulator assumes the same): a synapse sends, on step t + 1, what the spikes
+(or pixels) it received on step t produce, like Lava's Dense and Conv (it sends its buffer first and
+receives afterwards, so recurrent graphs cannot deadlock). On the first step of every sample it sends
+zeros, so nothing crosses from one image to the next. Several synapses into one ``a_in`` are summed
+by Lava's InPort (the residual add).
+
+Synapses are event-driven: an all-zero input costs one ``any()`` and sends a cached zero array;
+otherwise only the columns of the active inputs of a sparse (CSC) matrix, built once when the model
+is created, are touched. The matrix holds ``mantissa * 2**weight_exp`` (exact integers for
+``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
+``conv(s, mantissa) * 2**weight_exp``.
+
+This module must never import torch (torch hangs in Lava's forked workers); Lava's compiler executes
+it on its own, so it uses absolute imports only.
+"""
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from scipy import sparse
+
+from bsnn_lava.dynamics import gated_if_step, phase
+from bsnn_lava.lava.procs.process import EventConv, EventDense, GatedIF, PixelInput, Readout
+
+#: Above this fraction of active inputs a synapse multiplies the whole matrix instead of slicing columns.
+DENSE_INPUT_FRACTION = 0.25
+
+
+class _ScheduledModel(PyLoihiProcessModel):
+    """Reads the schedule from proc_params; ``sample_step()`` is the 0-based step within the sample."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"])
+        self.steps_per_sample = proc_params["steps_per_sample"]
+
+    def sample_step(self) -> int:
+        return (self.time_step - 1) % self.steps_per_sample  # Lava's time_step is 1 on the first step
+
+
+def _open_logs(log_paths):
+    """The activity log files as writable memory maps (``{}`` without logs)."""
+    return {key: np.load(path, mmap_mode="r+") for key, path in (log_paths or {}).items()}
+
+
+# --- neurons -----------------------------------------------------------------------------------------
+
+class _GatedIFModel(_ScheduledModel):
+    """One :func:`gated_if_step` per step; counters and logs updated in place."""
+    saturates = True
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.state_bits = proc_params["state_bits"] if self.saturates else None
+        self.logs = _open_logs(proc_params["log_paths"])
+        self.silent = np.zeros(proc_params["shape"], dtype=bool)
+
+    def run_spk(self):
+        a_in = self.a_in.recv()
+        t = self.sample_step()
+        if t == 0:
+            self.v = self.v_init.copy()
+            if self.logs:
+                self.logs["totals"][...] = 0
+        integrate, fire = phase(t, *self.schedule)
+        spikes, self.v, n_lost, n_saturated = gated_if_step(self.v, a_in, self.bias, self.threshold, integrate, fire,
+                                                             self.state_bits)
+        self.n_lost_input += n_lost
+        self.n_saturated += n_saturated
+        spikes = self.silent if spikes is None else spikes
+        self.s_out.send(spikes)
+        n_spikes = int(np.count_nonzero(spikes))
+        if n_spikes:
+            self.n_spikes += spikes
+        if self.logs:
+            self.logs["counts"][t] = n_spikes
+            if n_spikes:
+                self.logs["totals"] += spikes
+            if "raster" in self.logs:
+                self.logs["raster"][t] = spikes
+
+
+@implements(proc=GatedIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyGatedIFModelFixed(_GatedIFModel):
+    """Bit-accurate: int64 state saturated to ``state_bits``."""
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    threshold: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_spikes: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+
+@implements(proc=GatedIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyGatedIFModelFloat(_GatedIFModel):
+    """float64 state, unbounded."""
+    saturates = False
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
+    v: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    threshold: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    n_spikes: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+
+class _ReadoutModel(_ScheduledModel):
+    """:func:`gated_if_step` that never fires; logs ``v`` after every step."""
+    saturates = True
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.state_bits = proc_params["state_bits"] if self.saturates else None
+        self.logs = _open_logs(proc_params["log_paths"])
+
+    def run_spk(self):
+        a_in = self.a_in.recv()
+        t = self.sample_step()
+        if t == 0:
+            self.v = np.zeros_like(self.v)
+        integrate, _ = phase(t, *self.schedule)
+        _, self.v, n_lost, n_saturated = gated_if_step(self.v, a_in, self.bias, None, integrate, False,
+                                                       self.state_bits)
+        self.n_lost_input += n_lost
+        self.n_saturated += n_saturated
+        if self.logs:
+            self.logs["v"][t] = self.v
+
+
+@implements(proc=Readout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyReadoutModelFixed(_ReadoutModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+
+@implements(proc=Readout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyReadoutModelFloat(_ReadoutModel):
+    saturates = False
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    v: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+
+# --- input -------------------------------------------------------------------------------------------
+
+class _PixelInputModel(_ScheduledModel):
+    """Sends sample ``(time_step - 1) // steps_per_sample`` (cyclically) on its fire steps, else zeros."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.n_samples = proc_params["n_samples"]
+        self.silent = np.zeros(proc_params["shape"], dtype=np.uint8)
+
+    def run_spk(self):
+        sample = (self.time_step - 1) // self.steps_per_sample % self.n_samples
+        _, fire = phase(self.sample_step(), *self.schedule)
+        self.s_out.send(self.images[sample] if fire else self.silent)
+
+
+@implements(proc=PixelInput, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyPixelInputModelFixed(_PixelInputModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=8)  # graded 8-bit spikes
+    images: np.ndarray = LavaPyType(np.ndarray, np.uint8, precision=8)
+
+
+@implements(proc=PixelInput, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyPixelInputModelFloat(_PixelInputModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    images: np.ndarray = LavaPyType(np.ndarray, np.uint8, precision=8)
+
+
+# --- synapses ----------------------------------------------------------------------------------------
+
+def conv_matrix(weight: np.ndarray, in_shape, stride, padding) -> sparse.csc_matrix:
+    """The (C_out*H_out*W_out, C_in*H*W) matrix of torch's ``conv2d`` (zero padding, groups 1), CSC.
+
+    Rows and columns are flattened in (C, H, W) order; entries that fall into the padding or whose
+    weight is zero are left out.
+    """
+    n_out_ch, n_in_ch, kernel_h, kernel_w = weight.shape
+    _, height, width = in_shape
+    out_h = (height + 2 * padding[0] - kernel_h) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - kernel_w) // stride[1] + 1
+    o, c, oy, ky, ox, kx = np.ix_(np.arange(n_out_ch), np.arange(n_in_ch), np.arange(out_h), np.arange(kernel_h),
+                                  np.arange(out_w), np.arange(kernel_w))
+    iy, ix = oy * stride[0] - padding[0] + ky, ox * stride[1] - padding[1] + kx
+    shape6 = (n_out_ch, n_in_ch, out_h, kernel_h, out_w, kernel_w)
+    values = np.broadcast_to(weight[o, c, ky, kx], shape6)
+    keep = np.broadcast_to((iy >= 0) & (iy < height) & (ix >= 0) & (ix < width), shape6) & (values != 0)
+    rows = np.broadcast_to((o * out_h + oy) * out_w + ox, shape6)[keep]
+    cols = np.broadcast_to((c * height + iy) * width + ix, shape6)[keep]
+    shape = (n_out_ch * out_h * out_w, n_in_ch * height * width)
+    return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
+
+
+class _EventSynapseModel(PyLoihiProcessModel):
+    """Sends last step's product, then computes this step's from the active inputs only."""
+    dtype = np.int64
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.steps_per_sample = proc_params["steps_per_sample"]
+        self.out_shape = proc_params["out_shape"]
+        self.silent = np.zeros(self.out_shape, dtype=self.dtype)
+        self.pending = self.silent
+        self.matrix = self.weight_matrix(proc_params).astype(self.dtype).tocsc()
+
+    def weight_matrix(self, proc_params) -> sparse.spmatrix:
+        raise NotImplementedError
+
+    def effective_weight(self, proc_params) -> np.ndarray:
+        """``mantissa * 2**weight_exp``; ``ValueError`` where ``fixed_pt`` could not be exact."""
+        weight, weight_exp = proc_params["weight"], proc_params["weight_exp"]
+        if self.dtype == np.int64 and (weight_exp < 0 or not np.array_equal(weight, np.round(weight))):
+            raise ValueError(f"process {proc_params['name']!r}: fixed_pt needs integer weight mantissas and "
+                             f"weight_exp >= 0, got weight_exp {weight_exp}")
+        return weight * 2.0 ** weight_exp
+
+    def run_spk(self):
+        first_step = (self.time_step - 1) % self.steps_per_sample == 0
+        self.a_out.send(self.silent if first_step else self.pending)
+        s = self.s_in.recv().reshape(-1)
+        active = np.flatnonzero(s)
+        if active.size == 0:
+            self.pending = self.silent
+        elif active.size >= DENSE_INPUT_FRACTION * s.size:
+            self.pending = (self.matrix @ s.astype(self.dtype)).reshape(self.out_shape)
+        else:
+            self.pending = (self.matrix[:, active] @ s[active].astype(self.dtype)).reshape(self.out_shape)
+
+
+class _EventDenseModel(_EventSynapseModel):
+    def weight_matrix(self, proc_params):
+        return sparse.csc_matrix(self.effective_weight(proc_params))
+
+
+class _EventConvModel(_EventSynapseModel):
+    def weight_matrix(self, proc_params):
+        return conv_matrix(self.effective_weight(proc_params), proc_params["in_shape"], proc_params["stride"],
+                           proc_params["padding"])
+
+
+@implements(proc=EventDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyEventDenseModelFixed(_EventDenseModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=8)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64)
+
+
+@implements(proc=EventDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyEventDenseModelFloat(_EventDenseModel):
+    dtype = np.float64
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+
+
+@implements(proc=EventConv, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyEventConvModelFixed(_EventConvModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=8)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64)
+
+
+@implements(proc=EventConv, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyEventConvModelFloat(_EventConvModel):
+    dtype = np.float64
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)

@@ -1,0 +1,178 @@
+"""Spikes, synaptic operations and energy per inference, per layer and in total.
+
+Counts come from a :class:`~bsnn_lava.sim.SimResult` (reference or Lava run: identical counts).
+Energy uses a hardware profile's per-operation figures, each reported with its source:
+
+    E_snn(T) = synops(T) x E_synop + neurons x T x E_neuron_update + spikes(T) x E_spike
+
+(every neuron is updated every step, as on Loihi). The ANN comparison counts the converted
+network's multiply-accumulates (nonzero weights times the outputs they reach; relays excluded,
+shortcut branches counted as additions) at Horowitz's 45 nm figures. The common "0.9 pJ per synop"
+SNN estimate (synops x FP32 add, graded input synapses as FP32 MACs) is reported beside it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+
+from hw_profiles import HardwareProfile, load_ann_reference, load_profile
+
+from .ir import GatedIF, Network
+from .sim.result import SimResult
+
+
+@dataclass
+class LayerProfile:
+    """Per-inference counts of one spiking layer (``synops_out``: caused by its spikes)."""
+    name: str
+    role: str
+    n_neurons: int
+    spikes: float
+    spikes_per_neuron: float
+    synops_out: float
+    sin: float
+    lost_input: float
+    saturated: float
+
+
+@dataclass
+class Profile:
+    """Everything ``bsnn profile`` reports; all counts per inference (averaged over samples)."""
+    hardware: str
+    n_steps: int
+    n_samples: int
+    accuracy: Optional[float]
+    ann_accuracy: Optional[float]
+    layers: List[LayerProfile]
+    spikes: float
+    synops: float
+    synops_by_kind: Dict[str, float]
+    neuron_updates: float
+    energy_nj: Dict[str, Optional[float]]
+    energy_sources: Dict[str, str]
+    ann_macs: float
+    ann_adds: float
+    ann_energy_nj: Dict[str, float]
+    snn_energy_nj_at_0p9pj: float
+    energy_nj_vs_steps: List[float] = field(repr=False)
+    accuracy_vs_steps: Optional[List[float]] = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synapse_kinds(network: Network) -> Dict[str, str]:
+    """``target<-source`` -> ``input`` (from pixels), ``shortcut`` (from a relay), ``relay`` (into a
+    relay) or ``main``; names as in :attr:`SimResult.synapse_names`."""
+    kinds, seen = {}, set()
+    for layer in network.layers[1:]:
+        for s in layer.synapses:
+            name = f"{layer.name}<-{s.source}"
+            while name in seen:
+                name += "'"
+            seen.add(name)
+            source = network[s.source]
+            if s.source == network.input.name:
+                kinds[name] = "input"
+            elif isinstance(source, GatedIF) and source.role == "relay":
+                kinds[name] = "shortcut"
+            elif isinstance(layer, GatedIF) and layer.role == "relay":
+                kinds[name] = "relay"
+            else:
+                kinds[name] = "main"
+    return kinds
+
+
+def ann_operations(network: Network) -> Dict[str, float]:
+    """MACs and additions of one ANN inference of the converted network (relays excluded; a
+    shortcut branch, identity or option A, is additions)."""
+    kinds = synapse_kinds(network)
+    macs = adds = 0.0
+    names = iter(kinds)
+    for layer in network.layers[1:]:
+        for s in layer.synapses:
+            kind = kinds[next(names)]
+            n = float(s.op.fan_out(network[s.source].shape).sum())
+            if kind == "shortcut":
+                adds += n
+            elif kind != "relay":
+                macs += n
+    return {"macs": macs, "adds": adds}
+
+
+def profile_run(network: Network, result: SimResult, hardware: Union[str, HardwareProfile] = "loihi2") -> Profile:
+    """Per-inference profile of a run of ``network``, with energy under ``hardware``."""
+    hw = hardware if isinstance(hardware, HardwareProfile) else load_profile(hardware)
+    ann = load_ann_reference()
+    n = result.n_samples
+    kinds = synapse_kinds(network)
+    synops_per_step = result.n_synops_per_step / n
+    spikes_per_step = result.n_spikes_per_step.sum(axis=1) / n
+    synops_by_source: Dict[str, float] = {}
+    sources = [s.source for layer in network.layers[1:] for s in layer.synapses]  # same order as the names
+    for source, total in zip(sources, synops_per_step.sum(axis=0)):
+        synops_by_source[source] = synops_by_source.get(source, 0.0) + float(total)
+    layers = []
+    for layer in network.spiking_layers:
+        spikes = float(result.n_spikes.get(layer.name, 0)) / n
+        n_neurons = int(np.prod(layer.shape))
+        layers.append(LayerProfile(layer.name, layer.role, n_neurons, spikes, spikes / n_neurons,
+                                   synops_by_source.get(layer.name, 0.0), result.n_sin.get(layer.name, 0) / n,
+                                   result.n_lost_input.get(layer.name, 0) / n, result.n_saturated.get(layer.name, 0) / n))
+    by_kind = {k: 0.0 for k in ("input", "main", "relay", "shortcut")}
+    for kind, total in zip(kinds.values(), synops_per_step.sum(axis=0)):
+        by_kind[kind] += float(total)
+    n_updating = sum(int(np.prod(l.shape)) for l in network.layers[1:])
+    steps = np.arange(1, result.n_steps + 1)
+    cum_synops = np.cumsum(synops_per_step.sum(axis=1))
+    cum_spikes = np.cumsum(spikes_per_step)
+    per_op = {"synop": hw.synop_energy_pj, "neuron_update": hw.neuron_update_energy_pj, "spike": hw.spike_energy_pj}
+    curve_pj = (cum_synops * (per_op["synop"] or 0.0) + n_updating * steps * (per_op["neuron_update"] or 0.0)
+                + cum_spikes * (per_op["spike"] or 0.0))
+    energy = {
+        "synops": _nj(cum_synops[-1], per_op["synop"]),
+        "neuron_updates": _nj(n_updating * result.n_steps, per_op["neuron_update"]),
+        "spikes": _nj(cum_spikes[-1], per_op["spike"]),
+    }
+    energy["total"] = float(curve_pj[-1]) / 1e3
+    sources = {f"{k}_energy_pj": hw.sources.get(f"{k}_energy_pj", "not published") for k in
+               ("synop", "neuron_update", "spike")}
+    sources.update({"ann": ann.source, "estimates": ", ".join(sorted(hw.estimates)) or "none"})
+    ops = ann_operations(network)
+    ann_energy = {"fp32": (ops["macs"] * ann.fp32_mac_pj + ops["adds"] * ann.fp32_add_pj) / 1e3,
+                  "int8": (ops["macs"] * ann.int8_mac_pj + ops["adds"] * ann.int8_add_pj) / 1e3}
+    convention = ((cum_synops[-1] - by_kind["input"]) * ann.fp32_add_pj + by_kind["input"] * ann.fp32_mac_pj) / 1e3
+    return Profile(
+        hardware=hw.name, n_steps=result.n_steps, n_samples=n,
+        accuracy=None if result.accuracy is None else float(result.accuracy[-1]), ann_accuracy=result.ann_accuracy,
+        layers=layers, spikes=float(cum_spikes[-1]), synops=float(cum_synops[-1]), synops_by_kind=by_kind,
+        neuron_updates=float(n_updating * result.n_steps), energy_nj=energy, energy_sources=sources,
+        ann_macs=ops["macs"], ann_adds=ops["adds"], ann_energy_nj=ann_energy, snn_energy_nj_at_0p9pj=float(convention),
+        energy_nj_vs_steps=[float(e) / 1e3 for e in curve_pj],
+        accuracy_vs_steps=None if result.accuracy is None else [float(a) for a in result.accuracy])
+
+
+def _nj(count: float, pj: Optional[float]) -> Optional[float]:
+    return None if pj is None else float(count) * pj / 1e3
+
+
+def format_profile(p: Profile) -> str:
+    """A text table per layer and the totals, with the energy constants' sources."""
+    rows = [f"{'layer':<28} {'role':<7} {'neurons':>8} {'spikes/inf':>11} {'spk/neuron':>10} {'synops/inf':>12} "
+            f"{'SIN':>8} {'lost':>5} {'sat':>5}"]
+    for l in p.layers:
+        rows.append(f"{l.name[:28]:<28} {l.role:<7} {l.n_neurons:>8} {l.spikes:>11.0f} {l.spikes_per_neuron:>10.3f} "
+                    f"{l.synops_out:>12.0f} {l.sin:>8.1f} {l.lost_input:>5.0f} {l.saturated:>5.0f}")
+    acc = "" if p.accuracy is None else f", accuracy {100 * p.accuracy:.2f}% (ANN {100 * p.ann_accuracy:.2f}%)"
+    rows += ["", f"per inference over {p.n_steps} steps ({p.n_samples} samples{acc}):",
+             f"  spikes {p.spikes:.4g}, synaptic ops {p.synops:.4g} (" +
+             ", ".join(f"{k} {v:.3g}" for k, v in p.synops_by_kind.items()) + f"), neuron updates {p.neuron_updates:.4g}",
+             f"  ANN: {p.ann_macs:.4g} MACs + {p.ann_adds:.4g} adds; synops / MACs = {p.synops / max(p.ann_macs, 1):.2f}",
+             f"  energy on {p.hardware}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4g} nJ'}"
+                                                     for k, v in p.energy_nj.items()),
+             f"  ANN energy (45 nm): FP32 {p.ann_energy_nj['fp32']:.4g} nJ, INT8 {p.ann_energy_nj['int8']:.4g} nJ; "
+             f"SNN at 0.9 pJ/synop convention: {p.snn_energy_nj_at_0p9pj:.4g} nJ", "sources:"]
+    rows += [f"  {k}: {v}" for k, v in p.energy_sources.items()]
+    return "\n".join(rows)
