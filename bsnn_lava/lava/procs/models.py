@@ -237,6 +237,8 @@ class _EventSynapseModel(PyLoihiProcessModel):
         self.silent = np.zeros(self.out_shape, dtype=self.dtype)
         self.pending = self.silent
         self.matrix = self.weight_matrix(proc_params).astype(self.dtype).tocsc()
+        self.fan_out = np.diff(self.matrix.indptr)  # nonzero weights of each input (synaptic operations)
+        self.logs = _open_logs(proc_params["log_paths"])
 
     def weight_matrix(self, proc_params) -> sparse.spmatrix:
         raise NotImplementedError
@@ -250,10 +252,12 @@ class _EventSynapseModel(PyLoihiProcessModel):
         return weight * 2.0 ** weight_exp
 
     def run_spk(self):
-        first_step = (self.time_step - 1) % self.steps_per_sample == 0
-        self.a_out.send(self.silent if first_step else self.pending)
+        t = (self.time_step - 1) % self.steps_per_sample
+        self.a_out.send(self.pending if t else self.silent)
         s = self.s_in.recv().reshape(-1)
         active = np.flatnonzero(s)
+        if self.logs:
+            self.logs["synops"][t] = self.fan_out[active].sum()
         if active.size == 0:
             self.pending = self.silent
         elif active.size >= DENSE_INPUT_FRACTION * s.size:

@@ -10,12 +10,14 @@ step of a sample every neuron restarts from ``v_init`` (the readout from 0), eve
 nothing (no spike is in flight across samples), and the input shows the next image. Schedules
 (:func:`bsnn_lava.dynamics.phase`) use the step index within the sample.
 
-Activity logs: a neuron layer may get ``log_paths``, ``.npy`` files created by the caller (see
+Activity logs: a process may get ``log_paths``, ``.npy`` files created by the caller (see
 :func:`bsnn_lava.lava.run.run_lava`) that the model writes during the run, because ``Var.get``
 transfers one element per message: ``counts`` (steps_per_sample,) spikes of the layer per step,
 ``totals`` (*shape) spikes per neuron, ``raster`` (steps_per_sample, *shape) bool, optional; the
-readout's ``v`` (steps_per_sample, classes) holds its potential after every step. Each file holds the
-current sample and is overwritten by the next.
+readout's ``v`` (steps_per_sample, classes) holds its potential after every step; a synapse's
+``synops`` (steps_per_sample,) counts the synaptic operations (nonzero weights of the active inputs)
+of the events it received on each step. Each file holds the current sample and is overwritten by
+the next.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from lava.magma.core.process.variable import Var
 from bsnn_lava.dynamics import MODES
 
 #: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
-LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",)}
-REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",)}
+LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",), "synapse": ("synops",)}
+REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "synapse": ("synops",)}
 
 
 def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int) -> dict:
@@ -162,7 +164,7 @@ class _Synapse(AbstractProcess):
     """Common ports and proc_params of the event-driven synapses."""
 
     def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, out_shape, steps_per_sample: int,
-                 name: ty.Optional[str], **op_params):
+                 log_paths: ty.Optional[ty.Mapping[str, str]], name: ty.Optional[str], **op_params):
         if isinstance(weight_exp, bool) or int(weight_exp) != weight_exp:
             raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
         if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
@@ -171,7 +173,8 @@ class _Synapse(AbstractProcess):
             raise ValueError("weight has NaN or infinite values")
         in_shape, out_shape = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
         super().__init__(weight=np.array(weight, dtype=np.float64), weight_exp=int(weight_exp), in_shape=in_shape,
-                         out_shape=out_shape, steps_per_sample=int(steps_per_sample), name=name, **op_params)
+                         out_shape=out_shape, steps_per_sample=int(steps_per_sample),
+                         log_paths=_log_paths("synapse", log_paths), name=name, **op_params)
         self.s_in = InPort(shape=in_shape)
         self.a_out = OutPort(shape=out_shape)
 
@@ -187,15 +190,16 @@ class EventDense(_Synapse):
         weight_exp: power-of-two exponent of the weights (>= 0 for ``fixed_pt``).
         in_shape: the source's shape (its product is ``in_features``); ``s_in`` has this shape.
         steps_per_sample: steps per image; nothing is delivered on a sample's first step.
+        log_paths: ``{"synops": path}`` (module docstring), or ``None``.
     """
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, weight_exp: int = 0,
-                 name: ty.Optional[str] = None):
+                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         weight = np.asarray(weight)
         if weight.ndim != 2 or weight.shape[1] != int(np.prod(in_shape)):
             raise ValueError(f"weight must be (out_features, {int(np.prod(in_shape))}), got {weight.shape}")
         super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, out_shape=(weight.shape[0],),
-                         steps_per_sample=steps_per_sample, name=name)
+                         steps_per_sample=steps_per_sample, log_paths=log_paths, name=name)
 
 
 class EventConv(_Synapse):
@@ -205,11 +209,12 @@ class EventConv(_Synapse):
         weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
         in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
         stride, padding: (h, w) in pixels.
-        weight_exp, steps_per_sample: as for :class:`EventDense` (same one-step delivery).
+        weight_exp, steps_per_sample, log_paths: as for :class:`EventDense` (same one-step delivery).
     """
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, stride=(1, 1), padding=(0, 0),
-                 weight_exp: int = 0, name: ty.Optional[str] = None):
+                 weight_exp: int = 0, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
+                 name: ty.Optional[str] = None):
         weight = np.asarray(weight)
         stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
         if weight.ndim != 4 or len(in_shape) != 3 or weight.shape[1] != in_shape[0]:
@@ -220,5 +225,5 @@ class EventConv(_Synapse):
         if min(out_hw) < 1:
             raise ValueError(f"kernel {weight.shape[2:]} does not fit input {tuple(in_shape)} with padding {padding}")
         super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape,
-                         out_shape=(weight.shape[0], *out_hw), steps_per_sample=steps_per_sample, name=name,
-                         stride=stride, padding=padding)
+                         out_shape=(weight.shape[0], *out_hw), steps_per_sample=steps_per_sample,
+                         log_paths=log_paths, name=name, stride=stride, padding=padding)

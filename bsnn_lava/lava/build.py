@@ -1,0 +1,153 @@
+"""Network IR (or a bsnn netx HDF5 file) -> Lava process graph of :mod:`bsnn_lava.lava.procs`.
+
+One :class:`~bsnn_lava.lava.procs.PixelInput` for the input layer, one
+:class:`~bsnn_lava.lava.procs.GatedIF` per spiking layer (neurons and relays alike), one
+:class:`~bsnn_lava.lava.procs.Readout`, and one synapse process (:class:`EventConv` or
+:class:`EventDense`) per IR synapse, wired source ``s_out`` -> synapse ``s_in``, synapse ``a_out`` ->
+target ``a_in``; the synapses into one layer are summed by its ``a_in`` (the residual add). Every
+port and Var keeps the IR's torch (C, H, W) order; nothing is transposed to Lava's (W, H, C).
+
+Process names are the layer names, and :func:`synapse_name` for the k-th synapse of a layer, so
+Lava's messages name the layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
+
+import numpy as np
+
+from bsnn_lava.ir import Conv2d, GatedIF, Network
+
+#: Process model tags of :mod:`bsnn_lava.lava.procs.models`, and the network numeric each one runs.
+SELECT_TAGS = {"fixed_pt": "int", "floating_pt": "float"}
+
+
+@dataclass(frozen=True, eq=False)
+class LavaNetwork:
+    """The built process graph. ``layers`` maps every non-input layer name to its neuron (or readout)
+    process, in IR order; ``synapses`` maps synapse process names to processes."""
+    network: Network
+    input: object
+    layers: Dict[str, object]
+    synapses: Dict[str, object]
+    steps_per_sample: int
+
+    @property
+    def readout(self):
+        return self.layers[self.network.readout.name]
+
+    def layer_of(self, process_name: str) -> Optional[str]:
+        """The layer a process belongs to (its own name, or the target of a synapse)."""
+        if process_name in self.layers or process_name == self.network.input.name:
+            return process_name
+        if process_name in self.synapses:
+            return process_name.split("<-", 1)[0]
+        return None
+
+    def stop(self) -> None:
+        """Stop Lava's runtime (and its worker processes) if it was started."""
+        self.input.stop()
+
+
+def synapse_name(layer_name: str, source: str, k: int) -> str:
+    """Name of the process of synapse ``k`` of a layer: ``"<layer><-<source>#<k>"``."""
+    return f"{layer_name}<-{source}#{k}"
+
+
+def load_network(network_or_path: Union[Network, str, Path]) -> Network:
+    """A :class:`Network`, or the network read from a bsnn netx HDF5 file."""
+    if isinstance(network_or_path, Network):
+        return network_or_path
+    import netx_export
+
+    return netx_export.read(network_or_path)
+
+
+def check_runnable(network: Network, select_tag: str) -> None:
+    """``ValueError`` (naming the layer) for what the ``select_tag`` models cannot run exactly."""
+    if select_tag not in SELECT_TAGS:
+        raise ValueError(f"select_tag must be one of {', '.join(SELECT_TAGS)}, got {select_tag!r}")
+    if network.numeric != SELECT_TAGS[select_tag]:
+        hint = ("quantize it first (bsnn_lava.quantize.quantize)" if select_tag == "fixed_pt"
+                else "integer networks run bit-accurately, with saturation, under select_tag='fixed_pt'")
+        raise ValueError(f"select_tag {select_tag!r} runs {SELECT_TAGS[select_tag]} networks; this one is "
+                         f"{network.numeric}: {hint}")
+    if select_tag == "fixed_pt":
+        for layer in network.layers[1:]:
+            for synapse in layer.synapses:
+                if synapse.op.weight_exp < 0:
+                    raise ValueError(f"layer {layer.name!r}: synapse from {synapse.source!r} has weight_exp "
+                                     f"{synapse.op.weight_exp}; the fixed-point synapses need weight_exp >= 0 "
+                                     "(a negative exponent would drop fractions the reference keeps)")
+
+
+def per_neuron(values: np.ndarray, shape) -> np.ndarray:
+    """An IR parameter (scalar, per channel or per neuron) repeated to the layer's full ``shape``."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1 and len(shape) == 3:
+        values = values.reshape(-1, 1, 1)
+    return np.broadcast_to(values, shape).copy()
+
+
+def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_per_sample: int,
+          select_tag: str = "fixed_pt", log_paths: Optional[Mapping[str, Mapping[str, str]]] = None) -> LavaNetwork:
+    """Build the process graph of a network for ``images`` shown ``steps_per_sample`` steps each.
+
+    Args:
+        network_or_path: the IR, or a path to a file written by ``netx_export.write`` (bsnn mode).
+        images: (n_samples, C, H, W) integer pixels 0..255, in the network's input shape.
+        steps_per_sample: steps per image (T); states restart at every image.
+        select_tag: ``fixed_pt`` (integer networks) or ``floating_pt`` (float networks); checked here
+            so that the compiler cannot fail on it later.
+        log_paths: per process name (layer names, :func:`synapse_name`), the activity log files of
+            that process (see :mod:`bsnn_lava.lava.procs.process`); ``None``: no logs.
+    Raises:
+        ValueError: images of the wrong shape, or a network the models cannot run (names the layer).
+    """
+    from bsnn_lava.lava.procs import EventConv, EventDense, GatedIF as GatedIFProcess, PixelInput, Readout
+
+    network = load_network(network_or_path)
+    check_runnable(network, select_tag)
+    images = np.asarray(images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != network.input.shape:
+        raise ValueError(f"images must be (n_samples, {', '.join(map(str, network.input.shape))}) for input "
+                         f"{network.input.name!r}, got {images.shape}")
+    log_paths = log_paths or {}
+    common = dict(steps_per_sample=steps_per_sample)
+
+    def schedule(layer):
+        s = layer.schedule
+        return dict(mode=s.mode, offset_steps=s.offset_steps, window_steps=s.window_steps, **common)
+
+    source = network.input
+    outputs = {source.name: PixelInput(images=images, name=source.name, **schedule(source))}
+    shapes = {source.name: source.shape}
+    layers, synapses = {}, {}
+    for layer in network.layers[1:]:
+        if isinstance(layer, GatedIF):
+            process = GatedIFProcess(shape=layer.shape, threshold=per_neuron(layer.threshold, layer.shape),
+                                     bias=per_neuron(layer.bias, layer.shape),
+                                     v_init=per_neuron(layer.v_init, layer.shape), state_bits=network.state_bits,
+                                     log_paths=log_paths.get(layer.name), name=layer.name, **schedule(layer))
+            outputs[layer.name] = process
+        else:
+            process = Readout(shape=layer.shape, bias=per_neuron(layer.bias, layer.shape),
+                              state_bits=network.state_bits, log_paths=log_paths.get(layer.name), name=layer.name,
+                              **schedule(layer))
+        for k, synapse in enumerate(layer.synapses):
+            name = synapse_name(layer.name, synapse.source, k)
+            op, in_shape = synapse.op, shapes[synapse.source]
+            if isinstance(op, Conv2d):
+                proc = EventConv(weight=op.weight, in_shape=in_shape, stride=op.stride, padding=op.padding,
+                                 weight_exp=op.weight_exp, log_paths=log_paths.get(name), name=name, **common)
+            else:
+                proc = EventDense(weight=op.weight, in_shape=in_shape, weight_exp=op.weight_exp,
+                                  log_paths=log_paths.get(name), name=name, **common)
+            outputs[synapse.source].s_out.connect(proc.s_in)
+            proc.a_out.connect(process.a_in)
+            synapses[name] = proc
+        layers[layer.name] = process
+        shapes[layer.name] = layer.shape
+    return LavaNetwork(network, outputs[network.input.name], layers, synapses, int(steps_per_sample))

@@ -1,0 +1,226 @@
+"""Run a network in Lava (CPU simulator, or Loihi 2 where Intel's lava-loihi is installed).
+
+:func:`run_lava` builds the process graph once for all images (:func:`bsnn_lava.lava.build.build`),
+then runs ``steps`` steps per image; every process restarts its state on the first step of an image
+(see :mod:`bsnn_lava.lava.procs.process`), so no Var is written between images and nothing is
+recompiled. Per-step activity comes back through the activity log files the models write (memory
+maps, read after each image), the lost-input and saturation counters through ``Var.get`` once at the
+end. It returns the reference simulator's :class:`bsnn_lava.sim.SimResult`, same fields and meanings.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bsnn_lava.data import as_nchw
+from bsnn_lava.ir import GatedIF, Network
+from bsnn_lava.lava.build import LavaNetwork, build, check_runnable, load_network, synapse_name
+from bsnn_lava.sim import SimResult, ann_forward
+from bsnn_lava.sim.kernels import NetworkKernels
+
+BACKENDS = ("cpu", "loihi2")
+#: Images per batch of the ANN forward pass (pre-activations for SIN, ANN accuracy).
+ANN_BATCH = 100
+
+
+class LoihiUnavailableError(RuntimeError):
+    """``backend="loihi2"`` cannot run here; the message says what is missing (see docs/loihi.md)."""
+
+
+def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: str = "cpu",
+             select_tag: str = "fixed_pt", record: bool = False, progress: bool = True) -> SimResult:
+    """Run ``network_or_path`` (IR or bsnn netx HDF5 path) on raw uint8 ``images`` in Lava.
+
+    Args:
+        images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels 0..255, shown one at a time.
+        labels: (N,) class indices; enables ``accuracy`` and ``ann_accuracy``.
+        steps: steps per image (T), pipeline fill included.
+        backend: ``cpu`` (Lava's CPU simulator, ``Loihi2SimCfg``) or ``loihi2`` (``Loihi2HwCfg``;
+            needs lava-loihi and microcode models of the custom neurons, see docs/loihi.md).
+        select_tag: ``fixed_pt`` (integer networks, bit-accurate) or ``floating_pt`` (float networks).
+        record: also return every spike and readout potential, as :func:`bsnn_lava.sim.simulate` does:
+            ``extras["spikes"][layer]`` (n_steps, n_samples, *shape) bool for every spiking layer,
+            ``extras["readout_v"]`` (n_steps, n_samples, classes) float64.
+    Returns:
+        A :class:`SimResult` (``method="lava"``); ``extras["timing"]`` holds ``compile_start_s`` (compile,
+        worker start-up, model set-up) and ``run_s`` (all steps) in seconds, and ``backend``,
+        ``select_tag``.
+    Raises:
+        ValueError: bad arguments, or a network the models cannot run (names the layer).
+        LoihiUnavailableError: ``backend="loihi2"`` where lava-loihi or chip models are missing.
+    """
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    network = load_network(network_or_path)
+    check_runnable(network, select_tag)
+    if backend == "loihi2":
+        _require_lava_loihi()
+    x = as_nchw(images, network.input.shape[0])
+    if tuple(x.shape[1:]) != network.input.shape:
+        raise ValueError(f"images have shape {tuple(x.shape[1:])} (C, H, W); the network expects {network.input.shape}")
+    y = None if labels is None else np.asarray(labels).astype(np.int64)
+    if y is not None and y.shape != (x.shape[0],):
+        raise ValueError(f"{x.shape[0]} images but labels of shape {y.shape}")
+    steps = int(steps)
+    with tempfile.TemporaryDirectory(prefix="bsnn-lava-") as folder:
+        logs = ActivityLogs(network, steps, Path(folder), record, integer=select_tag == "fixed_pt")
+        lava_net = build(network, x.numpy(), steps, select_tag, logs.paths)
+        try:
+            timing = _run_all(lava_net, logs, _run_config(lava_net, backend, select_tag), x.shape[0], progress)
+            counters = {key: {name: int(np.sum(getattr(proc, key).get())) for name, proc in lava_net.layers.items()}
+                        for key in ("n_lost_input", "n_saturated")}
+        finally:
+            lava_net.stop()
+    result = _result(network, x, y, steps, logs, counters)
+    result.extras["timing"] = timing
+    result.extras.update(backend=backend, select_tag=select_tag)
+    if record:
+        result.extras["spikes"] = {name: logs.stacked(name, "raster", axis=1) for name in logs.spiking}
+        result.extras["readout_v"] = logs.stacked(logs.readout, "v", axis=1).astype(np.float64)
+    return result
+
+
+class ActivityLogs:
+    """The ``.npy`` files the models write (one sample's worth each), and what was read from them.
+
+    Per spiking layer: ``counts`` (steps,) int64, ``totals`` (*shape) int64, ``raster`` (steps, *shape)
+    bool when recording; readout: ``v`` (steps, classes), int64 or float64; per synapse, in IR order:
+    ``synops`` (steps,) int64.
+    """
+
+    def __init__(self, network: Network, steps: int, folder: Path, record: bool, integer: bool):
+        fields: Dict[str, Dict[str, tuple]] = {}
+        self.synapses = []
+        for layer in network.layers[1:]:
+            if isinstance(layer, GatedIF):
+                fields[layer.name] = {"counts": ((steps,), np.int64), "totals": (layer.shape, np.int64)}
+                if record:
+                    fields[layer.name]["raster"] = ((steps, *layer.shape), np.bool_)
+            else:
+                fields[layer.name] = {"v": ((steps, *layer.shape), np.int64 if integer else np.float64)}
+            for k, synapse in enumerate(layer.synapses):
+                self.synapses.append(synapse_name(layer.name, synapse.source, k))
+                fields[self.synapses[-1]] = {"synops": ((steps,), np.int64)}
+        self.paths = {name: {key: str(folder / f"{index:05d}_{key}.npy") for key in kinds}
+                      for index, (name, kinds) in enumerate(fields.items())}
+        self.maps = {name: {key: np.lib.format.open_memmap(self.paths[name][key], mode="w+", dtype=dtype, shape=shape)
+                            for key, (shape, dtype) in kinds.items()} for name, kinds in fields.items()}
+        self.readout = network.readout.name
+        self.spiking = [layer.name for layer in network.spiking_layers]
+        self.rows: Dict[str, Dict[str, list]] = {name: {key: [] for key in kinds} for name, kinds in fields.items()}
+
+    def collect(self) -> None:
+        """Copy out the sample just run (the files are overwritten by the next one)."""
+        for name, maps in self.maps.items():
+            for key, values in maps.items():
+                self.rows[name][key].append(np.array(values))
+
+    def stacked(self, name: str, key: str, axis: int = 0) -> np.ndarray:
+        """The rows of one log, stacked over samples along ``axis``."""
+        return np.stack(self.rows[name][key], axis=axis)
+
+
+def _run_config(lava_net: LavaNetwork, backend: str, select_tag: str):
+    if backend == "cpu":
+        from lava.magma.core.run_configs import Loihi2SimCfg
+
+        return Loihi2SimCfg(select_tag=select_tag)
+    _require_chip_models(lava_net)
+    from lava.magma.core.run_configs import Loihi2HwCfg
+
+    return Loihi2HwCfg(select_tag=select_tag)
+
+
+def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, run_cfg, n_samples: int, progress: bool) -> Dict[str, float]:
+    """Compile and start once, then ``steps_per_sample`` steps per image; seconds spent in each."""
+    from lava.magma.core.run_conditions import RunSteps
+
+    started = time.perf_counter()
+    try:
+        lava_net.input.create_runtime(run_cfg=run_cfg)
+    except Exception as err:  # Lava raises AssertionError, NoProcessModelFound, ...; name the layer
+        raise _compile_error(lava_net, err) from err
+    compiled = time.perf_counter()
+    for _ in tqdm(range(n_samples), desc="lava", unit="image", disable=not progress):
+        lava_net.input.run(condition=RunSteps(num_steps=lava_net.steps_per_sample))
+        logs.collect()
+    finished = time.perf_counter()
+    n_steps = n_samples * lava_net.steps_per_sample
+    return {"compile_start_s": compiled - started, "run_s": finished - compiled,
+            "ms_per_step": 1000.0 * (finished - compiled) / n_steps}
+
+
+def _compile_error(lava_net: LavaNetwork, err: Exception) -> ValueError:
+    message = " ".join(str(err).split()) or type(err).__name__
+    names = sorted(lava_net.layers) + sorted(lava_net.synapses) + [lava_net.network.input.name]
+    named = [name for name in names if name in message]
+    if named:
+        layer = lava_net.layer_of(max(named, key=len))
+        return ValueError(f"Lava could not compile or start layer {layer!r}: {message}")
+    return ValueError(f"Lava could not compile or start the network: {message}")
+
+
+def _require_lava_loihi() -> None:
+    from lava.utils import loihi
+
+    if not loihi.is_installed():
+        raise LoihiUnavailableError(
+            "backend 'loihi2' needs Intel's lava-loihi package (Loihi2HwCfg, the chip compiler and the "
+            "embedded-I/O adapters), which is distributed only to members of Intel's Neuromorphic Research "
+            "Community (INRC) and is not installed here; the custom neurons also need microcode "
+            "(NcProcessModel) versions on the chip. See docs/loihi.md; backend 'cpu' runs the same network "
+            "bit-accurately in Lava's CPU simulator.")
+
+
+def _require_chip_models(lava_net: LavaNetwork) -> None:
+    """Refuse to run on 'loihi2' when a process has no chip model (Lava would quietly use the Python one)."""
+    from lava.magma.compiler.compiler_graphs import ProcGroupDiGraphs
+    from lava.magma.core.resources import Loihi2NeuroCore, NeuroCore
+
+    processes = {type(p).__name__: p for p in [lava_net.input, *lava_net.layers.values(), *lava_net.synapses.values()]}
+    missing = [name for name, proc in sorted(processes.items())
+               if not any({NeuroCore, Loihi2NeuroCore} & set(model.required_resources)
+                          for model in ProcGroupDiGraphs._find_proc_models(proc))]
+    if missing:
+        raise LoihiUnavailableError(
+            f"lava-loihi is installed, but no Loihi 2 process model (NcProcessModel, microcode) exists for "
+            f"{', '.join(missing)}: without them Lava would run these processes in Python on the host, not on "
+            "the chip. See docs/loihi.md for what they must implement.")
+
+
+def _result(network: Network, x: torch.Tensor, y, steps: int, logs: ActivityLogs,
+            counters: Mapping[str, Mapping[str, int]]) -> SimResult:
+    """The reference's SimResult from the logs: per-step counts, accuracy, SIN from the ANN."""
+    n_samples = x.shape[0]
+    predictions_per_step = logs.stacked(logs.readout, "v").argmax(axis=2)  # first index on ties, as torch
+    totals = {name: logs.stacked(name, "totals") for name in logs.spiking}  # (n_samples, *shape)
+    dtype = torch.float64 if network.numeric == "int" else torch.float32  # the reference's arithmetic
+    kernels = NetworkKernels(network, dtype, "cpu")
+    n_sin = {layer.name: 0 for layer in network.spiking_layers if layer.role == "neuron"}
+    ann_correct = 0
+    for start in range(0, n_samples, ANN_BATCH):
+        logits, pre = ann_forward(network, x[start:start + ANN_BATCH].to(dtype), kernels)
+        for name in n_sin:
+            n_sin[name] += int(((pre[name].numpy() <= 0) & (totals[name][start:start + ANN_BATCH] > 0)).sum())
+        if y is not None:
+            ann_correct += int((logits.argmax(dim=1).numpy() == y[start:start + ANN_BATCH]).sum())
+    per_step = lambda names, key: np.array([logs.stacked(name, key).sum(axis=0) for name in names],
+                                           dtype=np.int64).reshape(len(names), steps).T
+    return SimResult(
+        n_steps=steps, n_samples=n_samples, layer_names=tuple(logs.spiking),
+        n_spikes_per_step=per_step(logs.spiking, "counts"),
+        synapse_names=tuple(kernels.synapse_names), n_synops_per_step=per_step(logs.synapses, "synops"),
+        n_spikes_per_neuron={name: total.sum(axis=0) for name, total in totals.items()},
+        n_sin=n_sin, n_lost_input=dict(counters["n_lost_input"]), n_saturated=dict(counters["n_saturated"]),
+        n_neurons={layer.name: int(np.prod(layer.shape)) for layer in network.layers[1:]},
+        predictions=predictions_per_step[:, -1],
+        accuracy=(predictions_per_step == y[:, None]).mean(axis=0) if y is not None else None,
+        ann_accuracy=ann_correct / n_samples if y is not None else None, method="lava")
