@@ -107,9 +107,9 @@ def _cmd_check(args) -> int:
     return EXIT_OK if report.fits else EXIT_BAD_INPUT
 
 
-def _cmd_simulate(args) -> int:
-    import json
-
+def _run_file(args):
+    """Read ``args.net`` and ``args.data`` (first ``args.limit`` images) and simulate ``args.steps`` steps;
+    returns ``(network, images, labels, result)``."""
     from .datasets import load_dataset
     from .sim import simulate
 
@@ -121,6 +121,13 @@ def _cmd_simulate(args) -> int:
         x, y = x[:args.limit], y[:args.limit]
     result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device,
                       progress=True)
+    return network, x, y, result
+
+
+def _cmd_simulate(args) -> int:
+    import json
+
+    _, _, _, result = _run_file(args)
     print(f"{result.n_samples} images, {result.n_steps} steps ({result.method} path): ANN {100 * result.ann_accuracy:.2f}%, "
           f"SNN {100 * result.accuracy[-1]:.2f}% after {result.n_steps} steps")
     for points in (2.0, 1.0, 0.5):
@@ -136,17 +143,10 @@ def _cmd_simulate(args) -> int:
 def _cmd_profile(args) -> int:
     import json
 
-    from .datasets import load_dataset
     from .profile import format_profile, profile_run
     from .sim import simulate
 
-    if args.steps < 1:
-        raise UsageError("--steps must be a positive integer")
-    network = _read_network(args.net)
-    x, y = load_dataset(args.data)
-    if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
-    result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device, progress=True)
+    network, x, y, result = _run_file(args)
     profile = profile_run(network, result, args.hw)
     print(format_profile(profile))
     if args.json:
