@@ -152,3 +152,12 @@ def test_simulate_rejects_bad_input(images):
         simulate(network, x, y[:3], steps=4)
     with pytest.raises(ValueError, match="steps"):
         simulate(network, x, steps=0)
+
+
+def test_first_and_sustained_crossings():
+    from bsnn_lava.sim.result import sustained_crossing
+
+    curve = np.array([0.1, 0.9, 0.8, 0.95, 0.95])
+    assert sustained_crossing(curve, 0.9) == 4
+    assert sustained_crossing(curve, 0.05) == 1
+    assert sustained_crossing(np.array([0.9, 0.5]), 0.9) is None

@@ -53,6 +53,13 @@ class SimResult:
         reached = np.nonzero(self.accuracy >= self.ann_accuracy - points / 100.0 - 1e-12)[0]
         return int(reached[0]) + 1 if reached.size else None
 
+    def steps_to_stay_within(self, points: float) -> Optional[int]:
+        """Smallest T from which accuracy stays at or above ``ann_accuracy - points/100`` until the
+        end of the run (``None`` if the last step is below)."""
+        if self.accuracy is None or self.ann_accuracy is None:
+            return None
+        return sustained_crossing(self.accuracy, self.ann_accuracy - points / 100.0)
+
     def summary(self) -> Dict[str, object]:
         """JSON-compatible digest (curves as lists)."""
         return {
@@ -63,3 +70,11 @@ class SimResult:
             "n_sin": self.n_sin, "n_lost_input": self.n_lost_input,
             "n_saturated": self.n_saturated, "n_neurons": self.n_neurons,
         }
+
+
+def sustained_crossing(accuracy, level: float) -> Optional[int]:
+    """Smallest T (1-based steps) with ``accuracy[t] >= level`` for every t >= T - 1, or ``None``."""
+    below = np.nonzero(np.asarray(accuracy) < level - 1e-12)[0]
+    if below.size == 0:
+        return 1
+    return None if below[-1] == len(accuracy) - 1 else int(below[-1]) + 2
