@@ -1,9 +1,10 @@
 """ResNet20 / CIFAR-10: ANN vs BSNN vs IF accuracy against time steps, with sweeps.
 
-Writes ``<out>/resnet20_accuracy.{json,md,png}``. Defaults read ../shared (the pretrained akamaster
+Writes ``<out>/<name>.{json,md,png}`` (name: resnet20_accuracy). Defaults read ../shared (the pretrained akamaster
 ResNet20 and the JPEG-decoded CIFAR-10 copies); point --model / --test-data / --calib-data at your own.
 
-    python bench/resnet20_accuracy.py                   # full run (about 30 min on 2 cores)
+    python bench/resnet20_accuracy.py                   # full run (75 min on 2 busy cores; IF ~2-3 ms per image-step)
+    python bench/resnet20_accuracy.py --main-only --channelwise --name resnet20_accuracy_channelwise
     python bench/resnet20_accuracy.py --n-test 100 --n-sweep 50 --steps 256   # quick look
 """
 from __future__ import annotations
@@ -37,11 +38,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--main-only", action="store_true", help="only the BSNN vs IF comparison on --n-test images")
+    parser.add_argument("--channelwise", action="store_true", help="channel-wise thresholds for the main comparison")
+    parser.add_argument("--name", default="resnet20_accuracy", help="base name of the result files")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the markdown and plots from the JSON of an earlier run")
     args = parser.parse_args()
     if args.report_only:
-        payload = json.loads((args.out / "resnet20_accuracy.json").read_text())
+        payload = json.loads((args.out / f"{args.name}.json").read_text())
         for r in payload["runs"]:
             for points in (1, 0.5):
                 r[f"steps_to_stay_within_{points}"] = sustained_crossing(r["accuracy"], r["ann_accuracy"] - points / 100)
@@ -83,8 +87,12 @@ def main() -> None:
         write_report(args, runs)
 
     n_main, n_sweep = args.n_test, args.n_sweep
-    run("BSNN P=2, V(0)=theta/2", "main", n_main, neuron="bistable", window=2, v_init=0.5)
-    run("IF, V(0)=theta/2", "main", n_main, neuron="if", v_init=0.5)
+    kind = ", channel-wise" if args.channelwise else ""
+    run(f"BSNN P=2, V(0)=theta/2{kind}", "main", n_main, neuron="bistable", window=2, v_init=0.5,
+        channelwise=args.channelwise)
+    run(f"IF, V(0)=theta/2{kind}", "main", n_main, neuron="if", v_init=0.5, channelwise=args.channelwise)
+    if args.main_only:
+        return
     for v_init in (0.5, 0.0):
         for window in (1, 2, 4, 8):
             run(f"BSNN P={window}, V(0)={'theta/2' if v_init else '0'}", "sweep_p_v0", n_sweep,
@@ -111,18 +119,18 @@ def write_report(args, runs, payload=None) -> None:
         "steps_to_stay_within_X": "first T from which accuracy stays >= ANN - X points until the end of the run",
         "synaptic_delay": "1 step per synapse, as in Lava"}
     payload["runs"] = runs
-    write_json(out / "resnet20_accuracy.json", payload)
+    write_json(out / f"{args.name}.json", payload)
     args.steps, args.n_calib = payload["steps"], payload["n_calib"]
     args.calib_data, args.test_data = payload["calib_data"], payload["test_data"]
     main_runs = [r for r in runs if r["group"] == "main"]
     if main_runs:
         plot_accuracy_vs_steps({r["label"]: r["accuracy"] for r in main_runs}, main_runs[0]["ann_accuracy"],
-                               out / "resnet20_accuracy.png",
+                               out / f"{args.name}.png",
                                title=f"ResNet20, CIFAR-10 (JPEG copy), first {main_runs[0]['n_images']} test images")
     sweep = [r for r in runs if r["group"] != "main"]
     if sweep:
         plot_accuracy_vs_steps({r["label"]: r["accuracy"] for r in sweep if r["group"] == "sweep_p_v0"},
-                               sweep[0]["ann_accuracy"], out / "resnet20_sweep.png",
+                               sweep[0]["ann_accuracy"], out / f"{args.name}_sweep.png",
                                title=f"ResNet20 sweep, first {sweep[0]['n_images']} test images")
     lines = ["# ResNet20 / CIFAR-10: BSNN vs IF accuracy against time steps", "",
              f"Command: `{payload['command']}` (markdown regenerated with `--report-only`)  ",
@@ -142,8 +150,8 @@ def write_report(args, runs, payload=None) -> None:
         cells += [f"{100 * v:.1f}" for v in r["accuracy_at"].values()]
         cells += [f"{r['spikes_per_image']:.0f}", f"{r['sin_per_image']:.0f}", r["lost_input"]]
         lines.append("| " + " | ".join("not reached" if c is None else str(c) for c in cells) + " |")
-    lines += ["", "![main](resnet20_accuracy.png)", "", "![sweep](resnet20_sweep.png)", ""]
-    (out / "resnet20_accuracy.md").write_text("\n".join(lines))
+    lines += ["", f"![main]({args.name}.png)", ""] + ([f"![sweep]({args.name}_sweep.png)", ""] if sweep else [])
+    (out / f"{args.name}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
