@@ -22,6 +22,12 @@ EPILOG = """examples:
 exit codes: 0 success, 1 internal error, 2 bad input (one-line message)"""
 
 
+BACKENDS = ("torch", "lava", "loihi2")
+BACKEND_HELP = ("torch: reference simulator (default); lava: Lava's CPU simulator (bit-accurate fixed_pt for "
+                "quantized networks), one image at a time; loihi2: Intel's Loihi 2 through lava-loihi (INRC only, "
+                "see docs/loihi.md)")
+
+
 class UsageError(Exception):
     """Bad input detected by the CLI itself."""
 
@@ -29,9 +35,9 @@ class UsageError(Exception):
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    if args.steps < 1 or args.window < 1:
-        raise UsageError("--steps and --window must be positive integers")
-    run_demo(Path(args.out), steps=args.steps, window=args.window, seed=args.seed)
+    if args.steps < 1 or args.window < 1 or args.lava_samples < 1:
+        raise UsageError("--steps, --window and --lava-samples must be positive integers")
+    run_demo(Path(args.out), steps=args.steps, window=args.window, seed=args.seed, lava_samples=args.lava_samples)
     return EXIT_OK
 
 
@@ -119,8 +125,14 @@ def _run_file(args):
     x, y = load_dataset(args.data)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
-    result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                      progress=True)
+    if args.backend == "torch":
+        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                          progress=True)
+    else:
+        from .lava.run import run_lava
+
+        result = run_lava(network, x, y, steps=args.steps, backend="cpu" if args.backend == "lava" else "loihi2",
+                          select_tag="fixed_pt" if network.numeric == "int" else "floating_pt")
     return network, x, y, result
 
 
@@ -169,13 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="end-to-end demo on scikit-learn's bundled digits (no download)",
                           description="Train a small ResNet on the bundled 8x8 digits for a few seconds, convert "
-                          "it to a bistable SNN and to a plain IF SNN, simulate both, print accuracy vs T and "
-                          "SIN counts, and write a plot.", epilog="example: bsnn demo --out bsnn-demo",
+                          "it to a bistable SNN and to a plain IF SNN, simulate both, quantize the BSNN for Loihi 2, "
+                          "export it as netx HDF5, run the file in Lava on a few digits and compare every spike with "
+                          "the reference, profile spikes and energy, and write a plot and an HTML report.", epilog="example: bsnn demo --out bsnn-demo",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--out", default="bsnn-demo", help="output folder (default: bsnn-demo)")
     demo.add_argument("--steps", type=int, default=96, help="time steps T to simulate (default: 96)")
     demo.add_argument("--window", type=int, default=2, help="bistable window P in steps (default: 2)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--lava-samples", type=int, default=3, help="digits run in Lava for the parity check (default: 3)")
     demo.set_defaults(handler=_cmd_demo)
 
     conv = sub.add_parser("convert", help="convert a trained model to a BSNN / IF network and write netx HDF5",
@@ -230,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--limit", type=int, help="use only the first N images")
     simulate.add_argument("--batch-size", type=int, default=100)
     simulate.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    simulate.add_argument("--backend", choices=("torch",), default="torch", help="simulator (default: torch)")
+    simulate.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     simulate.add_argument("--json", help="write accuracy per step and counts as JSON to this file")
     simulate.set_defaults(handler=_cmd_simulate)
 
@@ -249,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--limit", type=int, help="use only the first N images")
     prof.add_argument("--batch-size", type=int, default=100)
     prof.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    prof.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     prof.add_argument("--json", help="write the profile as JSON to this file")
     prof.add_argument("--html", help="write a self-contained HTML report (plots embedded) to this file")
     prof.set_defaults(handler=_cmd_profile)
@@ -266,7 +281,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("bsnn: interrupted", file=sys.stderr)
         return EXIT_INTERNAL
-    except (UsageError, ValueError, FileNotFoundError, OSError) as err:
+    except (UsageError, ValueError, FileNotFoundError, OSError, ImportError) as err:
         print(f"bsnn {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # an internal error: one line unless --debug

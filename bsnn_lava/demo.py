@@ -1,4 +1,4 @@
-"""``bsnn demo``: train a small ResNet on the bundled digits, convert it, compare BSNN and IF."""
+"""``bsnn demo``: the whole chain on the bundled digits (train, convert, quantize, export, Lava, profile)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import netx_export
+
 from .conversion import convert
 from .datasets import load_digits_uint8
 from .plots import plot_accuracy_vs_steps
+from .profile import format_profile, profile_run
+from .quantize import quantize
+from .report import write_html_report
 from .sim import simulate
 from .zoo import OptionAShortcut
 
@@ -65,8 +70,12 @@ def train_digits_model(x_train: np.ndarray, y_train: np.ndarray, epochs: int = 1
     return model.eval()
 
 
-def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, log=print) -> Dict[str, object]:
-    """The whole demo; writes ``accuracy_vs_steps.png`` and ``summary.json`` into ``out_dir``."""
+def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, lava_samples: int = 3,
+             log=print) -> Dict[str, object]:
+    """The whole chain: train, convert (BSNN and IF), quantize for Loihi 2, export netx HDF5, run the
+    file in Lava on ``lava_samples`` digits with a spike-for-spike comparison against the reference,
+    profile, report. Writes ``digits_bsnn.h5``, ``accuracy_vs_steps.png``, ``report.html`` and
+    ``summary.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -77,33 +86,70 @@ def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, log
         ann_acc = float((model(torch.as_tensor(x_test, dtype=torch.float32) / 255).argmax(1).numpy() == y_test).mean())
     log(f"ANN (DigitsResNet, trained {time.perf_counter() - started:.1f} s): test accuracy {100 * ann_acc:.2f}%")
     calibration = x_train[:300]
-    results = {}
+    results, networks = {}, {}
     for label, neuron in (("BSNN", "bistable"), ("IF", "if")):
-        network = convert(model, calibration, neuron=neuron, window=window, v_init=0.5)
-        results[label] = simulate(network, x_test, y_test, steps=steps)
+        networks[label] = convert(model, calibration, neuron=neuron, window=window, v_init=0.5)
+        results[label] = simulate(networks[label], x_test, y_test, steps=steps)
+    fixed = quantize(networks["BSNN"], "loihi2")
+    h5 = netx_export.write(fixed, out_dir / "digits_bsnn.h5")
+    fixed = netx_export.read(h5)
+    results["BSNN fixed point"] = simulate(fixed, x_test, y_test, steps=steps)
+    log(f"quantized for Loihi 2 and written to {h5} ({h5.stat().st_size // 1024} KiB); read back for the runs below")
     table_steps = [t for t in (8, 16, 24, 32, 48, 64, 96, 128, 192, 256) if t <= steps]
     log("\naccuracy (%) after T steps (T counts the pipeline fill):")
-    log("  T     " + "".join(f"{t:>7d}" for t in table_steps))
+    log("  T" + " " * 16 + "".join(f"{t:>7d}" for t in table_steps))
     for label, result in results.items():
-        log(f"  {label:<6}" + "".join(f"{100 * result.accuracy[t - 1]:7.2f}" for t in table_steps))
+        log(f"  {label:<17}" + "".join(f"{100 * result.accuracy[t - 1]:7.2f}" for t in table_steps))
     log("\nsteps to reach ANN - 1 point / ANN - 0.5 point (first crossing):")
     for label, result in results.items():
-        log(f"  {label:<6} {_fmt(result.steps_to_within(1.0))} / {_fmt(result.steps_to_within(0.5))}")
+        log(f"  {label:<17} {_fmt(result.steps_to_within(1.0))} / {_fmt(result.steps_to_within(0.5))}")
     log(f"\nspikes of inactivated neurons (SIN; ANN pre-activation <= 0 but spiked), summed over "
         f"{len(y_test)} images, {steps} steps:")
     for label, result in results.items():
         per_layer = ", ".join(f"{name}={n}" for name, n in result.n_sin.items())
-        log(f"  {label:<6} total {sum(result.n_sin.values())}: {per_layer}")
+        log(f"  {label:<17} total {sum(result.n_sin.values())}: {per_layer}")
     log(f"  lost input (should be 0): " + ", ".join(f"{k} {sum(r.n_lost_input.values())}" for k, r in results.items()))
-    plot = plot_accuracy_vs_steps({f"{k} (P={window}, V(0)=theta/2)" if k == "BSNN" else f"{k} (V(0)=theta/2)":
+    parity = lava_parity(fixed, x_test[:lava_samples], y_test[:lava_samples], steps, log)
+    profile = profile_run(fixed, results["BSNN fixed point"], "loihi2")
+    log("\n" + format_profile(profile))
+    plot = plot_accuracy_vs_steps({f"{k} (P={window}, V(0)=theta/2)" if k.startswith("BSNN") else f"{k} (V(0)=theta/2)":
                                    r.accuracy for k, r in results.items()}, ann_acc, out_dir / "accuracy_vs_steps.png",
                                   title="Digits ResNet: BSNN vs IF")
+    one = simulate(fixed, x_test[:1], y_test[:1], steps=steps, method="step", record=True)
+    rasters = {l.name: one.extras["spikes"][l.name].reshape(steps, -1) for l in fixed.spiking_layers}
+    report = write_html_report(out_dir / "report.html", profile, "bsnn demo: digits ResNet on Loihi 2 (profile)",
+                               rasters, {"IF (float)": results["IF"].accuracy})
     summary = {"ann_accuracy": ann_acc, "steps": steps, "window_steps": window,
-               "results": {k: r.summary() for k, r in results.items()},
+               "results": {k: r.summary() for k, r in results.items()}, "lava_parity": parity,
+               "profile": {k: v for k, v in profile.to_dict().items() if k not in ("energy_nj_vs_steps", "accuracy_vs_steps")},
                "wall_time_s": time.perf_counter() - started}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    log(f"\nwrote {plot} and {out_dir / 'summary.json'} ({summary['wall_time_s']:.1f} s)")
+    log(f"\nwrote {plot}, {report} and {out_dir / 'summary.json'} ({summary['wall_time_s']:.1f} s)")
     return summary
+
+
+def lava_parity(network, images, labels, steps: int, log=print) -> Dict[str, object]:
+    """Run ``network`` in Lava's CPU simulator and in the reference; compare every spike and every
+    readout potential at every step. Returns the counts (and the first mismatch, if any)."""
+    from .lava.run import run_lava
+
+    lava = run_lava(network, images, labels, steps=steps, record=True, progress=False)
+    reference = simulate(network, images, labels, steps=steps, method="step", record=True)
+    n_compared, first = 0, None
+    for name, spikes in reference.extras["spikes"].items():
+        theirs = lava.extras["spikes"][name]
+        n_compared += spikes.size
+        if first is None and not np.array_equal(spikes, theirs):
+            t, sample, *neuron = np.argwhere(spikes != theirs)[0]
+            first = {"layer": name, "step": int(t), "sample": int(sample), "neuron": [int(i) for i in neuron]}
+    readout_equal = bool(np.array_equal(reference.extras["readout_v"], lava.extras["readout_v"]))
+    timing = lava.extras["timing"]
+    log(f"\nLava CPU (fixed_pt) vs reference on {len(images)} digits x {steps} steps: {n_compared} neuron-steps "
+        f"compared, {'identical' if first is None else f'first mismatch {first}'}; readout potentials "
+        f"{'identical' if readout_equal else 'DIFFER'}; Lava {timing['ms_per_step']:.1f} ms/step "
+        f"(+{timing['compile_start_s']:.1f} s compile and start)")
+    return {"n_neuron_steps_compared": n_compared, "first_mismatch": first, "readout_identical": readout_equal,
+            "lava_timing": timing}
 
 
 def _fmt(steps) -> str:

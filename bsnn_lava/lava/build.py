@@ -47,8 +47,18 @@ class LavaNetwork:
         return None
 
     def stop(self) -> None:
-        """Stop Lava's runtime (and its worker processes) if it was started."""
-        self.input.stop()
+        """Stop Lava's runtime and end its worker processes (nothing to do if none was created).
+
+        Lava's own ``stop`` joins the workers; workers of a runtime that was created but never ran
+        (a model failed to build, say) wait for commands forever, so those are terminated first.
+        """
+        runtime = self.input.runtime
+        if runtime is None:
+            return
+        if not runtime._is_started:
+            for worker in runtime._messaging_infrastructure.actors:
+                worker.terminate()
+        runtime.stop()
 
 
 def synapse_name(layer_name: str, source: str, k: int) -> str:

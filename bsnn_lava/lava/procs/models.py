@@ -10,7 +10,7 @@ receives afterwards, so recurrent graphs cannot deadlock). On the first step of 
 zeros, so nothing crosses from one image to the next. Several synapses into one ``a_in`` are summed
 by Lava's InPort (the residual add).
 
-Synapses are event-driven: an all-zero input costs one ``any()`` and sends a cached zero array;
+Synapses are event-driven: an all-zero input costs one scan for nonzeros and sends a cached zero array;
 otherwise only the columns of the active inputs of a sparse (CSC) matrix, built once when the model
 is created, are touched. The matrix holds ``mantissa * 2**weight_exp`` (exact integers for
 ``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
@@ -35,18 +35,27 @@ from bsnn_lava.lava.procs.process import EventConv, EventDense, GatedIF, PixelIn
 
 #: Above this fraction of active inputs a synapse multiplies the whole matrix instead of slicing columns.
 DENSE_INPUT_FRACTION = 0.25
+#: The largest input a synapse receives: a pixel (spikes are 0 or 1).
+MAX_INPUT = 255
 
 
-class _ScheduledModel(PyLoihiProcessModel):
-    """Reads the schedule from proc_params; ``sample_step()`` is the 0-based step within the sample."""
+class _SampleClockModel(PyLoihiProcessModel):
+    """``sample_step()``: the 0-based step within the current sample (image) of ``steps_per_sample``."""
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"])
         self.steps_per_sample = proc_params["steps_per_sample"]
 
     def sample_step(self) -> int:
         return (self.time_step - 1) % self.steps_per_sample  # Lava's time_step is 1 on the first step
+
+
+class _ScheduledModel(_SampleClockModel):
+    """Also reads the schedule (mode, offset_steps, window_steps) for :func:`phase`."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"])
 
 
 def _open_logs(log_paths):
@@ -56,14 +65,21 @@ def _open_logs(log_paths):
 
 # --- neurons -----------------------------------------------------------------------------------------
 
-class _GatedIFModel(_ScheduledModel):
-    """One :func:`gated_if_step` per step; counters and logs updated in place."""
+class _NeuronModel(_ScheduledModel):
+    """State width (``state_bits`` where the model ``saturates``, else unbounded) and activity logs."""
     saturates = True
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.state_bits = proc_params["state_bits"] if self.saturates else None
         self.logs = _open_logs(proc_params["log_paths"])
+
+
+class _GatedIFModel(_NeuronModel):
+    """One :func:`gated_if_step` per step; counters and logs updated in place."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
         self.silent = np.zeros(proc_params["shape"], dtype=bool)
 
     def run_spk(self):
@@ -124,14 +140,8 @@ class PyGatedIFModelFloat(_GatedIFModel):
     n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
 
 
-class _ReadoutModel(_ScheduledModel):
+class _ReadoutModel(_NeuronModel):
     """:func:`gated_if_step` that never fires; logs ``v`` after every step."""
-    saturates = True
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.state_bits = proc_params["state_bits"] if self.saturates else None
-        self.logs = _open_logs(proc_params["log_paths"])
 
     def run_spk(self):
         a_in = self.a_in.recv()
@@ -226,17 +236,24 @@ def conv_matrix(weight: np.ndarray, in_shape, stride, padding) -> sparse.csc_mat
     return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
 
 
-class _EventSynapseModel(PyLoihiProcessModel):
-    """Sends last step's product, then computes this step's from the active inputs only."""
+class _EventSynapseModel(_SampleClockModel):
+    """Sends last step's product, then computes this step's from the active inputs only.
+
+    ``fixed_pt`` multiplies in int32 where no output can exceed it (``MAX_INPUT`` times the largest row
+    sum of ``|weight|`` below 2**31; the channel widens to int64), else in int64: exact either way.
+    """
     dtype = np.int64
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.steps_per_sample = proc_params["steps_per_sample"]
         self.out_shape = proc_params["out_shape"]
         self.silent = np.zeros(self.out_shape, dtype=self.dtype)
         self.pending = self.silent
-        self.matrix = self.weight_matrix(proc_params).astype(self.dtype).tocsc()
+        matrix = self.weight_matrix(proc_params).tocsc()
+        row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
+        narrow = self.dtype == np.int64 and MAX_INPUT * row_sum < 2 ** 31
+        self.compute_dtype = np.int32 if narrow else self.dtype
+        self.matrix = matrix.astype(self.compute_dtype)
         self.fan_out = np.diff(self.matrix.indptr)  # nonzero weights of each input (synaptic operations)
         self.logs = _open_logs(proc_params["log_paths"])
 
@@ -252,7 +269,7 @@ class _EventSynapseModel(PyLoihiProcessModel):
         return weight * 2.0 ** weight_exp
 
     def run_spk(self):
-        t = (self.time_step - 1) % self.steps_per_sample
+        t = self.sample_step()
         self.a_out.send(self.pending if t else self.silent)
         s = self.s_in.recv().reshape(-1)
         active = np.flatnonzero(s)
@@ -261,9 +278,9 @@ class _EventSynapseModel(PyLoihiProcessModel):
         if active.size == 0:
             self.pending = self.silent
         elif active.size >= DENSE_INPUT_FRACTION * s.size:
-            self.pending = (self.matrix @ s.astype(self.dtype)).reshape(self.out_shape)
+            self.pending = (self.matrix @ s.astype(self.compute_dtype)).reshape(self.out_shape)
         else:
-            self.pending = (self.matrix[:, active] @ s[active].astype(self.dtype)).reshape(self.out_shape)
+            self.pending = (self.matrix[:, active] @ s[active].astype(self.compute_dtype)).reshape(self.out_shape)
 
 
 class _EventDenseModel(_EventSynapseModel):

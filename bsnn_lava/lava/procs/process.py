@@ -65,6 +65,12 @@ def _log_paths(kind: str, log_paths: ty.Optional[ty.Mapping[str, str]]) -> ty.Op
     return {key: str(path) for key, path in log_paths.items()}
 
 
+def _add_params(process: AbstractProcess, **params) -> None:
+    """Validated meta-parameters into ``proc_params`` after ``AbstractProcess.__init__`` (as LIFReset)."""
+    for key, value in params.items():
+        process.proc_params[key] = value
+
+
 def _full(value, shape: ty.Tuple[int, ...], field_name: str) -> np.ndarray:
     """``value`` as an array of ``shape`` (a scalar is repeated); ``ValueError`` otherwise."""
     arr = np.asarray(value, dtype=np.float64)
@@ -97,9 +103,9 @@ class GatedIF(AbstractProcess):
                  window_steps: int, steps_per_sample: int, state_bits: ty.Optional[int] = None,
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
-        super().__init__(shape=shape, name=name, state_bits=_state_bits(state_bits),
-                         log_paths=_log_paths("gated_if", log_paths),
-                         **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+        super().__init__(shape=shape, name=name)
+        _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
             raise ValueError("threshold must be > 0")
@@ -127,9 +133,9 @@ class Readout(AbstractProcess):
                  steps_per_sample: int, state_bits: ty.Optional[int] = None,
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
-        super().__init__(shape=shape, name=name, state_bits=_state_bits(state_bits),
-                         log_paths=_log_paths("readout", log_paths),
-                         **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+        super().__init__(shape=shape, name=name)
+        _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("readout", log_paths),
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
         self.a_in = InPort(shape=shape)
         self.v = Var(shape=shape, init=0)
         self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
@@ -149,34 +155,41 @@ class PixelInput(AbstractProcess):
     def __init__(self, *, images: np.ndarray, mode: str, offset_steps: int, window_steps: int,
                  steps_per_sample: int, name: ty.Optional[str] = None):
         images = np.asarray(images)
+        shape = tuple(int(s) for s in images.shape[1:])
+        super().__init__(shape=shape, name=name)
         if images.ndim != 4 or images.shape[0] < 1:
             raise ValueError(f"images must be (n_samples, C, H, W) with n_samples >= 1, got {images.shape}")
         if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 255:
             raise ValueError("images must hold integer pixel values in 0..255 (8-bit graded spikes)")
-        shape = tuple(int(s) for s in images.shape[1:])
-        super().__init__(shape=shape, name=name, n_samples=int(images.shape[0]),
-                         **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+        _add_params(self, n_samples=int(images.shape[0]),
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
         self.s_out = OutPort(shape=shape)
         self.images = Var(shape=images.shape, init=images.astype(np.uint8))
 
 
 class _Synapse(AbstractProcess):
-    """Common ports and proc_params of the event-driven synapses."""
+    """Common ports, checks and proc_params of the event-driven synapses; subclasses check their op."""
 
-    def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, out_shape, steps_per_sample: int,
+    def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, steps_per_sample: int,
                  log_paths: ty.Optional[ty.Mapping[str, str]], name: ty.Optional[str], **op_params):
+        super().__init__(name=name)
+        weight, in_shape = np.asarray(weight, dtype=np.float64), tuple(int(s) for s in in_shape)
+        if not np.all(np.isfinite(weight)):
+            raise ValueError("weight has NaN or infinite values")
         if isinstance(weight_exp, bool) or int(weight_exp) != weight_exp:
             raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
         if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
             raise ValueError(f"steps_per_sample must be an integer >= 1, got {steps_per_sample!r}")
-        if not np.all(np.isfinite(weight)):
-            raise ValueError("weight has NaN or infinite values")
-        in_shape, out_shape = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
-        super().__init__(weight=np.array(weight, dtype=np.float64), weight_exp=int(weight_exp), in_shape=in_shape,
-                         out_shape=out_shape, steps_per_sample=int(steps_per_sample),
-                         log_paths=_log_paths("synapse", log_paths), name=name, **op_params)
+        out_shape, op_params = self.checked_op(weight, in_shape, **op_params)
+        _add_params(self, weight=weight, weight_exp=int(weight_exp), in_shape=in_shape, out_shape=out_shape,
+                    steps_per_sample=int(steps_per_sample), log_paths=_log_paths("synapse", log_paths), **op_params)
         self.s_in = InPort(shape=in_shape)
         self.a_out = OutPort(shape=out_shape)
+
+    @staticmethod
+    def checked_op(weight: np.ndarray, in_shape: ty.Tuple[int, ...], **op_params) -> ty.Tuple[tuple, dict]:
+        """``(out_shape, normalised op_params)``; ``ValueError`` if the op does not fit ``in_shape``."""
+        raise NotImplementedError
 
 
 class EventDense(_Synapse):
@@ -195,11 +208,14 @@ class EventDense(_Synapse):
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, weight_exp: int = 0,
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
-        weight = np.asarray(weight)
+        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
+                         log_paths=log_paths, name=name)
+
+    @staticmethod
+    def checked_op(weight, in_shape, **op_params):
         if weight.ndim != 2 or weight.shape[1] != int(np.prod(in_shape)):
             raise ValueError(f"weight must be (out_features, {int(np.prod(in_shape))}), got {weight.shape}")
-        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, out_shape=(weight.shape[0],),
-                         steps_per_sample=steps_per_sample, log_paths=log_paths, name=name)
+        return (weight.shape[0],), {}
 
 
 class EventConv(_Synapse):
@@ -215,15 +231,17 @@ class EventConv(_Synapse):
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, stride=(1, 1), padding=(0, 0),
                  weight_exp: int = 0, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
                  name: ty.Optional[str] = None):
-        weight = np.asarray(weight)
+        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
+                         log_paths=log_paths, name=name, stride=stride, padding=padding)
+
+    @staticmethod
+    def checked_op(weight, in_shape, stride=(1, 1), padding=(0, 0)):
         stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
         if weight.ndim != 4 or len(in_shape) != 3 or weight.shape[1] != in_shape[0]:
-            raise ValueError(f"weight (out, in, kh, kw) {weight.shape} does not fit input (C, H, W) {tuple(in_shape)}")
+            raise ValueError(f"weight (out, in, kh, kw) {weight.shape} does not fit input (C, H, W) {in_shape}")
         if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
             raise ValueError(f"stride must be two integers >= 1 and padding two integers >= 0, got {stride}, {padding}")
         out_hw = [(in_shape[1 + i] + 2 * padding[i] - weight.shape[2 + i]) // stride[i] + 1 for i in range(2)]
         if min(out_hw) < 1:
-            raise ValueError(f"kernel {weight.shape[2:]} does not fit input {tuple(in_shape)} with padding {padding}")
-        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape,
-                         out_shape=(weight.shape[0], *out_hw), steps_per_sample=steps_per_sample,
-                         log_paths=log_paths, name=name, stride=stride, padding=padding)
+            raise ValueError(f"kernel {weight.shape[2:]} does not fit input {in_shape} with padding {padding}")
+        return (weight.shape[0], *out_hw), dict(stride=stride, padding=padding)
