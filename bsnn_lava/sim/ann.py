@@ -29,7 +29,7 @@ def ann_forward(network: Network, images: torch.Tensor, kernels: Optional[Networ
     logits = None
     for layer in network.layers[1:]:
         params = kernels.params[layer.name]
-        z = kernels.synaptic_input(layer.name, rates) + params["bias"]
+        z = kernels.synaptic_input(layer.name, rates, integer_input=False) + params["bias"]
         z = z.expand(batch, *layer.shape)
         if layer.kind == "readout":
             logits = z

@@ -17,26 +17,30 @@ _FLOAT32_EXACT = 2 ** 24
 class SynapseKernel:
     """One synapse as a torch op on a batch of source outputs ``(batch, *source_shape)``.
 
-    Integer synapses compute on the mantissas and multiply by ``2**weight_exp`` afterwards; when
-    ``max_input * max_row_sum(|mantissa|) < 2**24`` no partial sum can lose precision in float32,
-    so the (much faster) float32 kernels are used and the result is converted to ``dtype``.
+    Integer synapses compute on the mantissas and multiply by ``2**weight_exp`` afterwards. For
+    integer inputs (spikes, spike counts, pixels) no partial sum can lose precision in float32 when
+    ``max_input * max_row_sum(|mantissa|) < 2**24``: then the (much faster) float32 weights are used
+    and the result is converted to ``dtype``. Real-valued inputs (ANN rates) always use ``dtype``.
     """
 
     def __init__(self, op, dtype: torch.dtype, device, max_input: float):
         row_sum = float(np.abs(op.weight).reshape(op.weight.shape[0], -1).sum(axis=1).max())
         integer = np.array_equal(op.weight, np.round(op.weight))
-        self.compute_dtype = torch.float32 if integer and max_input * row_sum < _FLOAT32_EXACT else dtype
-        self.weight = torch.tensor(op.weight, dtype=self.compute_dtype, device=device)
+        self.weight = torch.tensor(op.weight, dtype=dtype, device=device)
+        self.weight_float32 = (self.weight.to(torch.float32) if integer and max_input * row_sum < _FLOAT32_EXACT
+                               and dtype != torch.float32 else None)
         self.weight_scale = 2.0 ** op.weight_exp
         self.dtype = dtype
         self.is_conv = isinstance(op, Conv2d)
         self.stride = getattr(op, "stride", None)
         self.padding = getattr(op, "padding", None)
 
-    def __call__(self, x: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-        """The synapse's output; ``absolute=True`` uses ``|weight|`` (a bound on partial sums)."""
-        weight = self.weight.abs() if absolute else self.weight
-        x = x.to(self.compute_dtype)
+    def __call__(self, x: torch.Tensor, absolute: bool = False, integer_input: bool = True) -> torch.Tensor:
+        """The synapse's output; ``absolute=True`` uses ``|weight|`` (a bound on partial sums);
+        ``integer_input=False`` for real-valued inputs."""
+        weight = self.weight_float32 if integer_input and self.weight_float32 is not None else self.weight
+        weight = weight.abs() if absolute else weight
+        x = x.to(weight.dtype)
         if self.is_conv:
             y = F.conv2d(x, weight, None, self.stride, self.padding)
         else:
@@ -83,14 +87,16 @@ class NetworkKernels:
             names = ("threshold", "bias", "v_init") if layer.kind == "gated_if" else ("bias",)
             self.params[layer.name] = {n: layer_param(getattr(layer, n), layer.shape, dtype, device) for n in names}
 
-    def synaptic_input(self, name: str, outputs: Dict[str, torch.Tensor], absolute: bool = False):
+    def synaptic_input(self, name: str, outputs: Dict[str, torch.Tensor], absolute: bool = False,
+                       integer_input: bool = True):
         """Sum of this layer's synapses applied to the given source outputs (``None`` when all sources
-        are silent, i.e. missing from ``outputs`` or ``None``); ``absolute``: with ``|weight|``."""
+        are silent, i.e. missing from ``outputs`` or ``None``); ``absolute``: with ``|weight|``;
+        ``integer_input=False`` for real-valued outputs (ANN rates)."""
         total = None
         for source, kernel in self.synapses[name]:
             x = outputs.get(source)
             if x is None:
                 continue
-            y = kernel(x, absolute)
+            y = kernel(x, absolute, integer_input)
             total = y if total is None else total + y
         return total
