@@ -29,3 +29,10 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1))
     tmp.replace(path)
+
+
+def add_resnet20_data_args(parser) -> None:
+    """--model, --test-data, --calib-data: defaults in ../shared, flags for the user's own files."""
+    parser.add_argument("--model", default=SHARED / "models" / "akamaster_resnet20-12fca82f.th", type=Path)
+    parser.add_argument("--test-data", default=SHARED / "data" / "cifar10_test.npz", type=Path)
+    parser.add_argument("--calib-data", default=SHARED / "data" / "cifar10_train_10k.npz", type=Path)

@@ -31,7 +31,7 @@ from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedu
 from bsnn_lava.lava.run import CHANNEL_SLOTS, run_lava
 from bsnn_lava.quantize import quantize
 
-from common import SHARED, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, write_json
 
 #: Stock network: weights uniform in +-WEIGHT_MAX, threshold THRESHOLD (integer scale); values do not
 #: change the stock cost (every convolution is computed densely on every step).
@@ -40,9 +40,7 @@ WEIGHT_MAX, THRESHOLD = 8, 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=SHARED / "models" / "akamaster_resnet20-12fca82f.th", type=Path)
-    parser.add_argument("--test-data", default=SHARED / "data" / "cifar10_test.npz", type=Path)
-    parser.add_argument("--calib-data", default=SHARED / "data" / "cifar10_train_10k.npz", type=Path)
+    add_resnet20_data_args(parser)
     parser.add_argument("--n-calib", type=int, default=300, help="calibration images (training set)")
     parser.add_argument("--images", type=int, default=2, help="test images for our network")
     parser.add_argument("--steps", type=int, default=80, help="steps per image for our network")

@@ -22,16 +22,14 @@ from bsnn_lava.datasets import load_npz
 from bsnn_lava.plots import plot_accuracy_vs_steps
 from bsnn_lava.sim.result import sustained_crossing
 
-from common import SHARED, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, write_json
 
 CURVE_STEPS = (64, 128, 192, 256, 384, 512)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=SHARED / "models" / "akamaster_resnet20-12fca82f.th", type=Path)
-    parser.add_argument("--test-data", default=SHARED / "data" / "cifar10_test.npz", type=Path)
-    parser.add_argument("--calib-data", default=SHARED / "data" / "cifar10_train_10k.npz", type=Path)
+    add_resnet20_data_args(parser)
     parser.add_argument("--n-test", type=int, default=500, help="test images for the main comparison")
     parser.add_argument("--n-sweep", type=int, default=200, help="test images for the P / V(0) / threshold sweeps")
     parser.add_argument("--n-calib", type=int, default=300, help="calibration images (training set)")

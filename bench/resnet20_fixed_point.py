@@ -24,7 +24,7 @@ from bsnn_lava.plots import plot_accuracy_vs_steps
 from bsnn_lava.quantize import quantize
 from bsnn_lava.resources import check_resources
 
-from common import SHARED, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, write_json
 
 
 def cifar_vgg11(num_classes: int = 10) -> nn.Module:
@@ -41,9 +41,7 @@ def cifar_vgg11(num_classes: int = 10) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=SHARED / "models" / "akamaster_resnet20-12fca82f.th", type=Path)
-    parser.add_argument("--test-data", default=SHARED / "data" / "cifar10_test.npz", type=Path)
-    parser.add_argument("--calib-data", default=SHARED / "data" / "cifar10_train_10k.npz", type=Path)
+    add_resnet20_data_args(parser)
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--n-calib", type=int, default=300)
     parser.add_argument("--steps", type=int, default=320)

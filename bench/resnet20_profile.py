@@ -16,14 +16,12 @@ from bsnn_lava.profile import format_profile, profile_run
 from bsnn_lava.quantize import quantize
 from bsnn_lava.report import write_html_report
 
-from common import SHARED, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, write_json
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=SHARED / "models" / "akamaster_resnet20-12fca82f.th", type=Path)
-    parser.add_argument("--test-data", default=SHARED / "data" / "cifar10_test.npz", type=Path)
-    parser.add_argument("--calib-data", default=SHARED / "data" / "cifar10_train_10k.npz", type=Path)
+    add_resnet20_data_args(parser)
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--steps", type=int, default=176,
                         help="T; default: where the float BSNN first came within 1 point of the ANN on 1000 images")
