@@ -47,7 +47,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=320)
     parser.add_argument("--window", type=int, default=2)
     parser.add_argument("--hw", default="loihi2")
+    parser.add_argument("--plain-rounding", action="store_true",
+                        help="round weights to nearest and keep the float biases (default: error-feedback "
+                             "rounding and bias correction on the calibration images)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default="resnet20_fixed_point", help="result file stem")
     args = parser.parse_args()
     model = zoo.load_checkpoint(args.model)
     x_test, y_test = load_npz(args.test_data)
@@ -55,7 +59,7 @@ def main() -> None:
     x_calib = load_npz(args.calib_data)[0][:args.n_calib]
     float_net = convert(model, x_calib, neuron="bistable", window=args.window, v_init=0.5,
                         mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD)
-    int_net = quantize(float_net, args.hw)
+    int_net = quantize(float_net, args.hw, calibration_images=None if args.plain_rounding else x_calib)
     runs = {}
     for label, network in (("float", float_net), ("fixed-point", int_net)):
         started = time.perf_counter()
@@ -78,20 +82,22 @@ def main() -> None:
     payload = {
         "benchmark": "resnet20_fixed_point", "command": command_line(), "machine": machine(),
         "n_test": args.n_test, "n_calib": args.n_calib, "steps": args.steps, "window_steps": args.window,
-        "profile": args.hw, "ann_accuracy": f.ann_accuracy, "ann_accuracy_fixed_point_ir": q.ann_accuracy,
+        "profile": args.hw, "rounding": "nearest" if args.plain_rounding else "error feedback + bias correction",
+        "ann_accuracy": f.ann_accuracy, "ann_accuracy_fixed_point_ir": q.ann_accuracy,
         "float_steps_to_ann_minus_1": t_float, "fixed_steps_to_ann_minus_1": q.steps_to_within(1.0),
         "float_minus_fixed_points_at_t_float": diff_at, "mean_float_minus_fixed_points_after_t_float": plateau,
         "saturated_fixed": sum(q.n_saturated.values()), "lost_input_fixed": sum(q.n_lost_input.values()),
         "wall_s": {k: v["wall_s"] for k, v in runs.items()},
         "accuracy_float": [float(a) for a in f.accuracy], "accuracy_fixed": [float(a) for a in q.accuracy],
         "quantization": int_net.provenance["quantization"], "resource_checks": checks}
-    write_json(args.out / "resnet20_fixed_point.json", payload)
+    write_json(args.out / f"{args.name}.json", payload)
     plot_accuracy_vs_steps({"BSNN float": f.accuracy, f"BSNN fixed point ({args.hw})": q.accuracy}, f.ann_accuracy,
-                           args.out / "resnet20_fixed_point.png",
+                           args.out / f"{args.name}.png",
                            title=f"ResNet20 P={args.window}, first {args.n_test} CIFAR-10 test images")
     marks = [t for t in (96, 128, 160, 192, 256, 320, 384, 512) if t <= args.steps]
     lines = ["# ResNet20: fixed-point vs float BSNN", "", f"Command: `{payload['command']}`  ",
              f"Machine: {payload['machine']}  ", "",
+             f"Rounding: {payload['rounding']} ({args.n_calib} calibration images).  ", "",
              f"ANN {100 * f.ann_accuracy:.2f}% on the first {args.n_test} test images. Float BSNN first within 1 point "
              f"of the ANN at T = {t_float}; there the fixed-point network is "
              f"{'n/a' if diff_at is None else f'{diff_at:+.2f}'} points below the float one (positive = fixed point "
@@ -102,10 +108,10 @@ def main() -> None:
     for label, r in (("float", f), ("fixed point", q)):
         lines.append(f"| {label} | " + " | ".join(f"{100 * r.accuracy[t - 1]:.1f}" for t in marks) +
                      f" | {r.steps_to_within(1.0)} |")
-    lines += ["", "![curves](resnet20_fixed_point.png)", "", "## Resource checks", ""]
+    lines += ["", f"![curves]({args.name}.png)", "", "## Resource checks", ""]
     for name, text in checks.items():
         lines += [f"### {name}", "", "```", text, "```", ""]
-    (args.out / "resnet20_fixed_point.md").write_text("\n".join(lines))
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

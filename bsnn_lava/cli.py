@@ -84,7 +84,8 @@ def _cmd_convert(args) -> int:
         from .quantize import quantize
 
         network = quantize(network, args.hw, headroom_bits=args.headroom_bits,
-                           max_exponent=0 if args.netx_compatible else None)
+                           max_exponent=0 if args.netx_compatible else None,
+                           calibration_images=None if args.plain_rounding else x_calib[:args.n_calib])
     path = netx_export.write(network, args.out, mode="netx" if args.netx_compatible else "bsnn")
     kind = f"integer ({args.hw})" if args.hw else "float"
     print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={args.window}, "
@@ -214,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--std", type=float, nargs="+", help="input normalisation std")
     conv.add_argument("--hw", help="quantize for this hardware profile (loihi2, loihi1 or a .toml path)")
     conv.add_argument("--headroom-bits", type=int, default=6, help="state headroom above P+1 thresholds (default 6)")
+    conv.add_argument("--plain-rounding", action="store_true",
+                      help="round weights to nearest, keep the float biases (default: error-feedback rounding "
+                           "and bias correction on the calibration images)")
     conv.add_argument("--netx-compatible", action="store_true",
                       help="write only what stock lava-dl netx loads (sequential IF networks, CUBA neurons)")
     conv.set_defaults(handler=_cmd_convert)

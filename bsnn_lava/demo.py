@@ -90,7 +90,7 @@ def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, lav
     for label, neuron in (("BSNN", "bistable"), ("IF", "if")):
         networks[label] = convert(model, calibration, neuron=neuron, window=window, v_init=0.5)
         results[label] = simulate(networks[label], x_test, y_test, steps=steps)
-    fixed = quantize(networks["BSNN"], "loihi2")
+    fixed = quantize(networks["BSNN"], "loihi2", calibration_images=calibration)
     h5 = netx_export.write(fixed, out_dir / "digits_bsnn.h5")
     fixed = netx_export.read(h5)
     results["BSNN fixed point"] = simulate(fixed, x_test, y_test, steps=steps)

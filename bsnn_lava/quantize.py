@@ -1,6 +1,6 @@
 """Float network -> integer network for a hardware profile (Loihi-style fixed point).
 
-Every layer (spiking or readout) gets its own integer scale ``s`` (integer units per float unit):
+Every layer (spiking or readout) gets one integer scale ``s`` (integer units per float unit):
 its synapse weights become 8-bit signed mantissas with a per-synapse exponent
 (``weight_int = mant * 2**weight_exp``, ``0 <= weight_exp <= exp_max``), its threshold, initial
 potential and bias become integers in the same scale (the bias representable as a 13-bit mantissa
@@ -8,12 +8,23 @@ with a shared exponent). All synapses into a layer, residual branches included, 
 layer's scale. A spike is worth one unit of its source's output, so scales never need to agree
 across layers.
 
-Choosing ``s`` for a spiking layer: as large as the weights allow (largest weight = full mantissa
-at the profile's largest exponent), but with the threshold at most
-``2**(state_bits - 1 - headroom_bits - ceil(log2(P + 1)))``, so a full window (P + 1 thresholds)
-plus ``2**headroom_bits`` times more (overdriven neurons, residues) fits the signed state. The readout
-integrates for the whole run, so it keeps exponent 0 (largest weight = 127). The choices are recorded
-in ``provenance["quantization"]``.
+Choosing ``s`` for a spiking layer: the largest weight gets the full mantissa
+(``s = mant_max * 2**E / max|w|``), with the exponent ``E`` as large as the threshold allows:
+``threshold <= 2**(state_bits - 1 - headroom_bits - ceil(log2(P + 1)))``, so a full window
+(P + 1 thresholds) plus ``2**headroom_bits`` times more (overdriven neurons, residues) fits the
+signed state. Where even ``E = 0`` is too large (a stem reading 0..255 pixels), the threshold takes
+the cap and the mantissa is smaller. The readout integrates for the whole run, so it keeps
+exponent 0 (largest weight = mant_max).
+
+Rounding each weight to the nearest 8-bit mantissa shifts a neuron's mean input by a fixed amount
+per step (about 0.5% of the threshold in ResNet20, which the network integrates for the whole run)
+and adds a spread of similar size. Given calibration images, :func:`quantize` reduces both, layer by
+layer on the integer network's own activations: the mantissas are rounded with error feedback
+(GPTQ, Frantar et al., ICLR 2023), then each neuron's bias absorbs the remaining mean difference
+between its integer input and the float input (bias correction, Nagel et al., ICCV 2019, here with
+data). On ResNet20 this cuts the RMS input error per layer from 0.6-1.4% to 0.1-0.4% of the
+threshold (``bench/resnet20_fixed_point.py``). The choices are recorded in
+``provenance["quantization"]``.
 """
 from __future__ import annotations
 
@@ -25,15 +36,17 @@ import numpy as np
 
 from hw_profiles import HardwareProfile, load_profile
 
-from .ir import GatedIF, Network, Readout, Synapse, replace
+from .ir import Conv2d, GatedIF, Network, Readout, Synapse, replace
 
 
 def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", headroom_bits: int = 6,
-             max_exponent: Optional[int] = None) -> Network:
+             max_exponent: Optional[int] = None, calibration_images=None) -> Network:
     """The integer version of a float ``network`` for ``profile`` (a name, path or profile).
 
     ``max_exponent``: cap the weight and bias exponents below the profile's (0 for stock lava-dl
-    netx, whose fixed-point convolution ignores weight exponents).
+    netx, whose fixed-point convolution ignores weight exponents). ``calibration_images``: raw uint8
+    images (any layout :func:`bsnn_lava.simulate` takes) for bias correction; the biases then
+    become per neuron. Without them the biases are the rounded float ones.
     """
     if network.numeric == "int":
         raise ValueError("the network is already quantized")
@@ -53,7 +66,10 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
             window_bits = math.ceil(math.log2(layer.schedule.window_steps + 1))
             theta_cap = min(2.0 ** (hw.state_bits - 1 - headroom_bits - window_bits),
                             hw.threshold_mant_max * 2.0 ** hw.threshold_shift)
-            scale = min(mant_max * 2.0 ** exp_max / weight_max, theta_cap / float(np.max(layer.threshold)))
+            theta_max = float(np.max(layer.threshold))
+            # largest E with mant_max * 2**E / weight_max * theta_max <= theta_cap
+            exp = int(np.clip(math.floor(math.log2(theta_cap * weight_max / (mant_max * theta_max))), 0, exp_max))
+            scale = min(mant_max * 2.0 ** exp / weight_max, theta_cap / theta_max)
         else:
             scale = mant_max / weight_max
         synapses, exps = zip(*(_quantize_synapse(s, scale, mant_max, exp_max) for s in layer.synapses))
@@ -68,11 +84,110 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
     provenance["quantization"] = {
         "profile": hw.name, "state_bits": hw.state_bits, "weight_mantissa_bits": hw.weight_mantissa_bits,
         "weight_exp_max": exp_max, "bias_mantissa_bits": hw.bias_mant_bits, "bias_exp_max": hw.bias_exp_max,
-        "headroom_bits": headroom_bits, "layers": records}
+        "headroom_bits": headroom_bits, "calibration_images": 0, "layers": records}
+    quantized = Network(layers, numeric="int", provenance=provenance)
+    if calibration_images is not None:
+        quantized = _calibrate_rounding(network, quantized, calibration_images, hw, mant_max)
+    return quantized
+
+
+#: Input patches (images x output positions) used to estimate a layer's input second moments.
+_HESSIAN_SAMPLES = 65536
+
+
+def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: HardwareProfile, mant_max: int) -> Network:
+    """``int_net`` with its weights rounded by error feedback and its biases corrected on ``images``.
+
+    Layer by layer, on the integer network's own ANN rates (float64), earlier layers already done:
+    the mantissas are rounded with :func:`_error_feedback_rounding`, then every neuron's bias becomes
+    the mean over the images of ``scale * z_float - (z_int - bias_int)``. Relays keep their exact
+    identity weights and a zero bias (they pass spikes one for one); their error is corrected in the
+    layer they feed.
+    """
+    import torch
+
+    from .data import as_nchw
+    from .sim.kernels import NetworkKernels, SynapseKernel, layer_param
+
+    x = as_nchw(images, float_net.input.shape[0]).to(torch.float64)
+    if x.shape[0] == 0:
+        raise ValueError("calibrated rounding needs at least one calibration image")
+    float_kernels = NetworkKernels(float_net, torch.float64, "cpu")
+    last_use = {s.source: i for i, layer in enumerate(float_net.layers) for s in getattr(layer, "synapses", ())}
+    rates = {"float": {float_net.input.name: x}, "int": {float_net.input.name: x}}
+    layers = [int_net.input]
+    records = int_net.provenance["quantization"]["layers"]
+    for i, (layer_f, layer_q) in enumerate(zip(float_net.layers[1:], int_net.layers[1:]), start=1):
+        z_float = (float_kernels.synaptic_input(layer_f.name, rates["float"], integer_input=False)
+                   + float_kernels.params[layer_f.name]["bias"])
+        is_relay = getattr(layer_q, "role", "") == "relay"
+        if not is_relay:
+            layer_q = replace(layer_q, synapses=_error_feedback_rounding(layer_f, layer_q, rates["int"], mant_max))
+        z_int = sum(SynapseKernel(s.op, torch.float64, "cpu", 1.0)(rates["int"][s.source], integer_input=False)
+                    for s in layer_q.synapses)
+        if not is_relay:
+            target = (z_float * layer_q.scale - z_int).mean(dim=0).expand(*layer_q.shape)
+            bias, bias_exp, n_clipped = _quantize_bias(target.numpy(), hw)
+            layer_q = replace(layer_q, bias=bias)
+            records[layer_q.name].update(bias_exp=bias_exp, n_bias_clipped=n_clipped)
+        layers.append(layer_q)
+        z_int = z_int + layer_param(layer_q.bias, layer_q.shape, torch.float64, "cpu")
+        for kind, layer, z in (("float", layer_f, z_float), ("int", layer_q, z_int)):
+            if isinstance(layer, GatedIF):
+                rates[kind][layer.name] = torch.relu(z) / layer_param(layer.threshold, layer.shape, torch.float64, "cpu")
+            for source in [s for s in rates[kind] if last_use.get(s, 0) <= i]:
+                del rates[kind][source]
+    provenance = dict(int_net.provenance)
+    provenance["quantization"] = dict(provenance["quantization"], calibration_images=int(x.shape[0]))
     return Network(layers, numeric="int", provenance=provenance)
 
 
+def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int) -> Tuple[Synapse, ...]:
+    """Mantissas of ``layer_q``'s synapses (exponents kept) that minimise the mean squared error of
+    the layer's input over ``rates`` rather than of each weight: GPTQ (Frantar et al., "GPTQ:
+    Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023; one
+    pass over the input columns of all synapses together, 1% damping). Each rounding error is
+    pushed onto the not yet rounded weights of the same neuron, weighted by the inputs' covariance
+    (estimated on about :data:`_HESSIAN_SAMPLES` input patches; centred, since the bias correction
+    that follows removes the mean error)."""
+    import torch
+    import torch.nn.functional as F
+
+    def patches(op, source_rates):  # (samples, fan-in) in the order of op.weight.reshape(out, -1)
+        if isinstance(op, Conv2d):
+            cols = F.unfold(source_rates, op.weight.shape[2:], padding=op.padding, stride=op.stride)
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        return source_rates.reshape(source_rates.shape[0], -1)
+
+    n_images = min(rates[layer_f.synapses[0].source].shape[0],
+                   math.ceil(_HESSIAN_SAMPLES / math.prod(layer_f.shape[1:])))
+    inputs = torch.cat([patches(s.op, rates[s.source][:n_images]) for s in layer_f.synapses], dim=1)
+    weight = torch.cat([torch.from_numpy(s.op.weight.reshape(s.op.weight.shape[0], -1) * layer_q.scale)
+                        for s in layer_f.synapses], dim=1)
+    sizes = [s.op.weight[0].size for s in layer_f.synapses]
+    grid = torch.cat([torch.full((n,), 2.0 ** s.op.weight_exp, dtype=torch.float64)
+                      for n, s in zip(sizes, layer_q.synapses)])
+    inputs = inputs - inputs.mean(dim=0)  # the mean error goes to the bias correction: minimise the spread
+    hessian = inputs.T @ inputs / inputs.shape[0]
+    dead = torch.diag(hessian) == 0
+    hessian[dead, dead] = 1.0
+    hessian += 0.01 * torch.diag(hessian).mean() * torch.eye(hessian.shape[0], dtype=torch.float64)
+    order = torch.argsort(torch.diag(hessian), descending=True)  # most active inputs first
+    weight, grid, hessian = weight[:, order], grid[order], hessian[order][:, order]
+    inverse_factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    rounded = torch.empty_like(weight)
+    for j in range(weight.shape[1]):
+        q = torch.clamp(torch.round(weight[:, j] / grid[j]), -mant_max - 1, mant_max) * grid[j]
+        error = (weight[:, j] - q) / inverse_factor[j, j]
+        weight[:, j:] -= error[:, None] * inverse_factor[j, j:][None, :]
+        rounded[:, j] = q
+    mantissas = torch.split((rounded / grid)[:, torch.argsort(order)], sizes, dim=1)
+    return tuple(Synapse(s.source, replace(s.op, weight=m.reshape(s.op.weight.shape).numpy()))
+                 for s, m in zip(layer_q.synapses, mantissas))
+
+
 def _quantize_synapse(synapse: Synapse, scale: float, mant_max: int, exp_max: int) -> Tuple[Synapse, int]:
+    """Mantissas (rounded to nearest) and one exponent for ``weight * scale``."""
     scaled = synapse.op.weight * scale
     peak = float(np.max(np.abs(scaled)))
     exp = 0 if peak <= mant_max else min(exp_max, math.ceil(math.log2(peak / mant_max)))

@@ -33,7 +33,9 @@ def test_convert_inspect_check_simulate_profile(digits_checkpoint, tmp_path, cap
     assert net.is_file()
     capsys.readouterr()
     assert main(["inspect", str(net), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["numeric"] == "int"
+    info = json.loads(capsys.readouterr().out)
+    assert info["numeric"] == "int"
+    assert info["provenance"]["quantization"]["calibration_images"] == 100  # GPTQ rounding + bias correction
     assert main(["check", str(net), "--hw", "loihi2", "--json", str(tmp_path / "check.json")]) == 0
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["fits"] and report["n_cores"] >= 7

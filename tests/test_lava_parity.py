@@ -118,7 +118,9 @@ def _residual_op(rng, source_shape, target_shape):
 @given(random_float_networks())
 def test_random_quantized_graphs_match_the_reference(case):
     network, images, headroom_bits, steps = case
-    quantized = quantize(network, "loihi2", headroom_bits=headroom_bits)
+    # half the cases with calibrated rounding: per-neuron biases, error-feedback mantissas
+    quantized = quantize(network, "loihi2", headroom_bits=headroom_bits,
+                         calibration_images=images if headroom_bits % 2 else None)
     assert_parity(quantized, images, np.array([0, 1]), steps)
 
 
@@ -165,7 +167,8 @@ def test_digits_demo_network_on_ten_test_digits(monkeypatch):
     monkeypatch.setattr(lava_run, "ANN_BATCH", 4)  # SIN and ANN accuracy over batches of 4, 4 and 2 images
     x_train, y_train, x_test, y_test = load_digits_uint8()
     model = train_digits_model(x_train, y_train, epochs=1)
-    network = quantize(convert(model, x_train[:200], neuron="bistable", window=2, v_init=0.5), "loihi2")
+    network = quantize(convert(model, x_train[:200], neuron="bistable", window=2, v_init=0.5), "loihi2",
+                       calibration_images=x_train[:200])
     steps = network.readout.schedule.offset_steps + 24
     ref = assert_parity(network, x_test[:10], y_test[:10], steps)
     assert ref.n_spikes_per_step.sum() > 0 and ref.accuracy[-1] > 0.5

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from bsnn_lava import convert, simulate
 from bsnn_lava.ir import Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
 from bsnn_lava.conversion.passes import assign_schedules
+from bsnn_lava.datasets import load_digits_uint8
 from bsnn_lava.quantize import quantize
 from bsnn_lava.resources import check_resources
+from bsnn_lava.sim.ann import ann_forward
 from hw_profiles import load_profile
 
 from conftest import OptionAResNet, SmallVGG, randomize_batchnorm
@@ -41,12 +43,13 @@ def _random_model(seed: int, width: int, depth: int, residual: bool) -> nn.Modul
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), width=st.integers(1, 6), depth=st.integers(1, 4), residual=st.booleans(),
-       window=st.integers(1, 4), neuron=st.sampled_from(["bistable", "if"]))
-def test_quantized_values_are_in_range_and_never_overflow(seed, width, depth, residual, window, neuron):
+       window=st.integers(1, 4), neuron=st.sampled_from(["bistable", "if"]), correct=st.booleans())
+def test_quantized_values_are_in_range_and_never_overflow(seed, width, depth, residual, window, neuron, correct):
     x = np.random.default_rng(seed).integers(0, 256, size=(6, 1, 6, 6), dtype=np.uint8)
     model = _random_model(seed, width, depth, residual)
     # percentile 100: the calibration inputs never drive a neuron above threshold
-    network = quantize(convert(model, x, neuron=neuron, window=window, percentile=100.0), LOIHI2)
+    network = quantize(convert(model, x, neuron=neuron, window=window, percentile=100.0), LOIHI2,
+                       calibration_images=x if correct else None)
     assert network.numeric == "int"
     cap = 2 ** (LOIHI2.state_bits - 1 - 6 - math.ceil(math.log2(window + 1)))
     for layer in network.layers[1:]:
@@ -112,6 +115,70 @@ def test_residual_branches_land_in_the_target_scale(images):
     exps = qnet.provenance["quantization"]["layers"][layer.name]["weight_exp"]
     assert [s.op.weight_exp for s in layer.synapses] == exps
     assert qnet.provenance["quantization"]["profile"] == "loihi2"
+
+
+def _input_errors(float_net, int_net, x):
+    """Per non-relay spiking layer, (z_int / scale - z_float) / threshold on images ``x`` (ANN rates,
+    each network on its own rates): the RMS over neurons of its mean, and of its spread (standard
+    deviation) over images."""
+    images = torch.as_tensor(x).permute(0, 3, 1, 2)
+    _, z_float = ann_forward(float_net, images)
+    _, z_int = ann_forward(int_net, images)
+    errors = {layer.name: (z_int[layer.name] / int_net[layer.name].scale - z_float[layer.name]) / float(np.max(layer.threshold))
+              for layer in float_net.spiking_layers if layer.role == "neuron"}
+    return ({name: float(e.mean(0).pow(2).mean().sqrt()) for name, e in errors.items()},
+            {name: float(e.std(0).pow(2).mean().sqrt()) for name, e in errors.items()})
+
+
+def test_calibrated_rounding_shrinks_the_input_error_on_new_images():
+    """Calibrate on 40 images, measure on 40 others: bias correction removes most of the mean error
+    rounding puts into each neuron's input; scales, exponents and ranges stay; relays keep exact
+    identity weights and a zero bias."""
+    rng = np.random.default_rng(5)
+    x = np.clip(rng.normal(150, 50, size=(80, 16, 16, 3)), 0, 255).astype(np.uint8)
+    torch.manual_seed(0)
+    float_net = convert(randomize_batchnorm(OptionAResNet()), x[:40], window=2)
+    plain = quantize(float_net, LOIHI2)
+    calibrated = quantize(float_net, LOIHI2, calibration_images=x[:40])
+    assert calibrated.provenance["quantization"]["calibration_images"] == 40
+    assert plain.provenance["quantization"]["calibration_images"] == 0
+    (mean_plain, spread_plain), (mean_cal, spread_cal) = (_input_errors(float_net, net, x[40:])
+                                                          for net in (plain, calibrated))
+    assert sum(mean_cal.values()) < 0.5 * sum(mean_plain.values()), (mean_plain, mean_cal)
+    for layer_plain, layer_cal in zip(plain.layers[1:], calibrated.layers[1:]):
+        assert layer_plain.scale == layer_cal.scale
+        for a, b in zip(layer_plain.synapses, layer_cal.synapses):
+            assert a.op.weight_exp == b.op.weight_exp
+            assert -128 <= b.op.weight.min() and b.op.weight.max() <= 127
+            assert np.array_equal(b.op.weight, np.round(b.op.weight))
+        if getattr(layer_cal, "role", "") == "relay":
+            assert np.all(layer_cal.bias == 0)
+            assert all(np.array_equal(a.op.weight, b.op.weight) for a, b in zip(layer_plain.synapses, layer_cal.synapses))
+    assert any(l.role == "relay" for l in calibrated.spiking_layers)
+
+
+def test_error_feedback_rounding_beats_rounding_to_nearest_on_real_inputs():
+    """A dense layer reading real, correlated pixels (scikit-learn digits): the spread of its input
+    error over new images, in thresholds, is well below what rounding each weight to nearest gives."""
+    x_train, _, x_test, _ = load_digits_uint8()
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 0.02, size=(32, 64))
+    layers = [Input("x", (1, 8, 8), Schedule("if", 0, 1)),
+              GatedIF("h", (32,), (Synapse("x", Dense(weight)),), threshold=1.0, bias=0.1, v_init=0.5,
+                      schedule=Schedule("if", 0, 1)),
+              Readout("out", (10,), (Synapse("h", Dense(rng.normal(size=(10, 32)))),), bias=0.0,
+                      schedule=Schedule("if", 0, 1))]
+    net = assign_schedules(Network(layers), "bistable", 2)
+    pixels = x_test.reshape(len(x_test), -1).astype(float)
+    pixels -= pixels.mean(axis=0)
+
+    def spread(qnet):
+        q = qnet["h"]
+        w_float = q.synapses[0].op.weight * 2.0 ** q.synapses[0].op.weight_exp / q.scale
+        return float(np.sqrt(np.mean((pixels @ (w_float - weight).T) ** 2)))
+
+    nearest, feedback = spread(quantize(net, LOIHI2)), spread(quantize(net, LOIHI2, calibration_images=x_train[:500]))
+    assert feedback < 0.8 * nearest, (nearest, feedback)
 
 
 def test_resource_check_fits_and_names_an_oversized_layer():
