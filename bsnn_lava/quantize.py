@@ -14,7 +14,8 @@ Choosing ``s`` for a spiking layer: the largest weight gets the full mantissa
 (P + 1 thresholds) plus ``2**headroom_bits`` times more (overdriven neurons, residues) fits the
 signed state. Where even ``E = 0`` is too large (a stem reading 0..255 pixels), the threshold takes
 the cap and the mantissa is smaller. The readout integrates for the whole run, so it keeps
-exponent 0 (largest weight = mant_max).
+exponent 0 (largest weight = mant_max), and a smaller scale where its bias, added on every
+integrate step, would otherwise fill the state within :data:`READOUT_RUN_STEPS` steps.
 
 Rounding each weight to the nearest 8-bit mantissa shifts a neuron's mean input by a fixed amount
 per step (about 0.5% of the threshold in ResNet20, which the network integrates for the whole run)
@@ -38,6 +39,9 @@ from hw_profiles import HardwareProfile, load_profile
 
 from .ir import Conv2d, GatedIF, Network, Readout, Synapse, replace
 
+#: Integrate steps the readout's bias alone may run before it could saturate the state.
+READOUT_RUN_STEPS = 4096
+
 
 def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", headroom_bits: int = 6,
              max_exponent: Optional[int] = None, calibration_images=None) -> Network:
@@ -45,8 +49,9 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
 
     ``max_exponent``: cap the weight and bias exponents below the profile's (0 for stock lava-dl
     netx, whose fixed-point convolution ignores weight exponents). ``calibration_images``: raw uint8
-    images (any layout :func:`bsnn_lava.simulate` takes) for bias correction; the biases then
-    become per neuron. Without them the biases are the rounded float ones.
+    images (any layout :func:`bsnn_lava.simulate` takes) for error-feedback rounding and bias
+    correction (the biases then become per neuron); without them weights are rounded to nearest
+    and biases are the rounded float ones.
     """
     if network.numeric == "int":
         raise ValueError("the network is already quantized")
@@ -72,6 +77,9 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
             scale = min(mant_max * 2.0 ** exp / weight_max, theta_cap / theta_max)
         else:
             scale = mant_max / weight_max
+            bias_max = float(np.max(np.abs(layer.bias), initial=0.0))
+            if bias_max > 0:  # the bias alone must not saturate the state within READOUT_RUN_STEPS
+                scale = min(scale, 2.0 ** (hw.state_bits - 1) / (READOUT_RUN_STEPS * bias_max))
         synapses, exps = zip(*(_quantize_synapse(s, scale, mant_max, exp_max) for s in layer.synapses))
         bias, bias_exp, n_bias_clipped = _quantize_bias(layer.bias * scale, hw)
         changes = dict(synapses=synapses, bias=bias, scale=scale)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bsnn_lava import convert, simulate
@@ -44,6 +44,7 @@ def _random_model(seed: int, width: int, depth: int, residual: bool) -> nn.Modul
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), width=st.integers(1, 6), depth=st.integers(1, 4), residual=st.booleans(),
        window=st.integers(1, 4), neuron=st.sampled_from(["bistable", "if"]), correct=st.booleans())
+@example(seed=199, width=1, depth=1, residual=False, window=3, neuron="if", correct=False)  # readout bias >> weights
 def test_quantized_values_are_in_range_and_never_overflow(seed, width, depth, residual, window, neuron, correct):
     x = np.random.default_rng(seed).integers(0, 256, size=(6, 1, 6, 6), dtype=np.uint8)
     model = _random_model(seed, width, depth, residual)
