@@ -124,7 +124,7 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
     last_use = {s.source: i for i, layer in enumerate(float_net.layers) for s in getattr(layer, "synapses", ())}
     rates = {"float": {float_net.input.name: x}, "int": {float_net.input.name: x}}
     layers = [int_net.input]
-    records = int_net.provenance["quantization"]["layers"]
+    records = {name: dict(record) for name, record in int_net.provenance["quantization"]["layers"].items()}
     for i, (layer_f, layer_q) in enumerate(zip(float_net.layers[1:], int_net.layers[1:]), start=1):
         z_float = (float_kernels.synaptic_input(layer_f.name, rates["float"], integer_input=False)
                    + float_kernels.params[layer_f.name]["bias"])
@@ -146,7 +146,7 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
             for source in [s for s in rates[kind] if last_use.get(s, 0) <= i]:
                 del rates[kind][source]
     provenance = dict(int_net.provenance)
-    provenance["quantization"] = dict(provenance["quantization"], calibration_images=int(x.shape[0]))
+    provenance["quantization"] = dict(provenance["quantization"], calibration_images=int(x.shape[0]), layers=records)
     return Network(layers, numeric="int", provenance=provenance)
 
 
