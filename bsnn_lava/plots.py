@@ -84,3 +84,21 @@ def plot_raster(rasters: Mapping[str, np.ndarray], path, max_neurons: int = 40) 
     ax.set_xlabel("step")
     ax.set_title(f"Spike raster (first {max_neurons} neurons per layer, one image)")
     return _save(fig, path)
+
+
+def plot_paired_differences(differences: Mapping[str, tuple], path, title: str = "Accuracy difference") -> Path:
+    """``label -> (difference, standard_error)`` per step (fractions): one line per pair with a band
+    of two standard errors, and zero as a dashed line."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4.2))
+    for label, (difference, error) in differences.items():
+        steps = np.arange(1, len(difference) + 1)
+        line, = ax.plot(steps, 100 * np.asarray(difference), label=label, linewidth=1)
+        ax.fill_between(steps, 100 * (np.asarray(difference) - 2 * np.asarray(error)),
+                        100 * (np.asarray(difference) + 2 * np.asarray(error)), color=line.get_color(), alpha=0.15)
+    ax.axhline(0, color="k", linestyle="--", linewidth=1)
+    ax.set_xlabel("time steps T (including pipeline fill)")
+    ax.set_ylabel("difference (points, +-2 standard errors)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)

@@ -41,7 +41,8 @@ def first_mismatch(ref, lava):
     for field in ("layer_names", "synapse_names", "n_lost_input", "n_saturated", "n_sin", "n_neurons"):
         if getattr(ref, field) != getattr(lava, field):
             return f"{field}: reference {getattr(ref, field)}, lava {getattr(lava, field)}"
-    for field in ("n_spikes_per_step", "n_synops_per_step", "predictions", "accuracy"):
+    for field in ("n_spikes_per_step", "n_synops_per_step", "predictions", "predictions_per_step", "ann_predictions",
+                  "accuracy"):
         if not np.array_equal(getattr(ref, field), getattr(lava, field)):
             return f"{field}: reference {getattr(ref, field)}, lava {getattr(lava, field)}"
     for name, counts in ref.n_spikes_per_neuron.items():

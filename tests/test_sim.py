@@ -161,3 +161,82 @@ def test_first_and_sustained_crossings():
     assert sustained_crossing(curve, 0.9) == 4
     assert sustained_crossing(curve, 0.05) == 1
     assert sustained_crossing(np.array([0.9, 0.5]), 0.9) is None
+
+
+@pytest.mark.parametrize("model_cls,saturating", [(OptionAResNet, False), (TVStyleResNet, False),
+                                                   (OptionAResNet, True)])
+def test_quantized_window_path_in_float32_equals_the_float64_step_path(model_cls, saturating, images):
+    """A network from :func:`quantize` (thresholds near 2**15, weights up to 127 * 2**7): the window
+    path computes in float32 and still reproduces the float64 step path step for step, per image.
+    ``saturating``: no headroom and low thresholds, so overdriven neurons reach the 24-bit limit and
+    the window path integrates those windows step by step, saturating as the step path does."""
+    from bsnn_lava.quantize import quantize
+
+    x, y = images
+    network = convert(_demo_like(1, model_cls), x, neuron="bistable", window=2, v_init=0.5,
+                      percentile=50.0 if saturating else 99.9)
+    network = quantize(network, "loihi2", headroom_bits=0 if saturating else 6)
+    assert max(float(np.max(layer.threshold)) for layer in network.spiking_layers) > 2 ** 13
+    steps = network.readout.schedule.offset_steps + (40 if saturating else 9) * 2 + 1
+    step = simulate(network, x[:8], y[:8], steps=steps, method="step")
+    fast = simulate(network, x[:8], y[:8], steps=steps)
+    assert fast.method == "window" and fast.extras["window_arithmetic"] == "float32"
+    assert (sum(step.n_saturated.values()) > 0) == saturating
+    assert (fast.extras["n_windows_stepwise"] > 0) == saturating
+    wide = simulate(network, x[:8], y[:8], steps=steps, dtype=torch.float64)
+    assert wide.extras["window_arithmetic"] == "float64"
+    for result in (fast, wide):
+        np.testing.assert_array_equal(result.predictions_per_step, step.predictions_per_step)
+        np.testing.assert_array_equal(result.n_spikes_per_step, step.n_spikes_per_step)
+        np.testing.assert_array_equal(result.n_synops_per_step, step.n_synops_per_step)
+        for name in step.n_spikes_per_neuron:
+            np.testing.assert_array_equal(result.n_spikes_per_neuron[name], step.n_spikes_per_neuron[name])
+        assert result.n_sin == step.n_sin and result.n_saturated == step.n_saturated
+    assert step.n_spikes_per_step[:, -1].sum() > 0  # activity reached the last spiking layer
+
+
+def test_predictions_per_step_give_the_accuracy_curve(images):
+    x, y = images
+    network = convert(_demo_like(), x, neuron="bistable", window=2)
+    result = simulate(network, x[:10], y[:10], steps=30)
+    assert result.predictions_per_step.shape == (30, 10)
+    np.testing.assert_array_equal(result.predictions_per_step[-1], result.predictions)
+    np.testing.assert_allclose((result.predictions_per_step == y[:10]).mean(axis=1), result.accuracy)
+
+
+def test_float32_window_path_refused_where_partial_sums_exceed_2_to_24(images):
+    """A synapse whose partial sums can pass 2**24 is not exact in float32: the window path then
+    computes in float64 (and still equals the step path)."""
+    x, y = images
+    network = _integerized(convert(_demo_like(), x, neuron="bistable", window=2), scale=2.0 ** 20)
+    steps = network.readout.schedule.offset_steps + 5
+    fast = simulate(network, x[:4], y[:4], steps=steps, method="window")
+    assert fast.extras["window_arithmetic"] == "float64"
+    step = simulate(network, x[:4], y[:4], steps=steps, method="step")
+    np.testing.assert_array_equal(fast.predictions_per_step, step.predictions_per_step)
+
+
+def test_paired_comparison_counts_discordant_images(images):
+    """compare_runs against a hand count: difference, discordant images, paired standard error."""
+    from bsnn_lava.sim import compare_runs
+
+    x, y = images
+    network = convert(_demo_like(), x, neuron="bistable", window=2)
+    a = simulate(network, x[:12], y[:12], steps=24)
+    b = simulate(convert(_demo_like(), x, neuron="if"), x[:12], y[:12], steps=24)
+    y = np.asarray(y[:12])
+    both = compare_runs(a, b, y)
+    t = 23
+    right_a, right_b = a.predictions_per_step[t] == y, b.predictions_per_step[t] == y
+    n_a, n_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+    assert (both.only_a[t], both.only_b[t]) == (n_a, n_b)
+    d = right_a.astype(float) - right_b.astype(float)
+    np.testing.assert_allclose(both.difference, a.accuracy - b.accuracy)
+    np.testing.assert_allclose(both.standard_error[t], d.std() / np.sqrt(12))
+    assert both.ann_accuracy == a.ann_accuracy
+    first = compare_runs(a, b, y, samples=slice(0, 5))
+    assert first.n_samples == 5
+    np.testing.assert_allclose(first.accuracy_a, (a.predictions_per_step[:, :5] == y[:5]).mean(axis=1))
+    assert compare_runs(a, a, y).standard_error.max() == 0
+    with pytest.raises(ValueError, match="labels for 12 images"):
+        compare_runs(a, b, y[:5])

@@ -133,6 +133,7 @@ class _Tally:
         self.sums: Dict[str, Dict[str, np.ndarray]] = {}
         self.n_sin = {layer.name: 0 for layer in network.spiking_layers if layer.role == "neuron"}
         self.ann_correct = 0
+        self.ann_predictions = []  # per batch of images: the ANN's classes
         self.predictions_per_step = []  # per image: argmax of the readout after every step
         self.pending_totals = []  # per-neuron spike totals of the images not yet compared with the ANN
         self.records = []
@@ -158,8 +159,10 @@ class _Tally:
         for name in self.n_sin:
             totals = np.stack([sample[name] for sample in self.pending_totals])
             self.n_sin[name] += int(((pre[name].numpy() <= 0) & (totals > 0)).sum())
+        ann_predicted = logits.argmax(dim=1).numpy()
+        self.ann_predictions.append(ann_predicted)
         if self.y is not None:
-            self.ann_correct += int((logits.argmax(dim=1).numpy() == self.y[start:start + len(images)]).sum())
+            self.ann_correct += int((ann_predicted == self.y[start:start + len(images)]).sum())
         self.pending_totals = []
 
     def result(self, synapse_processes, counters: Mapping[str, Mapping[str, int]]) -> SimResult:
@@ -176,7 +179,8 @@ class _Tally:
             n_spikes_per_neuron={name: self.sums[name]["totals"] for name in self.spiking},
             n_sin=self.n_sin, n_lost_input=dict(counters["n_lost_input"]), n_saturated=dict(counters["n_saturated"]),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
-            predictions=predictions_per_step[:, -1],
+            predictions=predictions_per_step[:, -1], predictions_per_step=predictions_per_step.T,
+            ann_predictions=np.concatenate(self.ann_predictions),
             accuracy=(predictions_per_step == y[:, None]).mean(axis=0) if y is not None else None,
             ann_accuracy=self.ann_correct / n_samples if y is not None else None, method="lava")
         if self.record:

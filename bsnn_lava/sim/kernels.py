@@ -24,12 +24,16 @@ class SynapseKernel:
     """
 
     def __init__(self, op, dtype: torch.dtype, device, max_input: float):
-        row_sum = float(np.abs(op.weight).reshape(op.weight.shape[0], -1).sum(axis=1).max())
+        row_sums = np.abs(op.weight).reshape(op.weight.shape[0], -1).sum(axis=1)
         integer = np.array_equal(op.weight, np.round(op.weight))
+        #: True when float32 computes this synapse exactly for integer inputs up to ``max_input``
+        self.exact_in_float32 = integer and max_input * float(row_sums.max()) < _FLOAT32_EXACT
         self.weight = torch.tensor(op.weight, dtype=dtype, device=device)
-        self.weight_float32 = (self.weight.to(torch.float32) if integer and max_input * row_sum < _FLOAT32_EXACT
-                               and dtype != torch.float32 else None)
+        self.weight_float32 = (self.weight.to(torch.float32) if self.exact_in_float32 and dtype != torch.float32
+                               else None)
         self.weight_scale = 2.0 ** op.weight_exp
+        #: the largest ``|output|`` of any neuron for inputs in ``[-max_input, max_input]``
+        self.output_bound = max_input * float(row_sums.max()) * self.weight_scale
         self.dtype = dtype
         self.is_conv = isinstance(op, Conv2d)
         self.stride = getattr(op, "stride", None)
@@ -82,10 +86,17 @@ class NetworkKernels:
                 fan_out = torch.tensor(s.op.fan_out(network[s.source].shape), dtype=dtype, device=device)
                 self.outgoing[s.source].append((len(self.synapse_names), fan_out))
                 self.synapse_names.append(name)
+        #: per layer: the largest ``|synaptic input|`` of one window, every source at its largest value
+        self.drive_bound = {layer.name: sum(k.output_bound for _, k in self.synapses[layer.name])
+                            for layer in network.layers}
         self.params: Dict[str, Dict[str, torch.Tensor]] = {}
         for layer in network.layers[1:]:
             names = ("threshold", "bias", "v_init") if layer.kind == "gated_if" else ("bias",)
             self.params[layer.name] = {n: layer_param(getattr(layer, n), layer.shape, dtype, device) for n in names}
+
+    def all_synapses(self):
+        """``(target, kernel)`` for every synapse of the network."""
+        return [(name, kernel) for name, kernels in self.synapses.items() for _, kernel in kernels]
 
     def synaptic_input(self, name: str, outputs: Dict[str, torch.Tensor], absolute: bool = False,
                        integer_input: bool = True):

@@ -9,7 +9,9 @@ Two paths give identical spike trains and readouts:
   fire-only window emits ``count = clip(floor(v / theta), 0, P)`` spikes on its first ``count``
   steps, so the spike counts of the source's fire window are everything a layer integrates; the
   readout's partial sums inside its windows are rebuilt from ``min(count, j + 1)``. Exact for
-  integer-valued arithmetic (integer networks, or float64 with integer-valued weights).
+  integer-valued arithmetic (integer networks, or float64 with integer-valued weights). Where a
+  window's partial sums could reach the state's limits (integer networks), that layer integrates
+  that window step by step with saturation after every step, as the step path does.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import as_nchw
-from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, window_spike_count
+from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, saturate, window_spike_count
 from ..ir import GatedIF, Network
 from .ann import ann_forward
 from .kernels import NetworkKernels
@@ -40,9 +42,15 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
             n_steps x n_samples x n_neurons): ``result.extras["spikes"][layer]`` is a bool array
             (n_steps, n_samples, *shape), ``result.extras["readout_v"]`` (n_steps, n_samples, classes).
         dtype: arithmetic dtype; default float32 for float networks, float64 for integer networks
-            (exact for integers below 2**53; state saturates at 24 bits).
+            (exact for integers below 2**53; state saturates at 24 bits). With the default, the
+            window path of an integer network computes in float32 where that is exact (every
+            synapse's partial sums below 2**24; the state stays within 2**23), which is faster; the
+            ANN rates and the windows integrated step by step stay float64. ``result.extras`` then
+            says ``window_arithmetic`` and ``n_windows_stepwise`` (layer-windows integrated step by
+            step because their partial sums could saturate).
     Returns:
-        A :class:`SimResult`.
+        A :class:`SimResult`; ``result.predictions_per_step[t, i]`` is the class predicted for image
+        ``i`` after ``t + 1`` steps.
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -62,34 +70,29 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     y_all = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
     if y_all is not None and y_all.shape[0] != x_all.shape[0]:
         raise ValueError(f"{x_all.shape[0]} images but {y_all.shape[0]} labels")
+    window_dtype = dtype
     dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
     state_bits = network.state_bits
     kernels = NetworkKernels(network, dtype, device)
-    run = _Run(network, kernels, int(steps), state_bits, record)
-    n_fallback = 0
+    window_kernels = kernels
+    if window_dtype is None and method == "window" and network.numeric == "int":
+        fast = NetworkKernels(network, torch.float32, device)
+        if all(k.exact_in_float32 for _, k in fast.all_synapses()):
+            window_kernels = fast
+    run = _Run(network, kernels, int(steps), state_bits, record, window_kernels)
     for start in tqdm(range(0, x_all.shape[0], batch_size), desc=f"simulate ({method})", disable=not progress):
-        x = x_all[start:start + batch_size].to(device=device, dtype=dtype)
+        x = x_all[start:start + batch_size].to(device=device)
         y = None if y_all is None else y_all[start:start + batch_size].to(device)
-        if method == "window":
-            snapshot = run.snapshot()
-            try:
-                run.window_batch(x, y)
-                continue
-            except _StepPathNeeded:
-                run.restore(snapshot)
-                n_fallback += 1
-        run.step_batch(x, y)
+        (run.window_batch if method == "window" else run.step_batch)(x, y)
     result = run.result(x_all.shape[0], method, y_all is not None)
-    result.extras["n_batches_on_step_path"] = n_fallback
+    if method == "window":
+        result.extras["n_windows_stepwise"] = run.n_windows_stepwise
+        result.extras["window_arithmetic"] = str(window_kernels.dtype).replace("torch.", "")
     if record:
         result.extras["spikes"] = {name: np.concatenate(chunks, axis=1) for name, chunks in run.records.items()
                                    if name != network.readout.name}
         result.extras["readout_v"] = np.concatenate(run.records[network.readout.name], axis=1)
     return result
-
-
-class _StepPathNeeded(Exception):
-    """A window's partial sums might saturate the state: only the step path is exact there."""
 
 
 def window_path_applies(network: Network) -> bool:
@@ -107,12 +110,15 @@ def window_path_applies(network: Network) -> bool:
 
 
 class _Run:
-    """Accumulates counts over batches."""
+    """Accumulates counts over batches. ``kernels`` serve the step path and the ANN rates,
+    ``window_kernels`` (the same, or an exact float32 copy) the window path."""
 
-    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits, record: bool = False):
+    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits, record: bool = False,
+                 window_kernels: Optional[NetworkKernels] = None):
         self.network = network
         self.records = {layer.name: [] for layer in network.layers[1:]} if record else None
         self.kernels = kernels
+        self.window_kernels = window_kernels or kernels
         self.n_steps = n_steps
         self.state_bits = state_bits
         self.spiking = network.spiking_layers
@@ -127,66 +133,91 @@ class _Run:
         self.counters = {key: {layer.name: 0 for layer in network.layers[1:]} for key in ("lost", "saturated")}
         self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron"}
         self.ann_correct = 0
-        self.predictions = []
+        self.predictions = []  # per batch: (n_steps, batch) predicted classes
+        self.ann_predictions = []  # per batch: (batch,) the ANN's classes
+        self.batch_predictions = None  # (n_steps, batch) of the batch being simulated
+        self.n_windows_stepwise = 0  # layer-windows the window path integrated step by step
 
-    def snapshot(self):
-        return (self.spikes_per_step.clone(), self.synops_per_step.clone(), self.correct.clone(),
-                {k: v.clone() for k, v in self.spikes_per_neuron.items()},
-                {k: dict(v) for k, v in self.counters.items()}, self.ann_correct, len(self.predictions))
-
-    def restore(self, snapshot) -> None:  # (records are only kept on the step path, never restored)
-        (self.spikes_per_step, self.synops_per_step, self.correct, self.spikes_per_neuron, self.counters,
-         self.ann_correct, n_batches) = snapshot
-        del self.predictions[n_batches:]
-
-    def _count_synops(self, t: int, source: str, events: torch.Tensor) -> None:
-        """Synaptic operations of the events a source sends at step t (nonzero entries of ``events``)."""
-        active = (events != 0).to(self.kernels.dtype)
+    def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> None:
+        """Spikes (``spikes=True``) and synaptic operations of the events a source sends at step t
+        (``active``: a boolean ``(batch, *shape)``, or its per-neuron sum over the batch)."""
+        per_neuron = (active.sum(dim=0) if active.dtype == torch.bool else active).to(torch.float64)
+        if spikes:
+            self.spikes_per_step[t, self.index[source]] += per_neuron.sum()
         for index, fan_out in self.kernels.outgoing[source]:
-            self.synops_per_step[t, index] += (active * fan_out).sum()
+            self.synops_per_step[t, index] += (per_neuron * fan_out).sum()
 
-    def _check_no_saturation(self, v: torch.Tensor, bias, counts, name: str, n_steps_in: int) -> None:
-        """Raise :class:`_StepPathNeeded` unless ``|v| + n|bias| + |W| counts`` fits the state: then no
-        partial sum of the window can saturate, and the window path is exact."""
+    def _may_saturate(self, kernels: NetworkKernels, v: torch.Tensor, bias, counts, name: str,
+                      n_steps_in: int) -> bool:
+        """False when ``|v| + n|bias| + |W| counts`` fits the state: then no partial sum of the
+        window can saturate and one synapse evaluation on the window's counts is exact. The per-layer
+        bound ``kernels.drive_bound`` (every source at its largest count) settles most windows
+        without a second synapse evaluation."""
         if self.state_bits is None:
-            return
+            return False
+        limit = 2 ** (self.state_bits - 1) - 1
+        v_min, v_max = torch.aminmax(v)
+        peak = max(-float(v_min), float(v_max)) + n_steps_in * float(bias.abs().amax())
+        if peak + kernels.drive_bound[name] <= limit:
+            return False
         bound = v.abs() + n_steps_in * bias.abs()
-        drive = self.kernels.synaptic_input(name, counts, absolute=True)
+        drive = kernels.synaptic_input(name, counts, absolute=True)
         if drive is not None:
             bound = bound + drive
-        if bool((bound > 2 ** (self.state_bits - 1) - 1).any()):
-            raise _StepPathNeeded(name)
+        return bool((bound > limit).any())
 
-    def _initial_state(self, batch: int) -> Dict[str, torch.Tensor]:
+    def _integrate_stepwise(self, kernels: NetworkKernels, name: str, v: torch.Tensor, bias, step_input, n_steps: int):
+        """Integrate ``n_steps`` steps one at a time, saturating after each as the step path does
+        (in float64, exact; ``step_input(j)``: the sources' outputs on step j); yields ``v`` after
+        each step (in float64: a clipped state converts back to float32 exactly)."""
+        self.n_windows_stepwise += 1
+        v, bias = v.to(torch.float64), bias.to(torch.float64)
+        for j in range(n_steps):
+            drive = kernels.synaptic_input(name, step_input(j))
+            v = v + bias if drive is None else v + drive.to(torch.float64) + bias
+            v, n_saturated = saturate(v, self.state_bits)
+            self.counters["saturated"][name] += int(n_saturated)
+            yield v
+
+    def _initial_state(self, kernels: NetworkKernels, batch: int) -> Dict[str, torch.Tensor]:
         state = {}
         for layer in self.network.layers[1:]:
-            start = self.kernels.params[layer.name].get("v_init", torch.zeros((), dtype=self.kernels.dtype,
-                                                                               device=self.kernels.device))
+            start = kernels.params[layer.name].get("v_init", torch.zeros((), dtype=kernels.dtype, device=kernels.device))
             state[layer.name] = start.expand(batch, *layer.shape).clone()
         return state
 
     def _score(self, t: int, v_readout: torch.Tensor, y) -> None:
+        predicted = v_readout.argmax(dim=1)
+        self.batch_predictions[t] = predicted
         if y is not None:
-            self.correct[t] += (v_readout.argmax(dim=1) == y).sum()
+            self.correct[t] += (predicted == y).sum()
 
     def _finish_batch(self, x, y, v_readout, spike_totals: Dict[str, torch.Tensor]) -> None:
         for name, total in spike_totals.items():
-            self.spikes_per_neuron[name] += total.sum(dim=0)
-        logits, pre = ann_forward(self.network, x, self.kernels)
+            self.spikes_per_neuron[name] += total.sum(dim=0).to(torch.float64)
+        logits, pre = ann_forward(self.network, x.to(self.kernels.dtype), self.kernels)
         for name in self.counters["sin"]:  # relays repeat their source's spikes: not counted twice
             self.counters["sin"][name] += int(((pre[name] <= 0) & (spike_totals[name] > 0)).sum())
+        ann_predicted = logits.argmax(dim=1)
         if y is not None:
-            self.ann_correct += int((logits.argmax(dim=1) == y).sum())
-        self.predictions.append(v_readout.argmax(dim=1).cpu().numpy())
+            self.ann_correct += int((ann_predicted == y).sum())
+        self.predictions.append(self.batch_predictions.cpu().numpy())
+        self.ann_predictions.append(ann_predicted.cpu().numpy())
+
+    def _start_batch(self, batch: int) -> None:
+        self.batch_predictions = torch.zeros(self.n_steps, batch, dtype=torch.int16, device=self.kernels.device)
 
     # --- step path ----------------------------------------------------------------------------
     @torch.no_grad()
     def step_batch(self, x: torch.Tensor, y) -> None:
         net, kernels = self.network, self.kernels
-        state = self._initial_state(x.shape[0])
+        x = x.to(kernels.dtype)
+        self._start_batch(x.shape[0])
+        state = self._initial_state(kernels, x.shape[0])
         totals = {name: torch.zeros_like(state[name]) for name in self.names}
         pending: Dict[str, Optional[torch.Tensor]] = {}
         readout = net.readout.name
+        input_active = (x != 0).sum(dim=0).to(torch.float64)
         raster = None
         if self.records is not None:
             raster = {name: torch.zeros(self.n_steps, *state[name].shape, dtype=torch.bool) for name in self.names}
@@ -194,7 +225,7 @@ class _Run:
         for t in range(self.n_steps):
             outputs = {net.input.name: x if phase(t, *_sched(net.input))[1] else None}
             if outputs[net.input.name] is not None:
-                self._count_synops(t, net.input.name, x)
+                self._count_events(t, net.input.name, input_active, spikes=False)
             for layer in net.layers[1:]:
                 integrate, fire = phase(t, *_sched(layer))
                 params = kernels.params[layer.name]
@@ -206,8 +237,7 @@ class _Run:
                 if spikes is not None and bool(spikes.any()):
                     s = spikes.to(kernels.dtype)
                     totals[layer.name] += s
-                    self.spikes_per_step[t, self.index[layer.name]] += s.sum()
-                    self._count_synops(t, layer.name, s)
+                    self._count_events(t, layer.name, spikes)
                     outputs[layer.name] = s
                     if raster is not None:
                         raster[layer.name][t] = spikes.cpu()
@@ -223,40 +253,67 @@ class _Run:
     # --- window path --------------------------------------------------------------------------
     @torch.no_grad()
     def window_batch(self, x: torch.Tensor, y) -> None:
-        net, kernels, n_steps = self.network, self.kernels, self.n_steps
+        net, kernels, n_steps = self.network, self.window_kernels, self.n_steps
         window = net.window_steps
-        state = self._initial_state(x.shape[0])
+        x = x.to(kernels.dtype)
+        self._start_batch(x.shape[0])
+        state = self._initial_state(kernels, x.shape[0])
         totals = {name: torch.zeros_like(state[name]) for name in self.names}
         readout = net.readout
         input_counts = {net.input.name: x * window}
         input_drive = {layer.name: kernels.synaptic_input(layer.name, input_counts) for layer in net.layers[1:]
                        if all(s.source == net.input.name for s in layer.synapses)}
+        input_active = (x != 0).sum(dim=0).to(torch.float64)
         for t in range(n_steps):
             if phase(t, *_sched(net.input))[1]:
-                self._count_synops(t, net.input.name, x)
+                self._count_events(t, net.input.name, input_active, spikes=False)
+        readout_sources = {s.source for s in readout.synapses}
+
+        def step_input(counts, target):  # the target's sources' outputs on step j: pixels, or spikes where count > j
+            sources = {source for source, _ in kernels.synapses[target]}
+            return lambda j: {name: x if name == net.input.name else (None if counts.get(name) is None
+                                                                      else (counts[name] > j).to(kernels.dtype))
+                              for name in sources}
+
         first_offset = net.layers[1].schedule.offset_steps
         predicted_until = 0  # steps before this one have been scored
         for k in range((n_steps - first_offset + 2 * window - 1) // (2 * window)):
             counts: Dict[str, Optional[torch.Tensor]] = dict(input_counts)
             for layer in self.spiking:
                 fire_start = layer.schedule.offset_steps + (2 * k + 1) * window
-                if fire_start >= n_steps:
+                if fire_start - window >= n_steps:
                     continue
                 params = kernels.params[layer.name]
-                self._check_no_saturation(state[layer.name], params["bias"], counts, layer.name, window)
-                drive = input_drive.get(layer.name)
-                if drive is None:
-                    drive = kernels.synaptic_input(layer.name, counts)
-                v = state[layer.name] + window * params["bias"]
-                if drive is not None:
-                    v = v + drive
-                count, state[layer.name] = window_spike_count(v, params["threshold"], window)
-                observed = count.clamp(max=n_steps - fire_start)
-                totals[layer.name] += observed
-                for j in range(min(window, n_steps - fire_start)):
-                    self.spikes_per_step[fire_start + j, self.index[layer.name]] += (count > j).sum()
-                    self._count_synops(fire_start + j, layer.name, count > j)
-                counts[layer.name] = count if bool(count.any()) else None
+                if fire_start >= n_steps:  # the run ends while integrating: only saturation is observable
+                    n_in = n_steps - (fire_start - window)
+                    if self._may_saturate(kernels, state[layer.name], params["bias"], counts, layer.name, n_in):
+                        for _ in self._integrate_stepwise(kernels, layer.name, state[layer.name], params["bias"],
+                                                          step_input(counts, layer.name), n_in):
+                            pass
+                    continue
+                if self._may_saturate(kernels, state[layer.name], params["bias"], counts, layer.name, window):
+                    *_, v = self._integrate_stepwise(kernels, layer.name, state[layer.name], params["bias"],
+                                                     step_input(counts, layer.name), window)
+                    count, v = window_spike_count(v, params["threshold"].to(torch.float64), window)
+                    count, state[layer.name] = count.to(kernels.dtype), v.to(kernels.dtype)
+                else:
+                    drive = input_drive.get(layer.name)
+                    if drive is None:
+                        drive = kernels.synaptic_input(layer.name, counts)
+                    v = state[layer.name] + window * params["bias"]
+                    if drive is not None:
+                        v += drive
+                    count, state[layer.name] = window_spike_count(v, params["threshold"], window)
+                n_observed = min(window, n_steps - fire_start)
+                totals[layer.name] += count if n_observed == window else count.clamp(max=n_observed)
+                # spikes of step j of the window, per neuron summed over the batch: the neurons with
+                # count > j, i.e. sum(min(count, j + 1)) - sum(min(count, j))
+                below = 0.0
+                for j in range(n_observed):
+                    upto = (count if j + 1 == window else count.clamp(max=j + 1)).sum(dim=0).to(torch.float64)
+                    self._count_events(fire_start + j, layer.name, upto - below)
+                    below = upto
+                counts[layer.name] = count if float(count.amax()) > 0 else None
             integrate_start = readout.schedule.offset_steps + 2 * k * window
             if integrate_start >= n_steps:
                 continue
@@ -264,13 +321,19 @@ class _Run:
             for t in range(predicted_until, integrate_start):
                 self._score(t, v_before, y)
             bias = kernels.params[readout.name]["bias"]
-            self._check_no_saturation(v_before, bias, counts, readout.name, window)
             n_observed = min(window, n_steps - integrate_start)
-            for j in range(n_observed):
-                partial = {name: None if c is None else c.clamp(max=j + 1) for name, c in counts.items()}
-                drive = kernels.synaptic_input(readout.name, partial)
-                state[readout.name] = v_before + (j + 1) * bias + (0 if drive is None else drive)
-                self._score(integrate_start + j, state[readout.name], y)
+            if self._may_saturate(kernels, v_before, bias, counts, readout.name, window):
+                steps = self._integrate_stepwise(kernels, readout.name, v_before, bias, step_input(counts, readout.name), n_observed)
+                for j, v in enumerate(steps):
+                    state[readout.name] = v.to(kernels.dtype)
+                    self._score(integrate_start + j, state[readout.name], y)
+            else:
+                for j in range(n_observed):
+                    partial = {name: None if counts.get(name) is None else counts[name].clamp(max=j + 1)
+                               for name in readout_sources}
+                    drive = kernels.synaptic_input(readout.name, partial)
+                    state[readout.name] = v_before + (j + 1) * bias + (0 if drive is None else drive)
+                    self._score(integrate_start + j, state[readout.name], y)
             predicted_until = integrate_start + n_observed
         for t in range(predicted_until, n_steps):
             self._score(t, state[readout.name], y)
@@ -278,6 +341,7 @@ class _Run:
 
     def result(self, n_samples: int, method: str, has_labels: bool) -> SimResult:
         as_int = lambda d: {k: int(v) for k, v in d.items()}
+        predictions_per_step = np.concatenate(self.predictions, axis=1)
         return SimResult(
             n_steps=self.n_steps, n_samples=n_samples, layer_names=self.names,
             n_spikes_per_step=self.spikes_per_step.cpu().numpy().astype(np.int64),
@@ -287,7 +351,8 @@ class _Run:
             n_sin=as_int(self.counters["sin"]), n_lost_input=as_int(self.counters["lost"]),
             n_saturated=as_int(self.counters["saturated"]),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
-            predictions=np.concatenate(self.predictions),
+            predictions=predictions_per_step[-1].astype(np.int64),
+            predictions_per_step=predictions_per_step, ann_predictions=np.concatenate(self.ann_predictions),
             accuracy=(self.correct / n_samples).cpu().numpy() if has_labels else None,
             ann_accuracy=self.ann_correct / n_samples if has_labels else None,
             method=method)

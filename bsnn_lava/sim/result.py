@@ -21,6 +21,9 @@ class SimResult:
     (events x nonzero fan-out) of synapse ``synapse_names[k]`` (``target<-source``) caused by the
     events its source sent at step t (input pixels count as graded events where nonzero).
     ``n_spikes_per_neuron[layer]``: spikes of each neuron, summed over steps and samples.
+    ``predictions_per_step[t, i]``: the class predicted for sample i after ``t + 1`` steps (argmax
+    of the readout potential, first index on ties); ``predictions`` is its last row.
+    ``ann_predictions[i]``: the class the equivalent ANN predicts for sample i.
     """
     n_steps: int
     n_samples: int
@@ -34,6 +37,8 @@ class SimResult:
     n_saturated: Dict[str, int]
     n_neurons: Dict[str, int]
     predictions: np.ndarray
+    predictions_per_step: np.ndarray
+    ann_predictions: np.ndarray
     accuracy: Optional[np.ndarray] = None
     ann_accuracy: Optional[float] = None
     method: str = "step"
@@ -50,8 +55,7 @@ class SimResult:
         (first crossing), or ``None`` if it never does within the run."""
         if self.accuracy is None or self.ann_accuracy is None:
             return None
-        reached = np.nonzero(self.accuracy >= self.ann_accuracy - points / 100.0 - 1e-12)[0]
-        return int(reached[0]) + 1 if reached.size else None
+        return first_crossing(self.accuracy, self.ann_accuracy - points / 100.0)
 
     def steps_to_stay_within(self, points: float) -> Optional[int]:
         """Smallest T from which accuracy stays at or above ``ann_accuracy - points/100`` until the
@@ -70,6 +74,12 @@ class SimResult:
             "n_sin": self.n_sin, "n_lost_input": self.n_lost_input,
             "n_saturated": self.n_saturated, "n_neurons": self.n_neurons,
         }
+
+
+def first_crossing(accuracy, level: float) -> Optional[int]:
+    """Smallest T (1-based steps) with ``accuracy[T - 1] >= level``, or ``None``."""
+    reached = np.nonzero(np.asarray(accuracy) >= level - 1e-12)[0]
+    return int(reached[0]) + 1 if reached.size else None
 
 
 def sustained_crossing(accuracy, level: float) -> Optional[int]:
