@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import as_nchw
-from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, saturate, window_spike_count
+from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, window_spike_count
 from ..ir import GatedIF, Network
 from .ann import ann_forward
 from .kernels import NetworkKernels
@@ -70,12 +70,12 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     y_all = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
     if y_all is not None and y_all.shape[0] != x_all.shape[0]:
         raise ValueError(f"{x_all.shape[0]} images but {y_all.shape[0]} labels")
-    window_dtype = dtype
+    requested_dtype = dtype
     dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
     state_bits = network.state_bits
     kernels = NetworkKernels(network, dtype, device)
     window_kernels = kernels
-    if window_dtype is None and method == "window" and network.numeric == "int":
+    if requested_dtype is None and method == "window" and network.numeric == "int":
         fast = NetworkKernels(network, torch.float32, device)
         if all(k.exact_in_float32 for _, k in fast.all_synapses()):
             window_kernels = fast
@@ -167,15 +167,16 @@ class _Run:
         return bool((bound > limit).any())
 
     def _integrate_stepwise(self, kernels: NetworkKernels, name: str, v: torch.Tensor, bias, step_input, n_steps: int):
-        """Integrate ``n_steps`` steps one at a time, saturating after each as the step path does
-        (in float64, exact; ``step_input(j)``: the sources' outputs on step j); yields ``v`` after
-        each step (in float64: a clipped state converts back to float32 exactly)."""
+        """Integrate ``n_steps`` steps one at a time with :func:`gated_if_step`, saturating after
+        each as the step path does (in float64, exact; ``step_input(j)``: the sources' outputs on
+        step j); yields ``v`` after each step (in float64: a clipped state converts back to float32
+        exactly)."""
         self.n_windows_stepwise += 1
         v, bias = v.to(torch.float64), bias.to(torch.float64)
         for j in range(n_steps):
             drive = kernels.synaptic_input(name, step_input(j))
-            v = v + bias if drive is None else v + drive.to(torch.float64) + bias
-            v, n_saturated = saturate(v, self.state_bits)
+            _, v, _, n_saturated = gated_if_step(v, None if drive is None else drive.to(torch.float64), bias, None,
+                                                 True, False, self.state_bits)
             self.counters["saturated"][name] += int(n_saturated)
             yield v
 
