@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from bsnn_lava.files import write_text_atomic
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
@@ -26,9 +28,7 @@ def command_line() -> str:
 
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def add_resnet20_data_args(parser) -> None:

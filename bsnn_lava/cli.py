@@ -1,7 +1,11 @@
 """The ``bsnn`` command line.
 
 Exit codes: 0 success; 1 an unexpected internal error (please report it); 2 bad input (a file,
-a flag, a model or data that cannot be used), with a one-line message naming what is wrong.
+a flag, a model or data that cannot be used), with a one-line message naming what is wrong;
+130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM, after releasing everything the run held.
+
+Every argument is checked before any long work starts: output paths, hardware profiles, the model,
+the data and whether it fits the network.
 """
 from __future__ import annotations
 
@@ -10,16 +14,22 @@ import sys
 import traceback
 from pathlib import Path
 
+from .interrupts import Interrupted, signals_raise_interrupted
+
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
-EPILOG = """examples:
+OUTPUT_RULE = ("output files (--out, --json, --html): the folder must exist (it is not created); a file is "
+               "written completely or not at all, replacing an existing one")
+
+EPILOG = f"""examples:
   bsnn demo                       train a digits ResNet, convert, compare BSNN with IF, plot
   bsnn convert resnet20.th --calib train.npz --hw loihi2 --out net.h5
   bsnn inspect net.h5
   bsnn check net.h5 --hw loihi1
   bsnn simulate net.h5 --data test.npz --steps 256 --limit 500 --json out.json
 
-exit codes: 0 success, 1 internal error, 2 bad input (one-line message)"""
+{OUTPUT_RULE}.
+exit codes: 0 success, 1 internal error, 2 bad input (one-line message), 130/143 interrupted (SIGINT/SIGTERM)"""
 
 
 BACKENDS = ("torch", "lava", "loihi2")
@@ -32,11 +42,68 @@ class UsageError(Exception):
     """Bad input detected by the CLI itself."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other bad input."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
+    return value
+
+
+def _check_outputs(args, *flags: str) -> None:
+    """Every given output flag names a file that can be written (before any work starts)."""
+    from .files import check_output_path
+
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            try:
+                check_output_path(value, flag)
+            except ValueError as err:
+                raise UsageError(str(err)) from None
+
+
+def _load_hw(spec: str, flag: str = "--hw"):
+    from hw_profiles import ProfileError, load_profile
+
+    try:
+        return load_profile(spec)
+    except ProfileError as err:
+        raise UsageError(f"{flag}: {err}") from None
+
+
+def _load_data(spec: str, flag: str, limit=None, split: str = "test"):
+    """``(x, y)`` of a data spec, cut to ``limit`` images; errors name the flag."""
+    from .datasets import DataError, load_dataset
+
+    try:
+        x, y = load_dataset(spec, split=split)
+    except DataError as err:
+        raise UsageError(f"{flag}: {err}") from None
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def _write_json(path, payload) -> None:
+    import json
+
+    from .files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=1))
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    if args.steps < 1 or args.window < 1 or args.lava_samples < 1:
-        raise UsageError("--steps, --window and --lava-samples must be positive integers")
     run_demo(Path(args.out), steps=args.steps, window=args.window, seed=args.seed, lava_samples=args.lava_samples)
     return EXIT_OK
 
@@ -46,19 +113,7 @@ def _load_model(args):
     from . import zoo
 
     if args.factory:
-        import importlib
-
-        module_name, _, attr = args.factory.partition(":")
-        try:
-            model = getattr(importlib.import_module(module_name), attr)()
-        except (ImportError, AttributeError) as err:
-            raise UsageError(f"--factory {args.factory}: cannot import ({err}); use module.path:function") from err
-        if args.model:
-            import torch
-
-            state = torch.load(args.model, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-            model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        model = _factory_model(args)
         mean, std = (0.0,), (1.0,)
     else:
         if not args.model:
@@ -70,24 +125,76 @@ def _load_model(args):
     return model.eval(), mean, std
 
 
-def _cmd_convert(args) -> int:
-    from .conversion import convert
-    from .datasets import load_dataset
+def _factory_model(args):
+    """``--factory module:function`` called, with the checkpoint's weights (or, with
+    ``--random-weights``, none). The current folder is searched first, as ``python -m`` does."""
+    import importlib
 
+    import torch.nn as nn
+
+    from . import zoo
+
+    module_name, _, attr = args.factory.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"--factory {args.factory}: use module.path:function (a function returning the nn.Module)")
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as err:
+        raise UsageError(f"--factory {args.factory}: cannot import {module_name!r} ({err}); it must be a module in "
+                         "the current folder or an installed package") from None
+    except AttributeError:
+        raise UsageError(f"--factory {args.factory}: module {module_name!r} has no attribute {attr!r}") from None
+    if not args.model and not args.random_weights:
+        raise UsageError(f"--factory {args.factory} without a checkpoint would convert the model's random initial "
+                         "weights: give the checkpoint (bsnn convert CKPT --factory ...), or --random-weights to do "
+                         "that on purpose")
+    try:
+        model = factory()
+    except Exception as err:
+        raise UsageError(f"--factory {args.factory}: calling {attr}() failed: {type(err).__name__}: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--factory {args.factory}: {attr}() returned {type(model).__name__}, not a torch nn.Module")
+    if args.model:
+        zoo.load_weights(model, zoo.read_state_dict(args.model), str(args.model), f"the model of {args.factory}")
+    return model
+
+
+def _model_channels(model):
+    first = next((p for p in model.parameters() if p.ndim == 4), None)
+    return None if first is None else int(first.shape[1])
+
+
+def _cmd_convert(args) -> int:
     import netx_export
 
+    from .conversion import convert
+    from .data import as_nchw
+
+    _check_outputs(args, "--out")
+    hw = _load_hw(args.hw) if args.hw else None
     model, mean, std = _load_model(args)
-    x_calib, _ = load_dataset(args.calib, split="train")
-    network = convert(model, x_calib[:args.n_calib], neuron=args.neuron, window=args.window, v_init=args.v_init,
+    x_calib, _ = _load_data(args.calib, "--calib", args.n_calib, split="train")
+    try:
+        as_nchw(x_calib[:1], _model_channels(model))
+    except ValueError as err:
+        raise UsageError(f"--calib {args.calib}: {err}") from None
+    print(f"converting {type(model).__name__} to a {args.neuron} network (P={args.window}); calibrating thresholds on "
+          f"{len(x_calib)} images", file=sys.stderr)
+    network = convert(model, x_calib, neuron=args.neuron, window=args.window, v_init=args.v_init,
                       percentile=args.percentile, channelwise=args.channelwise, mean=mean, std=std, progress=True)
-    if args.hw:
+    if hw is not None:
         from .quantize import quantize
 
-        network = quantize(network, args.hw, headroom_bits=args.headroom_bits,
+        rounding = "rounding to nearest" if args.plain_rounding else \
+            f"error-feedback rounding and bias correction on {len(x_calib)} images"
+        print(f"quantizing for {hw.name} ({rounding})", file=sys.stderr)
+        network = quantize(network, hw, headroom_bits=args.headroom_bits,
                            max_exponent=0 if args.netx_compatible else None,
-                           calibration_images=None if args.plain_rounding else x_calib[:args.n_calib])
+                           calibration_images=None if args.plain_rounding else x_calib, progress=True)
     path = netx_export.write(network, args.out, mode="netx" if args.netx_compatible else "bsnn")
-    kind = f"integer ({args.hw})" if args.hw else "float"
+    kind = f"integer ({hw.name})" if hw is not None else "float"
     print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={args.window}, "
           f"pipeline fill {network.readout.schedule.offset_steps} steps")
     return EXIT_OK
@@ -100,33 +207,38 @@ def _read_network(path):
 
 
 def _cmd_check(args) -> int:
-    import json
-
     from .resources import check_resources
 
-    report = check_resources(_read_network(args.net), args.hw)
+    _check_outputs(args, "--json")
+    hw = _load_hw(args.hw)
+    report = check_resources(_read_network(args.net), hw)
     print(report.format())
     if args.json:
         payload = {"profile": report.profile, "fits": report.fits, "n_cores": report.n_cores,
                    "n_chips": report.n_chips, "violations": report.violations, "notes": report.notes,
                    "layers": [vars(u) for u in report.layers]}
-        Path(args.json).write_text(json.dumps(payload, indent=1))
+        _write_json(args.json, payload)
     return EXIT_OK if report.fits else EXIT_BAD_INPUT
 
 
 def _run_file(args):
-    """Read ``args.net`` and ``args.data`` (first ``args.limit`` images) and simulate ``args.steps`` steps;
-    returns ``(network, images, labels, result)``."""
-    from .datasets import load_dataset
+    """Read ``args.net`` and ``args.data`` (first ``args.limit`` images), check that they fit, and
+    simulate ``args.steps`` steps; returns ``(network, images, labels, result)``."""
+    from .data import network_batch
     from .sim import simulate
+    from .sim.reference import check_device
 
-    if args.steps < 1:
-        raise UsageError("--steps must be a positive integer")
     network = _read_network(args.net)
-    x, y = load_dataset(args.data)
-    if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
+    x, y = _load_data(args.data, "--data", args.limit)
+    try:
+        network_batch(x, y, network.input.shape, network.readout.shape[0])
+    except ValueError as err:
+        raise UsageError(f"--data {args.data}: {err} ({args.net})") from None
     if args.backend == "torch":
+        try:
+            check_device(args.device)
+        except ValueError as err:
+            raise UsageError(f"--device: {err}") from None
         result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device,
                           progress=True)
     else:
@@ -138,9 +250,8 @@ def _run_file(args):
 
 
 def _cmd_simulate(args) -> int:
-    import json
-
-    _, _, _, result = _run_file(args)
+    _check_outputs(args, "--json")
+    _, _, y, result = _run_file(args)
     print(f"{result.n_samples} images, {result.n_steps} steps ({result.method} path): ANN {100 * result.ann_accuracy:.2f}%, "
           f"SNN {100 * result.accuracy[-1]:.2f}% after {result.n_steps} steps")
     for points in (2.0, 1.0, 0.5):
@@ -149,48 +260,50 @@ def _cmd_simulate(args) -> int:
           f"{sum(result.n_sin.values()) / result.n_samples:.1f}, lost input {sum(result.n_lost_input.values())}, "
           f"saturated {sum(result.n_saturated.values())}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result.summary(), indent=1))
+        _write_json(args.json, result.summary(labels=y))
     return EXIT_OK
 
 
 def _cmd_profile(args) -> int:
-    import json
-
     from .profile import format_profile, profile_run
     from .sim import simulate
 
+    _check_outputs(args, "--json", "--html")
+    hw = _load_hw(args.hw)
     network, x, y, result = _run_file(args)
-    profile = profile_run(network, result, args.hw)
+    profile = profile_run(network, result, hw)
     print(format_profile(profile))
     if args.json:
-        Path(args.json).write_text(json.dumps(profile.to_dict(), indent=1))
+        _write_json(args.json, profile.to_dict())
     if args.html:
-        from .report import write_html_report
+        from .report import raster_layers, write_html_report
 
         one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True)
-        chosen = network.spiking_layers[::max(1, len(network.spiking_layers) // 6)]
-        rasters = {l.name: one.extras["spikes"][l.name].reshape(args.steps, -1) for l in chosen}
-        print(f"wrote {write_html_report(args.html, profile, f'bsnn profile: {args.net}', rasters)}")
+        rasters = {l.name: one.extras["spikes"][l.name].reshape(args.steps, -1) for l in raster_layers(network)}
+        path = write_html_report(args.html, profile, f"bsnn profile: {args.net}", rasters,
+                                 n_spiking_layers=len(network.spiking_layers))
+        print(f"wrote {path}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bsnn", description="Bistable spiking networks for Loihi: convert, "
-                                     "simulate, export, run in Lava.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="bsnn", description="Bistable spiking networks for Loihi: convert, simulate, export, run "
+                     "in Lava.", epilog=EPILOG, formatter_class=raw)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="end-to-end demo on scikit-learn's bundled digits (no download)",
-                          description="Train a small ResNet on the bundled 8x8 digits for a few seconds, convert "
-                          "it to a bistable SNN and to a plain IF SNN, simulate both, quantize the BSNN for Loihi 2, "
-                          "export it as netx HDF5, run the file in Lava on a few digits and compare every spike with "
-                          "the reference, profile spikes and energy, and write a plot and an HTML report.", epilog="example: bsnn demo --out bsnn-demo",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--out", default="bsnn-demo", help="output folder (default: bsnn-demo)")
-    demo.add_argument("--steps", type=int, default=96, help="time steps T to simulate (default: 96)")
-    demo.add_argument("--window", type=int, default=2, help="bistable window P in steps (default: 2)")
+                          description="Train a small ResNet on the bundled 8x8 digits (10-40 s on two cores), "
+                          "convert it to a bistable SNN and to a plain IF SNN, simulate both, quantize the BSNN for "
+                          "Loihi 2, export it as netx HDF5, run the file in Lava on a few digits and compare every "
+                          "spike with the reference, profile spikes and energy, and write a plot and an HTML report.",
+                          epilog="example: bsnn demo --out bsnn-demo", formatter_class=raw)
+    demo.add_argument("--out", default="bsnn-demo", help="output folder, created if needed (default: bsnn-demo)")
+    demo.add_argument("--steps", type=positive_int, default=96, help="time steps T to simulate (default: 96)")
+    demo.add_argument("--window", type=positive_int, default=2, help="bistable window P in steps (default: 2)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--lava-samples", type=int, default=3, help="digits run in Lava for the parity check (default: 3)")
+    demo.add_argument("--lava-samples", type=positive_int, default=3,
+                      help="digits run in Lava for the parity check (default: 3)")
     demo.set_defaults(handler=_cmd_demo)
 
     conv = sub.add_parser("convert", help="convert a trained model to a BSNN / IF network and write netx HDF5",
@@ -199,20 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
                           "hardware profile, and write it as a netx HDF5 file.",
                           epilog="examples:\n  bsnn convert resnet20.th --calib train.npz --out r20.h5\n"
                           "  bsnn convert resnet20.th --calib train.npz --hw loihi2 --window 4 --out r20_q.h5\n"
-                          "  bsnn convert w.pt --factory mypkg.nets:build_vgg --mean 0.5 --std 0.25 --calib "
-                          "train.npz --out vgg.h5", formatter_class=argparse.RawDescriptionHelpFormatter)
+                          "  bsnn convert w.pt --factory mynets:build_vgg --mean 0.5 --std 0.25 --calib "
+                          "train.npz --out vgg.h5\n\n--factory looks for the module in the current folder first, "
+                          f"then in installed packages.\n{OUTPUT_RULE}.", formatter_class=raw)
     conv.add_argument("model", nargs="?", help="checkpoint (state dict; CIFAR ResNet unless --factory)")
-    conv.add_argument("--factory", help="module.path:function returning the nn.Module (weights from MODEL if given)")
+    conv.add_argument("--factory", help="module.path:function returning the nn.Module (weights from MODEL)")
+    conv.add_argument("--random-weights", action="store_true",
+                      help="with --factory and no MODEL: convert the model's initial (random) weights on purpose")
     conv.add_argument("--calib", required=True, help="calibration data: digits[:train|test] or a .npz (x uint8, y)")
-    conv.add_argument("--n-calib", type=int, default=300, help="calibration images (default: 300)")
-    conv.add_argument("--out", required=True, help="output .h5 file (written atomically)")
+    conv.add_argument("--n-calib", type=positive_int, default=300, help="calibration images (default: 300)")
+    conv.add_argument("--out", required=True, help="output .h5 file (its folder must exist)")
     conv.add_argument("--neuron", choices=("bistable", "if", "warmup"), default="bistable")
-    conv.add_argument("--window", type=int, default=2, help="window P in steps (default: 2)")
+    conv.add_argument("--window", type=positive_int, default=2, help="window P in steps (default: 2)")
     conv.add_argument("--v-init", type=float, default=0.5, help="V(0) as a fraction of theta (default: 0.5)")
     conv.add_argument("--percentile", type=float, default=99.9, help="threshold percentile (default: 99.9)")
     conv.add_argument("--channelwise", action="store_true", help="one threshold per channel")
-    conv.add_argument("--mean", type=float, nargs="+", help="input normalisation mean (pixels in [0, 1])")
-    conv.add_argument("--std", type=float, nargs="+", help="input normalisation std")
+    conv.add_argument("--mean", type=float, nargs="+",
+                      help="input normalisation mean, 1 value or one per channel (pixels in [0, 1])")
+    conv.add_argument("--std", type=float, nargs="+", help="input normalisation std, 1 value or one per channel")
     conv.add_argument("--hw", help="quantize for this hardware profile (loihi2, loihi1 or a .toml path)")
     conv.add_argument("--headroom-bits", type=int, default=6, help="state headroom above P+1 thresholds (default 6)")
     conv.add_argument("--plain-rounding", action="store_true",
@@ -230,26 +347,31 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Map each layer onto cores (neurons, input axons, synaptic memory per core) "
                            "and print layers -> cores, totals and every violated limit.",
                            epilog="examples:\n  bsnn check net.h5 --hw loihi2\n  bsnn check net.h5 --hw my_chip.toml "
-                           "--json report.json", formatter_class=argparse.RawDescriptionHelpFormatter)
+                           f"--json report.json\n\n{OUTPUT_RULE}.", formatter_class=raw)
     check.add_argument("net", help="a netx HDF5 file written by bsnn convert")
     check.add_argument("--hw", default="loihi2", help="hardware profile: loihi2, loihi1 or a .toml path")
     check.add_argument("--json", help="also write the report as JSON to this file")
     check.set_defaults(handler=_cmd_check)
 
+    def add_run_arguments(command):
+        command.add_argument("net", help="a netx HDF5 file written by bsnn convert")
+        command.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
+        command.add_argument("--steps", type=positive_int, default=128, help="time steps T (default: 128)")
+        command.add_argument("--limit", type=positive_int, help="use only the first N images (N >= 1)")
+        command.add_argument("--batch-size", type=positive_int, default=100, help="images per batch (default: 100)")
+        command.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+        command.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
+
     simulate = sub.add_parser("simulate", help="run a network file on data: accuracy at every step, counts",
                               description="Simulate a netx HDF5 network on images with the reference simulator "
-                              "(exact integer arithmetic for quantized networks).",
+                              "(exact integer arithmetic for quantized networks), or in Lava. Ctrl-C or SIGTERM "
+                              "stops the run within seconds and writes nothing.",
                               epilog="examples:\n  bsnn simulate net.h5 --data digits --steps 96\n  bsnn simulate "
-                              "net.h5 --data test.npz --steps 256 --limit 500 --json result.json",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    simulate.add_argument("net", help="a netx HDF5 file written by bsnn convert")
-    simulate.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
-    simulate.add_argument("--steps", type=int, default=128, help="time steps T (default: 128)")
-    simulate.add_argument("--limit", type=int, help="use only the first N images")
-    simulate.add_argument("--batch-size", type=int, default=100)
-    simulate.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    simulate.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
-    simulate.add_argument("--json", help="write accuracy per step and counts as JSON to this file")
+                              "net.h5 --data test.npz --steps 256 --limit 500 --json result.json\n\n--json holds the "
+                              "accuracy after every step, the counts, and per image (columns): index, label, "
+                              f"prediction, ann_prediction, final_from_step.\n{OUTPUT_RULE}.", formatter_class=raw)
+    add_run_arguments(simulate)
+    simulate.add_argument("--json", help="write accuracy per step, counts and per-image predictions as JSON")
     simulate.set_defaults(handler=_cmd_simulate)
 
     prof = sub.add_parser("profile", help="spikes, synaptic ops and energy per layer and inference; HTML report",
@@ -258,16 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "saturation; energy per the hardware profile (every constant's source printed); the ANN's "
                           "MACs and energy (Horowitz 45 nm).",
                           epilog="examples:\n  bsnn profile net.h5 --data digits --steps 64 --hw loihi2\n"
-                          "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    prof.add_argument("net", help="a netx HDF5 file written by bsnn convert")
-    prof.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
-    prof.add_argument("--steps", type=int, default=128, help="time steps T (default: 128)")
+                          "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html"
+                          f"\n\n{OUTPUT_RULE}.", formatter_class=raw)
+    add_run_arguments(prof)
     prof.add_argument("--hw", default="loihi2", help="hardware profile for energy: loihi2, loihi1 or a .toml path")
-    prof.add_argument("--limit", type=int, help="use only the first N images")
-    prof.add_argument("--batch-size", type=int, default=100)
-    prof.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    prof.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
     prof.add_argument("--json", help="write the profile as JSON to this file")
     prof.add_argument("--html", help="write a self-contained HTML report (plots embedded) to this file")
     prof.set_defaults(handler=_cmd_profile)
@@ -281,19 +397,27 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print("bsnn: interrupted", file=sys.stderr)
-        return EXIT_INTERNAL
+        with signals_raise_interrupted():
+            return args.handler(args)
+    except Interrupted as err:
+        print(f"bsnn {args.command}: {err.describe()}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # a Ctrl-C outside the handler's reach
+        print(f"bsnn {args.command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
     except (UsageError, ValueError, FileNotFoundError, OSError, ImportError) as err:
-        print(f"bsnn {args.command}: error: {err}", file=sys.stderr)
+        print(f"bsnn {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as err:  # an internal error: one line unless --debug
         if args.debug:
             traceback.print_exc()
-        print(f"bsnn {args.command}: internal error: {type(err).__name__}: {err} (rerun with --debug for "
+        print(f"bsnn {args.command}: internal error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for "
               "the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

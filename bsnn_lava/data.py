@@ -21,5 +21,39 @@ def as_nchw(images, channels: int | None = None) -> torch.Tensor:
     if channels_last and not channels_first:
         x = x.permute(0, 3, 1, 2)
     elif not channels_first:
-        raise ValueError(f"images of shape {tuple(x.shape)} have no axis of {channels or '1 or 3'} channels")
+        raise ValueError(f"images of shape {tuple(x.shape)} have no axis of {channels or '1 or 3'} channel(s)"
+                         + (", the number the model's input has" if channels else ""))
     return x.contiguous().to(torch.float32)
+
+
+def network_batch(images, labels, input_shape, n_classes: int):
+    """``(x, y)``: raw images checked against a network's input ``(C, H, W)`` as in :func:`as_nchw`,
+    and labels (``None``, or a (N,) int64 array) checked to be integers in ``[0, n_classes)``.
+
+    ``ValueError`` with a one-line message naming the shapes, or the first bad label's index.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    try:
+        x = as_nchw(images, input_shape[0])
+    except ValueError:
+        x = None
+    if x is None or tuple(x.shape[1:]) != input_shape:
+        shape = tuple(np.shape(images))
+        raise ValueError(f"images of shape {shape} do not fit the network's input (C, H, W) = {input_shape} "
+                         "(give (N, H, W, C) or (N, C, H, W) raw pixels of that size)")
+    if x.shape[0] == 0:
+        raise ValueError("no images: the image array is empty")
+    if labels is None:
+        return x, None
+    y = np.asarray(labels)
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{x.shape[0]} images but labels of shape {y.shape}")
+    if y.size and not (np.issubdtype(y.dtype, np.integer) or np.array_equal(y, np.round(y))):
+        bad = int(np.flatnonzero(y != np.round(y))[0])
+        raise ValueError(f"labels must be integer class indices; label {bad} is {y[bad]!r}")
+    y = y.astype(np.int64)
+    outside = np.flatnonzero((y < 0) | (y >= n_classes))
+    if outside.size:
+        raise ValueError(f"labels must be class indices in [0, {n_classes}) for this network's {n_classes} classes; "
+                         f"label {int(outside[0])} is {int(y[outside[0]])} ({outside.size} of {y.size} outside)")
+    return x, y

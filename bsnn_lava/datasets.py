@@ -1,6 +1,7 @@
 """Image data sets as raw uint8 pixels: scikit-learn's bundled digits and ``.npz`` files."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Tuple
 
@@ -32,6 +33,8 @@ def load_npz(path) -> Tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a NumPy .npz archive (write one with numpy.savez(path, x=images, y=labels))")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
@@ -42,6 +45,9 @@ def load_npz(path) -> Tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
+    if x.ndim not in (3, 4) or len(x) == 0:
+        raise DataError(f"{path}: field 'x' must hold at least one image, (N, H, W), (N, H, W, C) or (N, C, H, W); "
+                        f"got shape {x.shape}")
     if x.dtype != np.uint8:
         raise DataError(f"{path}: field 'x' must be uint8 raw pixels, got {x.dtype}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):

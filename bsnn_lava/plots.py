@@ -1,10 +1,18 @@
 """Matplotlib figures (Agg backend, written to PNG)."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
+
+from .files import atomic_write
+
+
+#: One style per curve, so that curves lying on top of each other stay visible.
+LINE_STYLES = ({"linestyle": "-", "linewidth": 2.4, "alpha": 0.8}, {"linestyle": "--", "linewidth": 1.6},
+               {"linestyle": ":", "linewidth": 2.0}, {"linestyle": "-.", "linewidth": 1.4})
 
 
 def _pyplot():
@@ -15,20 +23,20 @@ def _pyplot():
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``fig`` as a PNG at ``path`` (atomically, :func:`bsnn_lava.files.atomic_write`) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        _pyplot().close(fig)
 
 
-def plot_accuracy_vs_steps(curves: Mapping[str, np.ndarray], ann_accuracy: Optional[float], path,
-                           title: str = "Accuracy vs time steps") -> Path:
-    """One line per curve (accuracy after each step, fractions), the ANN as a dashed line."""
+def accuracy_figure(curves: Mapping[str, np.ndarray], ann_accuracy: Optional[float],
+                    title: str = "Accuracy vs time steps"):
+    """The figure of :func:`plot_accuracy_vs_steps` (one style per curve from :data:`LINE_STYLES`)."""
     fig, ax = _pyplot().subplots(figsize=(7, 4.2))
-    for label, accuracy in curves.items():
-        ax.plot(np.arange(1, len(accuracy) + 1), 100 * np.asarray(accuracy), label=label)
+    for (label, accuracy), style in zip(curves.items(), itertools.cycle(LINE_STYLES)):
+        ax.plot(np.arange(1, len(accuracy) + 1), 100 * np.asarray(accuracy), label=label, **style)
     if ann_accuracy is not None:
         ax.axhline(100 * ann_accuracy, color="k", linestyle="--", linewidth=1, label="ANN")
         ax.axhline(100 * ann_accuracy - 1, color="grey", linestyle=":", linewidth=1, label="ANN - 1 point")
@@ -37,7 +45,13 @@ def plot_accuracy_vs_steps(curves: Mapping[str, np.ndarray], ann_accuracy: Optio
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return fig
+
+
+def plot_accuracy_vs_steps(curves: Mapping[str, np.ndarray], ann_accuracy: Optional[float], path,
+                           title: str = "Accuracy vs time steps") -> Path:
+    """One line per curve (accuracy after each step, fractions), the ANN as a dashed line."""
+    return _save(accuracy_figure(curves, ann_accuracy, title), path)
 
 
 def plot_spikes_per_layer(names, spikes_per_inference, roles, path) -> Path:
@@ -69,7 +83,7 @@ def plot_energy_vs_steps(energy_nj: Mapping[str, np.ndarray], ann_energy_nj: Map
     return _save(fig, path)
 
 
-def plot_raster(rasters: Mapping[str, np.ndarray], path, max_neurons: int = 40) -> Path:
+def plot_raster(rasters: Mapping[str, np.ndarray], path, max_neurons: int = 40, title: Optional[str] = None) -> Path:
     """Spike raster of the first ``max_neurons`` neurons of each layer (rasters: (n_steps, n_neurons))."""
     fig, ax = _pyplot().subplots(figsize=(8, max(3, 0.25 * len(rasters) * 4)))
     base = 0
@@ -82,7 +96,8 @@ def plot_raster(rasters: Mapping[str, np.ndarray], path, max_neurons: int = 40) 
         base += chosen.shape[1] + 4
     ax.set_yticks([p for p, _ in ticks], [n for _, n in ticks], fontsize=7)
     ax.set_xlabel("step")
-    ax.set_title(f"Spike raster (first {max_neurons} neurons per layer, one image)")
+    ax.set_title(title or f"Spike raster (first {max_neurons} neurons of each of {len(rasters)} layers, one image)",
+                 fontsize=9)
     return _save(fig, path)
 
 

@@ -25,7 +25,9 @@ from .sim.result import SimResult
 
 @dataclass
 class LayerProfile:
-    """Per-inference counts of one spiking layer (``synops_out``: caused by its spikes)."""
+    """Per-inference counts of one layer: a spiking layer (``role`` neuron or relay) or the readout
+    (``role`` readout: it never spikes). ``synops_out``: synaptic operations its spikes cause in the
+    layers it feeds (outgoing)."""
     name: str
     role: str
     n_neurons: int
@@ -121,6 +123,9 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
         layers.append(LayerProfile(layer.name, layer.role, n_neurons, spikes, spikes / n_neurons,
                                    synops_by_source.get(layer.name, 0.0), result.n_sin.get(layer.name, 0) / n,
                                    result.n_lost_input.get(layer.name, 0) / n, result.n_saturated.get(layer.name, 0) / n))
+    readout = network.readout
+    layers.append(LayerProfile(readout.name, "readout", int(np.prod(readout.shape)), 0.0, 0.0, 0.0, 0.0,
+                               result.n_lost_input.get(readout.name, 0) / n, result.n_saturated.get(readout.name, 0) / n))
     by_kind = {k: 0.0 for k in ("input", "main", "relay", "shortcut")}
     for kind, total in zip(kinds.values(), synops_per_step.sum(axis=0)):
         by_kind[kind] += float(total)
@@ -160,11 +165,14 @@ def _nj(count: float, pj: Optional[float]) -> Optional[float]:
 
 def format_profile(p: Profile) -> str:
     """A text table per layer and the totals, with the energy constants' sources."""
-    rows = [f"{'layer':<28} {'role':<7} {'neurons':>8} {'spikes/inf':>11} {'spk/neuron':>10} {'synops/inf':>12} "
+    rows = [f"{'layer':<28} {'role':<7} {'neurons':>8} {'spikes/inf':>11} {'spk/neuron':>10} {'synops out/inf':>14} "
             f"{'SIN':>8} {'lost':>5} {'sat':>5}"]
     for l in p.layers:
         rows.append(f"{l.name[:28]:<28} {l.role:<7} {l.n_neurons:>8} {l.spikes:>11.0f} {l.spikes_per_neuron:>10.3f} "
-                    f"{l.synops_out:>12.0f} {l.sin:>8.1f} {l.lost_input:>5.0f} {l.saturated:>5.0f}")
+                    f"{l.synops_out:>14.0f} {l.sin:>8.1f} {l.lost_input:>5.0f} {l.saturated:>5.0f}")
+    rows.append("(per inference; synops out: synaptic operations the layer's spikes cause in the layers it feeds, "
+                "JSON synops_out; SIN: neurons with ANN pre-activation <= 0 that spiked; lost: neuron-steps of "
+                "discarded input; sat: saturated neuron-steps)")
     acc = "" if p.accuracy is None else f", accuracy {100 * p.accuracy:.2f}% (ANN {100 * p.ann_accuracy:.2f}%)"
     rows += ["", f"per inference over {p.n_steps} steps ({p.n_samples} samples{acc}):",
              f"  spikes {p.spikes:.4g}, synaptic ops {p.synops:.4g} (" +

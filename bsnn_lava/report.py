@@ -10,14 +10,28 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from .files import write_text_atomic
 from .plots import plot_accuracy_vs_steps, plot_energy_vs_steps, plot_raster, plot_spikes_per_layer
 from .profile import Profile, format_profile
 
 
+#: Spiking layers shown in a report's raster (evenly spaced through the network), and neurons of each.
+RASTER_LAYERS, RASTER_NEURONS = 6, 40
+
+
+def raster_layers(network) -> list:
+    """About :data:`RASTER_LAYERS` spiking layers of ``network``, evenly spaced, first included."""
+    layers = network.spiking_layers
+    return list(layers[::max(1, len(layers) // RASTER_LAYERS)])
+
+
 def write_html_report(path, profile: Profile, title: str, rasters: Optional[Mapping[str, np.ndarray]] = None,
-                      extra_curves: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+                      extra_curves: Optional[Mapping[str, np.ndarray]] = None,
+                      n_spiking_layers: Optional[int] = None) -> Path:
     """Write the report: accuracy vs T (the run and ``extra_curves``, e.g. the IF baseline),
-    spikes per layer, energy per inference vs T, a spike raster, the profile table and sources."""
+    spikes per layer, energy per inference vs T, a spike raster of one image (``rasters``: layer ->
+    (steps, neurons); ``n_spiking_layers``: how many the network has, for the caption), the
+    profile table and the sources of every energy figure."""
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -26,26 +40,28 @@ def write_html_report(path, profile: Profile, title: str, rasters: Optional[Mapp
             curves = {"this network": profile.accuracy_vs_steps, **(extra_curves or {})}
             images.append(("Accuracy vs time steps", plot_accuracy_vs_steps(curves, profile.ann_accuracy,
                                                                              tmp / "acc.png")))
-        images.append(("Spikes per layer", plot_spikes_per_layer([l.name for l in profile.layers],
-                                                                 [l.spikes for l in profile.layers],
-                                                                 [l.role for l in profile.layers], tmp / "spk.png")))
-        images.append(("Energy per inference vs T", plot_energy_vs_steps(
+        spiking = [l for l in profile.layers if l.role != "readout"]
+        images.append(("Spikes per layer", plot_spikes_per_layer([l.name for l in spiking], [l.spikes for l in spiking],
+                                                                 [l.role for l in spiking], tmp / "spk.png")))
+        ann_uj = {kind: profile.ann_energy_nj[kind] / 1e3 for kind in ("fp32", "int8")}
+        images.append((f"Energy per inference vs T on {profile.hardware} (ANN at 45 nm: FP32 {ann_uj['fp32']:.3g} uJ, "
+                       f"INT8 {ann_uj['int8']:.3g} uJ)", plot_energy_vs_steps(
             {profile.hardware: np.asarray(profile.energy_nj_vs_steps)},
-            {f"ANN FP32 ({profile.ann_energy_nj['fp32']:.3g} nJ)": profile.ann_energy_nj["fp32"],
-             f"ANN INT8 ({profile.ann_energy_nj['int8']:.3g} nJ)": profile.ann_energy_nj["int8"]}, tmp / "energy.png")))
+            {f"ANN FP32 ({ann_uj['fp32']:.3g} uJ)": profile.ann_energy_nj["fp32"],
+             f"ANN INT8 ({ann_uj['int8']:.3g} uJ)": profile.ann_energy_nj["int8"]}, tmp / "energy.png")))
         if rasters:
-            images.append(("Spike raster", plot_raster(rasters, tmp / "raster.png")))
+            shown = f"{len(rasters)} of {n_spiking_layers}" if n_spiking_layers else f"{len(rasters)}"
+            caption = f"Spike raster of one image: the first {RASTER_NEURONS} neurons of {shown} spiking layers"
+            images.append((caption, plot_raster(rasters, tmp / "raster.png", RASTER_NEURONS, title=caption)))
         figures = "\n".join(
             f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
             f"{base64.b64encode(p.read_bytes()).decode()}'>" for caption, p in images)
     body = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{font-size:12px;"
-            "background:#f4f4f4;padding:8px;overflow-x:auto}img{max-width:100%}</style></head><body>"
+            "background:#f4f4f4;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%}"
+            "</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{figures}<h2>Profile</h2><pre>{html.escape(format_profile(profile))}</pre>"
             f"<h2>Data (JSON)</h2><pre>{html.escape(json.dumps(profile.to_dict(), indent=1)[:200_000])}</pre>"
             "</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(path.suffix + ".tmp")
-    tmp_path.write_text(body)
-    tmp_path.replace(path)
-    return path
+    return write_text_atomic(path, body)
+

@@ -81,8 +81,10 @@ def check_resources(network: Network, profile: Union[str, HardwareProfile] = "lo
     else:
         report.notes.append("float network: weight, threshold and bias ranges not checked (quantize first)")
     if hw.graded_payload_bits < 8:
-        report.violations.append(f"input {network.input.name!r}: graded pixel spikes need 8 payload bits, {hw.name} "
-                                 f"has {hw.graded_payload_bits} (binary spikes); encode pixels as first-layer bias")
+        report.violations.append(f"input {network.input.name!r}: the pixels reach the first layer as graded spikes, "
+                                 f"which need 8 payload bits; {hw.name} has {hw.graded_payload_bits} (binary spikes "
+                                 "only). Deploy on Loihi 2 (bsnn check NET --hw loihi2): bsnn has no pixel encoding "
+                                 "for binary-spike chips")
     return report
 
 

@@ -9,8 +9,9 @@ checkpoints of the common CIFAR ResNet implementations (``conv1``, ``bn1``, ``la
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
-from typing import Union
+from typing import Dict, Union
 
 import torch
 import torch.nn as nn
@@ -85,25 +86,57 @@ def load_checkpoint(path: Union[str, Path], depth: int | None = None) -> CifarRe
     Accepts a bare state dict or ``{'state_dict': ...}``, with or without the ``module.`` prefix of
     DataParallel; the depth is inferred from the block count unless given.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a loadable torch checkpoint ({err})") from err
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict or {{'state_dict': ...}}")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = read_state_dict(path)
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"layer1\.(\d+)\.", k))}
     inferred = 6 * len(blocks) + 2
     if depth is not None and depth != inferred:
         raise ValueError(f"{path}: checkpoint has {len(blocks)} blocks per stage (depth {inferred}), not depth {depth}")
     num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
     model = CifarResNet(inferred, num_classes)
+    load_weights(model, state, f"{path}", f"a CIFAR ResNet-{inferred}")
+    return model.eval()
+
+
+def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file (``torch.load(weights_only=True)``: no code is run).
+
+    Accepts a bare state dict or ``{'state_dict': ...}``; DataParallel's ``module.`` prefix is
+    removed. Errors are one line naming the file: ``FileNotFoundError``, or ``ValueError`` for a file
+    that is not a torch checkpoint, holds a whole pickled model, or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path}: not a torch checkpoint (torch.save writes a zip archive; this file is "
+                             "not one)") from None
+        if "Unsupported global" in str(err):
+            raise ValueError(f"{path}: holds pickled Python objects (a whole model?), which are not loaded since "
+                             "they could run code; save and give model.state_dict() instead") from None
+        first_line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ValueError(f"{path}: not a loadable torch checkpoint ({first_line[:200]})") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict (parameter names -> tensors) or {{'state_dict': ...}}")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], source: str, target: str) -> None:
+    """``model.load_state_dict(state)`` (strict), or ``ValueError`` in one line: how many keys of
+    ``source`` are missing, unexpected or of the wrong shape for ``target``, with examples."""
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match a CIFAR ResNet-{inferred}: {err}") from err
-    return model.eval()
+    except RuntimeError:
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in expected]
+        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        parts = [f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", wrong))
+                 if keys]
+        raise ValueError(f"{source}: weights do not fit {target}: " + ("; ".join(parts) or "load_state_dict refused them")
+                         ) from None

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
+
+from bsnn_lava.files import atomic_write
 
 from .errors import NetxExportError, NetxFormatError, one_line
 
@@ -93,7 +93,8 @@ def put_array(group: h5py.Group, key: str, values: np.ndarray, dtype=np.float64)
 
 
 def atomic_h5(path, fill: Callable[[h5py.File], None]) -> Path:
-    """Write an HDF5 file through ``fill`` into a temporary file beside ``path``, then rename it.
+    """Write an HDF5 file through ``fill`` into a temporary file beside ``path``, then rename it
+    (:func:`bsnn_lava.files.atomic_write`: mode per the umask).
 
     HDF5 metadata checksums are on (``libver="latest"``). Any exception leaves ``path`` as it was
     (absent or the previous file) and removes the temporary file.
@@ -104,17 +105,12 @@ def atomic_h5(path, fill: Callable[[h5py.File], None]) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise NetxExportError(f"cannot write {path}: folder {folder} does not exist")
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w", libver="latest") as h5:
             fill(h5)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def content_digest(h5: h5py.File) -> str:

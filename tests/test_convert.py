@@ -196,5 +196,5 @@ def test_bad_arguments_are_refused(images):
         convert(model, x, window=0)
     with pytest.raises(ValueError, match="v_init"):
         convert(model, x, v_init=1.5)
-    with pytest.raises(ValueError, match="no axis of 3 channels"):
+    with pytest.raises(ValueError, match=r"images of shape \(2, 16, 16, 5\) have no axis of 3 channel\(s\)"):
         convert(model, np.zeros((2, 16, 16, 5), dtype=np.uint8))

@@ -92,7 +92,7 @@ def test_runner_refuses_what_the_models_cannot_run_exactly():
         run_lava(tiny_network(), IMAGES, steps=4, select_tag="bit_accurate_loihi", progress=False)
     with pytest.raises(ValueError, match="backend must be one of"):
         run_lava(tiny_network(), IMAGES, steps=4, backend="gpu", progress=False)
-    with pytest.raises(ValueError, match=r"images have shape \(1, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"images of shape \(1, 4, 4\) do not fit the network.s input \(C, H, W\) = \(1, 3, 3\)"):
         run_lava(tiny_network(), np.zeros((1, 4, 4), np.uint8), steps=4, progress=False)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         run_lava(tiny_network(), IMAGES, steps=0, progress=False)

@@ -198,7 +198,8 @@ def test_resource_check_fits_and_names_an_oversized_layer():
     text = report.format()
     assert "layer 'wide': one neuron needs 1600000 bits of synaptic memory" in text
     assert "layer 'wide': one neuron reads 200000 source neurons, a core has 4096 input axons" in text
-    assert "graded pixel spikes need 8 payload bits" in text
+    assert "the pixels reach the first layer as graded spikes, which need 8 payload bits; loihi1 has 0" in text
+    assert "Deploy on Loihi 2 (bsnn check NET --hw loihi2)" in text and "first-layer bias" not in text
 
 
 def test_range_violations_are_reported():

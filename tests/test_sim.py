@@ -146,12 +146,20 @@ def test_accuracy_curve_reaches_the_ann_on_a_separable_task():
 def test_simulate_rejects_bad_input(images):
     x, y = images
     network = convert(_demo_like(), x)
-    with pytest.raises(ValueError, match="network expects"):
+    with pytest.raises(ValueError, match=r"shape \(2, 8, 8, 3\) do not fit the network's input \(C, H, W\) = \(3, 16, 16\)"):
         simulate(network, np.zeros((2, 8, 8, 3), dtype=np.uint8), steps=4)
     with pytest.raises(ValueError, match="labels"):
         simulate(network, x, y[:3], steps=4)
     with pytest.raises(ValueError, match="steps"):
         simulate(network, x, steps=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        simulate(network, x, y, steps=4, batch_size=0)
+    with pytest.raises(ValueError, match=r"label 3 is 110 \(1 of 24 outside\)"):
+        simulate(network, x, np.where(np.arange(len(y)) == 3, 110, y), steps=4)
+    with pytest.raises(ValueError, match=r"label 0 is -1"):
+        simulate(network, x, y - 1 - y, steps=4)
+    with pytest.raises(ValueError, match="no images"):
+        simulate(network, x[:0], y[:0], steps=4)
 
 
 def test_first_and_sustained_crossings():

@@ -48,6 +48,12 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
     images = as_nchw(calibration_images, channels)
     if images.shape[0] == 0:
         raise ValueError("calibration_images is empty")
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, images.shape[1]):
+            raise ValueError(f"{name} has {len(values)} values; the model's input has {images.shape[1]} channel(s): "
+                             f"give 1 or {images.shape[1]} (one per channel, for pixels scaled to [0, 1])")
+    if any(float(s) <= 0 for s in std):
+        raise ValueError(f"std must be positive, got {list(std)}")
     real = lower(model, tuple(images.shape[1:]), mean, std, pixel_max)
     scales = calibrate(real, images.to(torch.float64), percentile, channelwise, batch_size, progress)
     network = apply_thresholds(real, scales, v_init)

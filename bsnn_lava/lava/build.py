@@ -18,6 +18,7 @@ from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 
+from bsnn_lava.interrupts import children_shielded
 from bsnn_lava.ir import Conv2d, GatedIF, Network
 
 #: Process model tags of :mod:`bsnn_lava.lava.procs.models`, and the network numeric each one runs.
@@ -46,19 +47,61 @@ class LavaNetwork:
             return process_name.split("<-", 1)[0]
         return None
 
+    def start(self, run_cfg, compile_config: Optional[Mapping] = None) -> None:
+        """Compile the graph for ``run_cfg`` and start Lava's runtime (its worker processes).
+
+        The workers are forked with SIGINT and SIGTERM blocked (:func:`children_shielded`), so a signal
+        sent to the whole process group (Ctrl-C) reaches only this process, which then stops them
+        (:meth:`abort`). Multiprocessing's resource tracker is started first, from here, so that no
+        worker starts one of its own with the signals unblocked.
+        """
+        from multiprocessing import resource_tracker
+
+        executable = self.input.compile(run_cfg, dict(compile_config or {}))
+        resource_tracker.ensure_running()  # outside the shield: it unblocks SIGINT and SIGTERM when it returns
+        with children_shielded():
+            self.input.create_runtime(executable=executable)
+
     def stop(self) -> None:
         """Stop Lava's runtime and end its worker processes (nothing to do if none was created).
 
         Lava's own ``stop`` joins the workers; workers of a runtime that was created but never ran
-        (a model failed to build, say) wait for commands forever, so those are terminated first.
+        (a model failed to build, say) wait for commands forever, so those are ended first. If the
+        stop itself is interrupted, :meth:`abort` ends everything.
         """
         runtime = self.input.runtime
         if runtime is None:
             return
-        if not runtime._is_started:
-            for worker in runtime._messaging_infrastructure.actors:
-                worker.terminate()
-        runtime.stop()
+        try:
+            if not runtime._is_started:
+                self.abort()
+            runtime.stop()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """End Lava's runtime now, whatever state its workers are in (an interrupted run).
+
+        Kills and reaps every worker process (they block SIGTERM, see :meth:`start`), then shuts down
+        Lava's shared-memory manager, whose server unlinks every ``/dev/shm`` segment of the run's
+        channels. Signals are held back meanwhile, so a second Ctrl-C cannot cut the clean-up short.
+        """
+        runtime = self.input.runtime
+        infrastructure = getattr(runtime, "_messaging_infrastructure", None)
+        if infrastructure is None:
+            return
+        with children_shielded():
+            workers = [w for w in infrastructure.actors if not w._is_done]
+            for worker in workers:
+                if worker.is_alive():
+                    worker.kill()
+            for worker in workers:
+                worker.join()
+            if infrastructure.smm is not None:
+                infrastructure.smm.shutdown()
+            # Runtime.stop (called by Runtime.__del__ too) would otherwise wait for the dead workers
+            runtime._is_started = runtime._is_running = False
 
 
 def synapse_name(layer_name: str, source: str, k: int) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bsnn_lava.data import as_nchw
+from bsnn_lava.data import network_batch
+from bsnn_lava.interrupts import Interrupted, note_progress
 from bsnn_lava.ir import GatedIF, Network
 from bsnn_lava.lava.compat import LavaNotInstalled
 from bsnn_lava.lava.compat import ensure_lava_importable
@@ -69,23 +70,20 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
     check_runnable(network, select_tag)
     if backend == "loihi2":
         _require_lava_loihi()
-    x = as_nchw(images, network.input.shape[0])
-    if tuple(x.shape[1:]) != network.input.shape:
-        raise ValueError(f"images have shape {tuple(x.shape[1:])} (C, H, W); the network expects {network.input.shape}")
-    y = None if labels is None else np.asarray(labels).astype(np.int64)
-    if y is not None and y.shape != (x.shape[0],):
-        raise ValueError(f"{x.shape[0]} images but labels of shape {y.shape}")
+    x, y = network_batch(images, labels, network.input.shape, network.readout.shape[0])
     steps = int(steps)
     tally = _Tally(network, x, y, steps, record)
     with tempfile.TemporaryDirectory(prefix="bsnn-lava-") as folder:
         logs = ActivityLogs(network, steps, Path(folder), record, integer=select_tag == "fixed_pt")
         lava_net = build(network, x.numpy(), steps, select_tag, logs.paths)
+        finished = False
         try:
             timing = _run_all(lava_net, logs, tally, _run_config(lava_net, backend, select_tag), progress)
             counters = {key: {name: int(np.sum(getattr(proc, key).get())) for name, proc in lava_net.layers.items()}
                         for key in ("n_lost_input", "n_saturated")}
-        finally:
-            lava_net.stop()
+            finished = True
+        finally:  # an error or an interrupt (Ctrl-C, SIGTERM) kills the workers: they may be mid-step
+            lava_net.stop() if finished else lava_net.abort()
     result = tally.result(logs.synapses, counters)
     result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
     return result
@@ -208,15 +206,21 @@ def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, tally: _Tally, run_cfg, 
 
     started = time.perf_counter()
     try:
-        lava_net.input.create_runtime(run_cfg=run_cfg, compile_config={"pypy_channel_size": CHANNEL_SLOTS})
+        lava_net.start(run_cfg, {"pypy_channel_size": CHANNEL_SLOTS})
     except Exception as err:  # Lava raises AssertionError, NoProcessModelFound, ...; name the layer
         raise _compile_error(lava_net, err) from err
     compile_start_s, run_s = time.perf_counter() - started, 0.0
-    for _ in tqdm(range(len(tally.x)), desc="lava", unit="image", disable=not progress):
-        started = time.perf_counter()
-        lava_net.input.run(condition=RunSteps(num_steps=lava_net.steps_per_sample))
-        run_s += time.perf_counter() - started
-        tally.add(logs.read())
+    n_images = len(tally.x)
+    done = 0
+    try:
+        for done in tqdm(range(n_images), desc="lava", unit="image", disable=not progress):
+            started = time.perf_counter()
+            lava_net.input.run(condition=RunSteps(num_steps=lava_net.steps_per_sample))
+            run_s += time.perf_counter() - started
+            tally.add(logs.read())
+    except Interrupted as err:
+        note_progress(err, done, n_images)
+        raise
     n_steps = len(tally.x) * lava_net.steps_per_sample
     return {"compile_start_s": compile_start_s, "run_s": run_s, "ms_per_step": 1000.0 * run_s / n_steps}
 
@@ -241,8 +245,8 @@ def _require_lava_loihi() -> None:
             "backend 'loihi2' needs Intel's lava-loihi package (Loihi2HwCfg, the chip compiler and the "
             "embedded-I/O adapters), which is distributed only to members of Intel's Neuromorphic Research "
             "Community (INRC) and is not installed here; the custom neurons also need microcode "
-            "(NcProcessModel) versions on the chip. See docs/loihi.md; backend 'cpu' runs the same network "
-            "bit-accurately in Lava's CPU simulator.")
+            "(NcProcessModel) versions on the chip. See docs/loihi.md; Lava's CPU simulator runs the same network "
+            "bit-accurately: `bsnn simulate ... --backend lava`, or run_lava(..., backend='cpu').")
 
 
 def _require_chip_models(lava_net: LavaNetwork) -> None:

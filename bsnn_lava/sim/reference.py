@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import as_nchw
+from ..data import network_batch
 from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, window_spike_count
+from ..interrupts import Interrupted, note_progress
 from ..ir import GatedIF, Network
 from .ann import ann_forward
 from .kernels import NetworkKernels
@@ -63,13 +64,11 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     elif method == "window" and not window_path_applies(network):
         raise ValueError("the window path needs a bistable network whose layers are synchronised "
                          "(offset = source offset + P + synaptic delay, one offset per layer's sources)")
-    x_all = as_nchw(images, network.input.shape[0])
-    if tuple(x_all.shape[1:]) != network.input.shape:
-        raise ValueError(f"images have shape {tuple(x_all.shape[1:])} (C, H, W); the network expects "
-                         f"{network.input.shape}")
-    y_all = None if labels is None else torch.as_tensor(np.asarray(labels)).long()
-    if y_all is not None and y_all.shape[0] != x_all.shape[0]:
-        raise ValueError(f"{x_all.shape[0]} images but {y_all.shape[0]} labels")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_device(device)
+    x_all, y_all = network_batch(images, labels, network.input.shape, network.readout.shape[0])
+    y_all = None if y_all is None else torch.as_tensor(y_all)
     requested_dtype = dtype
     dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
     state_bits = network.state_bits
@@ -80,10 +79,18 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
         if all(k.exact_in_float32 for _, k in fast.all_synapses()):
             window_kernels = fast
     run = _Run(network, kernels, int(steps), state_bits, record, window_kernels)
-    for start in tqdm(range(0, x_all.shape[0], batch_size), desc=f"simulate ({method})", disable=not progress):
-        x = x_all[start:start + batch_size].to(device=device)
-        y = None if y_all is None else y_all[start:start + batch_size].to(device)
-        (run.window_batch if method == "window" else run.step_batch)(x, y)
+    n_images = x_all.shape[0]
+    with tqdm(total=n_images, desc=f"simulate ({method} path)", disable=not progress, bar_format=PROGRESS_FORMAT) as bar:
+        start = 0
+        try:
+            for start in range(0, n_images, batch_size):
+                x = x_all[start:start + batch_size].to(device=device)
+                y = None if y_all is None else y_all[start:start + batch_size].to(device)
+                run.on_steps = _advance(bar, start, x.shape[0], int(steps))
+                (run.window_batch if method == "window" else run.step_batch)(x, y)
+        except Interrupted as err:
+            note_progress(err, start, n_images)
+            raise
     result = run.result(x_all.shape[0], method, y_all is not None)
     if method == "window":
         result.extras["n_windows_stepwise"] = run.n_windows_stepwise
@@ -93,6 +100,27 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
                                    if name != network.readout.name}
         result.extras["readout_v"] = np.concatenate(run.records[network.readout.name], axis=1)
     return result
+
+
+def check_device(device) -> None:
+    """``ValueError`` (one line) when torch cannot place tensors on ``device`` here."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"device {device!r} cannot be used here ({reason}); use 'cpu'"
+                         + (" or install a CUDA build of torch" if str(device).startswith("cuda") else "")) from None
+
+
+#: A progress bar in images that moves within a batch, step by step (fractions shown as whole images).
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} images [{elapsed}<{remaining}]"
+
+
+def _advance(bar, start: int, batch: int, n_steps: int):
+    """``on_steps(t)`` for one batch: moves ``bar`` to ``start + batch * t / n_steps`` images."""
+    def on_steps(steps_done: int) -> None:
+        bar.update(start + batch * steps_done / n_steps - bar.n)
+    return on_steps
 
 
 def window_path_applies(network: Network) -> bool:
@@ -137,6 +165,7 @@ class _Run:
         self.ann_predictions = []  # per batch: (batch,) the ANN's classes
         self.batch_predictions = None  # (n_steps, batch) of the batch being simulated
         self.n_windows_stepwise = 0  # layer-windows the window path integrated step by step
+        self.on_steps = lambda steps_done: None  # told how many steps of the current batch are done
 
     def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> None:
         """Spikes (``spikes=True``) and synaptic operations of the events a source sends at step t
@@ -204,6 +233,7 @@ class _Run:
             self.ann_correct += int((ann_predicted == y).sum())
         self.predictions.append(self.batch_predictions.cpu().numpy())
         self.ann_predictions.append(ann_predicted.cpu().numpy())
+        self.on_steps(self.n_steps)
 
     def _start_batch(self, batch: int) -> None:
         self.batch_predictions = torch.zeros(self.n_steps, batch, dtype=torch.int16, device=self.kernels.device)
@@ -245,6 +275,7 @@ class _Run:
             if raster is not None:
                 raster[readout][t] = state[readout].cpu()
             self._score(t, state[readout], y)
+            self.on_steps(t + 1)
             pending = {layer.name: kernels.synaptic_input(layer.name, outputs) for layer in net.layers[1:]}
         if raster is not None:
             for name, values in raster.items():
@@ -279,6 +310,7 @@ class _Run:
         first_offset = net.layers[1].schedule.offset_steps
         predicted_until = 0  # steps before this one have been scored
         for k in range((n_steps - first_offset + 2 * window - 1) // (2 * window)):
+            self.on_steps(min(n_steps, max(0, first_offset + 2 * k * window)))
             counts: Dict[str, Optional[torch.Tensor]] = dict(input_counts)
             for layer in self.spiking:
                 fire_start = layer.schedule.offset_steps + (2 * k + 1) * window

@@ -64,8 +64,27 @@ class SimResult:
             return None
         return sustained_crossing(self.accuracy, self.ann_accuracy - points / 100.0)
 
-    def summary(self) -> Dict[str, object]:
-        """JSON-compatible digest (curves as lists)."""
+    def steps_to_final_prediction(self) -> np.ndarray:
+        """Per image, the smallest T (1-based steps) from which the predicted class stays the one
+        predicted after the last step (1 if it never changed)."""
+        changed = self.predictions_per_step != self.predictions_per_step[-1]  # (steps, images)
+        last_change = np.where(changed.any(axis=0), changed.shape[0] - 1 - np.argmax(changed[::-1], axis=0), -1)
+        return (last_change + 2).astype(np.int64)
+
+    def per_image(self, labels=None) -> Dict[str, list]:
+        """Columns, one entry per image in run order: ``index`` (0-based position in the images
+        given), ``label`` (when ``labels`` are given), ``prediction`` (after the last step),
+        ``ann_prediction``, ``final_from_step`` (:meth:`steps_to_final_prediction`)."""
+        columns = {"index": list(range(self.n_samples))}
+        if labels is not None:
+            columns["label"] = [int(v) for v in np.asarray(labels)]
+        columns.update(prediction=[int(v) for v in self.predictions],
+                       ann_prediction=[int(v) for v in self.ann_predictions],
+                       final_from_step=[int(v) for v in self.steps_to_final_prediction()])
+        return columns
+
+    def summary(self, labels=None) -> Dict[str, object]:
+        """JSON-compatible digest (curves as lists; ``images``: :meth:`per_image`)."""
         return {
             "n_steps": self.n_steps, "n_samples": self.n_samples, "method": self.method,
             "ann_accuracy": self.ann_accuracy,
@@ -73,6 +92,7 @@ class SimResult:
             "n_spikes": self.n_spikes, "n_synops": dict(zip(self.synapse_names, map(int, self.n_synops_per_step.sum(0)))),
             "n_sin": self.n_sin, "n_lost_input": self.n_lost_input,
             "n_saturated": self.n_saturated, "n_neurons": self.n_neurons,
+            "images": self.per_image(labels),
         }
 
 
