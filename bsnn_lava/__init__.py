@@ -5,6 +5,8 @@ models) never pull in torch:
 
 - :func:`convert` (``bsnn_lava.conversion``): trained model + calibration images -> network IR.
 - :func:`simulate` (``bsnn_lava.sim``): reference simulation, accuracy at every step and counts.
+- :func:`finetune` (``bsnn_lava.training``): window-aware fine-tuning (clip-floor-shift activations)
+  for a conversion that is exact after one frame.
 - :mod:`zoo`: CIFAR ResNets (``cifar_resnet(depth)``, ``load_checkpoint(path)``).
 """
 import importlib
@@ -13,7 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"convert": ("bsnn_lava.conversion", "convert"), "simulate": ("bsnn_lava.sim", "simulate"),
          "SimResult": ("bsnn_lava.sim", "SimResult"), "Network": ("bsnn_lava.ir", "Network"),
-         "zoo": ("bsnn_lava.zoo", None)}
+         "finetune": ("bsnn_lava.training", "finetune"), "zoo": ("bsnn_lava.zoo", None)}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

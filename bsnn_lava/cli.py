@@ -24,6 +24,7 @@ OUTPUT_RULE = ("output files (--out, --json, --html): the folder must exist (it 
 EPILOG = f"""examples:
   bsnn demo                       train a digits ResNet, convert, compare BSNN with IF, plot
   bsnn convert resnet20.th --calib train.npz --hw loihi2 --out net.h5
+  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 4 --out ft.th
   bsnn inspect net.h5
   bsnn check net.h5 --hw loihi1
   bsnn simulate net.h5 --data test.npz --steps 256 --limit 500 --json out.json
@@ -157,7 +158,12 @@ def _factory_model(args):
     if not isinstance(model, nn.Module):
         raise UsageError(f"--factory {args.factory}: {attr}() returned {type(model).__name__}, not a torch nn.Module")
     if args.model:
-        zoo.load_weights(model, zoo.read_state_dict(args.model), str(args.model), f"the model of {args.factory}")
+        from .training import rebuild
+
+        state, record = zoo.read_checkpoint(args.model)
+        model = rebuild(model, record)
+        zoo.load_weights(model, state, str(args.model), f"the model of {args.factory}"
+                         + (" fine-tuned by bsnn finetune" if record else ""))
     return model
 
 
@@ -180,10 +186,15 @@ def _cmd_convert(args) -> int:
         as_nchw(x_calib[:1], _model_channels(model))
     except ValueError as err:
         raise UsageError(f"--calib {args.calib}: {err}") from None
-    print(f"converting {type(model).__name__} to a {args.neuron} network (P={args.window}); calibrating thresholds on "
-          f"{len(x_calib)} images", file=sys.stderr)
+    from .training import clip_floor_shift_modules
+
+    learned = clip_floor_shift_modules(model)
+    source = (f"learned thresholds of {len(learned)} clip-floor-shift layers" if learned else
+              f"calibrating thresholds on {len(x_calib)} images")
+    print(f"converting {type(model).__name__} to a {args.neuron} network; {source}", file=sys.stderr)
     network = convert(model, x_calib, neuron=args.neuron, window=args.window, v_init=args.v_init,
-                      percentile=args.percentile, channelwise=args.channelwise, mean=mean, std=std, progress=True)
+                      percentile=args.percentile, channelwise=args.channelwise, mean=mean, std=std,
+                      frame_reset=args.frame_reset, frames=args.frames, progress=True)
     if hw is not None:
         from .quantize import quantize
 
@@ -195,8 +206,43 @@ def _cmd_convert(args) -> int:
                            calibration_images=None if args.plain_rounding else x_calib, progress=True)
     path = netx_export.write(network, args.out, mode="netx" if args.netx_compatible else "bsnn")
     kind = f"integer ({hw.name})" if hw is not None else "float"
-    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={args.window}, "
-          f"pipeline fill {network.readout.schedule.offset_steps} steps")
+    frame = ""
+    if network.mode == "bistable":
+        frame = (f", first complete frame at T={network.complete_frames(10 ** 9)[0]}"
+                 + (", frame reset" if network.frame_reset else "")
+                 + (f", stops after {args.frames} frame(s)" if args.frames else ""))
+    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={network.window_steps}, "
+          f"pipeline fill {network.readout.schedule.offset_steps} steps{frame}")
+    return EXIT_OK
+
+
+def _cmd_finetune(args) -> int:
+    import torch
+
+    from .data import as_nchw, network_batch
+    from .sim.reference import check_device
+    from .training import finetune
+
+    _check_outputs(args, "--out")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    model, mean, std = _load_model(args)
+    x, y = _load_data(args.data, "--data", args.limit, split="train")
+    try:
+        first = as_nchw(x[:1], _model_channels(model)).float()
+        with torch.no_grad():
+            n_classes = int(model.eval()(first).shape[1])
+        network_batch(x, y, tuple(first.shape[1:]), n_classes)
+    except ValueError as err:
+        raise UsageError(f"--data {args.data}: {err}") from None
+    what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}"
+    print(f"fine-tuning {type(model).__name__} with {what} on {len(x)} images for {args.epochs} epoch(s) on {device}; "
+          f"checkpoint after every epoch: {args.out}", file=sys.stderr)
+    finetune(model, x, y, window=None if args.relu else args.window, epochs=args.epochs, batch_size=args.batch_size,
+             lr=args.lr, mean=mean, std=std, device=device, augment=not args.no_augment, seed=args.seed,
+             percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume)
+    factory = f" --factory {args.factory}" if args.factory else ""
+    print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
 
 
@@ -286,6 +332,20 @@ def _cmd_profile(args) -> int:
     return EXIT_OK
 
 
+def add_model_arguments(command, verb: str) -> None:
+    """MODEL, --factory, --random-weights: the model a command starts from (see :func:`_load_model`)."""
+    command.add_argument("model", nargs="?", help="checkpoint (state dict; CIFAR ResNet unless --factory)")
+    command.add_argument("--factory", help="module.path:function returning the nn.Module (weights from MODEL)")
+    command.add_argument("--random-weights", action="store_true",
+                         help=f"with --factory and no MODEL: {verb} the model's initial (random) weights on purpose")
+
+
+def add_normalisation_arguments(command) -> None:
+    command.add_argument("--mean", type=float, nargs="+",
+                         help="input normalisation mean, 1 value or one per channel (pixels in [0, 1])")
+    command.add_argument("--std", type=float, nargs="+", help="input normalisation std, 1 value or one per channel")
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="bsnn", description="Bistable spiking networks for Loihi: convert, simulate, export, run "
@@ -315,29 +375,60 @@ def build_parser() -> argparse.ArgumentParser:
                           "  bsnn convert w.pt --factory mynets:build_vgg --mean 0.5 --std 0.25 --calib "
                           "train.npz --out vgg.h5\n\n--factory looks for the module in the current folder first, "
                           f"then in installed packages.\n{OUTPUT_RULE}.", formatter_class=raw)
-    conv.add_argument("model", nargs="?", help="checkpoint (state dict; CIFAR ResNet unless --factory)")
-    conv.add_argument("--factory", help="module.path:function returning the nn.Module (weights from MODEL)")
-    conv.add_argument("--random-weights", action="store_true",
-                      help="with --factory and no MODEL: convert the model's initial (random) weights on purpose")
+    add_model_arguments(conv, "convert")
     conv.add_argument("--calib", required=True, help="calibration data: digits[:train|test] or a .npz (x uint8, y)")
     conv.add_argument("--n-calib", type=positive_int, default=300, help="calibration images (default: 300)")
     conv.add_argument("--out", required=True, help="output .h5 file (its folder must exist)")
     conv.add_argument("--neuron", choices=("bistable", "if", "warmup"), default="bistable")
-    conv.add_argument("--window", type=positive_int, default=2, help="window P in steps (default: 2)")
+    conv.add_argument("--window", type=positive_int,
+                      help="window P in steps (default: the levels of a fine-tuned model, else 2)")
     conv.add_argument("--v-init", type=float, default=0.5, help="V(0) as a fraction of theta (default: 0.5)")
     conv.add_argument("--percentile", type=float, default=99.9, help="threshold percentile (default: 99.9)")
     conv.add_argument("--channelwise", action="store_true", help="one threshold per channel")
-    conv.add_argument("--mean", type=float, nargs="+",
-                      help="input normalisation mean, 1 value or one per channel (pixels in [0, 1])")
-    conv.add_argument("--std", type=float, nargs="+", help="input normalisation std, 1 value or one per channel")
+    add_normalisation_arguments(conv)
     conv.add_argument("--hw", help="quantize for this hardware profile (loihi2, loihi1 or a .toml path)")
     conv.add_argument("--headroom-bits", type=int, default=6, help="state headroom above P+1 thresholds (default 6)")
     conv.add_argument("--plain-rounding", action="store_true",
                       help="round weights to nearest, keep the float biases (default: error-feedback rounding "
                            "and bias correction on the calibration images)")
+    conv.add_argument("--frame-reset", action=argparse.BooleanOptionalAction, default=None,
+                      help="bistable neurons restart from V(0) at every integrate window, so every frame equals the "
+                           "first (default: on for a model from bsnn finetune, else off)")
+    conv.add_argument("--frames", type=positive_int,
+                      help="every layer stops after this many frames (default: no limit); with frame reset, 1 "
+                           "processes each image exactly once")
     conv.add_argument("--netx-compatible", action="store_true",
                       help="write only what stock lava-dl netx loads (sequential IF networks, CUBA neurons)")
     conv.set_defaults(handler=_cmd_convert)
+
+    tune = sub.add_parser("finetune", help="fine-tune a model for a bistable window (exact conversion after one frame)",
+                          description="Replace every ReLU of the model by a clip-floor-shift activation with P levels "
+                          "(learnable thresholds, initialised by percentile calibration) and train it on --data, so "
+                          "that bsnn convert gives a BSNN that equals the fine-tuned model at every complete frame "
+                          "(frame reset). --relu fine-tunes the plain model the same way (the fair baseline). A "
+                          "checkpoint is written after every epoch; --resume continues from it.",
+                          epilog="examples:\n  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 4 "
+                          "--out r20_p4.th\n  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --out r20_p4.h5\n"
+                          "  bsnn finetune resnet20.th --data train.npz --relu --epochs 4 --out r20_relu.th\n\n"
+                          f"{OUTPUT_RULE}.", formatter_class=raw)
+    add_model_arguments(tune, "start from")
+    tune.add_argument("--data", required=True, help="training data: digits[:train|test] or a .npz (x uint8, y)")
+    tune.add_argument("--limit", type=positive_int, help="use only the first N images")
+    tune.add_argument("--out", required=True, help="output checkpoint (written after every epoch; its folder must exist)")
+    group = tune.add_mutually_exclusive_group()
+    group.add_argument("--window", type=positive_int, default=4, help="window P = activation levels (default: 4)")
+    group.add_argument("--relu", action="store_true", help="keep the ReLUs (the baseline fine-tune)")
+    tune.add_argument("--epochs", type=positive_int, default=4, help="epochs (default: 4)")
+    tune.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
+    tune.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine decay (default: 0.01)")
+    tune.add_argument("--percentile", type=float, default=99.9, help="initial threshold percentile (default: 99.9)")
+    tune.add_argument("--channelwise", action="store_true", help="one learned threshold per channel")
+    tune.add_argument("--no-augment", action="store_true", help="no random crop and flip (e.g. for digits)")
+    add_normalisation_arguments(tune)
+    tune.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    tune.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    tune.add_argument("--resume", action="store_true", help="continue from --out if it holds an unfinished run")
+    tune.set_defaults(handler=_cmd_finetune)
 
     from .cli_netx import add_inspect_parser
 

@@ -28,12 +28,14 @@ STATE_BITS = 24
 WEIGHT_MANT_BITS = 8
 
 
-def phase(t: int, mode: str, offset_steps: int, window_steps: int) -> Tuple[bool, bool]:
+def phase(t: int, mode: str, offset_steps: int, window_steps: int, frames: Optional[int] = None) -> Tuple[bool, bool]:
     """Return ``(integrate, fire)`` for step ``t`` of a layer with the given schedule.
 
     Before ``offset_steps`` the layer is idle (neither). From then on the window index is
     ``n = (t - offset_steps) // window_steps``; ``bistable`` integrates in even windows and fires in
     odd ones, ``if`` does both every step, ``warmup`` integrates in window 0 and does both after.
+    ``frames`` (bistable only; ``None``: no limit): the layer is idle again after that many frames
+    (integrate-and-fire window pairs), so a one-frame network processes each image exactly once.
     """
     if t < offset_steps:
         return False, False
@@ -41,10 +43,20 @@ def phase(t: int, mode: str, offset_steps: int, window_steps: int) -> Tuple[bool
         return True, True
     window_index = (t - offset_steps) // window_steps
     if mode == "bistable":
+        if frames is not None and window_index >= 2 * frames:
+            return False, False
         return window_index % 2 == 0, window_index % 2 == 1
     if mode == "warmup":
         return True, window_index >= 1
     raise ValueError(f"unknown neuron mode {mode!r}; known: {', '.join(MODES)}")
+
+
+def frame_starts(t: int, mode: str, offset_steps: int, window_steps: int, frames: Optional[int] = None) -> bool:
+    """True on the first step of each integrate window of a bistable layer (every ``2 * window_steps``
+    steps from ``offset_steps``): where a layer with *frame reset* restarts from ``v_init``, so every
+    frame of 2P steps computes the same function of its input (the first frame's)."""
+    return (mode == "bistable" and t >= offset_steps and (t - offset_steps) % (2 * window_steps) == 0
+            and (frames is None or t - offset_steps < 2 * window_steps * frames))
 
 
 def state_limits(state_bits: int) -> Tuple[int, int]:
@@ -65,7 +77,7 @@ def saturate(v: Any, state_bits: Optional[int]) -> Tuple[Any, Any]:
 
 
 def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool, fire: bool,
-                  state_bits: Optional[int] = None) -> Tuple[Any, Any, Any, Any]:
+                  state_bits: Optional[int] = None, restart: Any = None) -> Tuple[Any, Any, Any, Any]:
     """One step of the gated integrate-and-fire neuron with reset by subtraction.
 
     Args:
@@ -75,6 +87,8 @@ def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool,
         threshold: spike threshold (broadcasts against ``v``); a spike subtracts it from ``v``.
         integrate, fire: the gates for this step, from :func:`phase`.
         state_bits: saturate ``v`` to this signed width after integrating (``None``: float, no bound).
+        restart: ``v_init`` on a step where the layer's frame restarts (:func:`frame_starts` with
+            frame reset), else ``None``: ``v`` is set to it (broadcast) before anything else.
 
     Returns:
         ``(spikes, v, n_lost_input, n_saturated)``: ``spikes`` is a boolean array, or ``None`` when
@@ -83,6 +97,8 @@ def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool,
     """
     n_lost_input = 0
     n_saturated = 0
+    if restart is not None:
+        v = v * 0 + restart
     if integrate:
         v = v + bias if a_in is None else v + a_in + bias
         v, n_saturated = saturate(v, state_bits)

@@ -59,6 +59,7 @@ class Profile:
     ann_energy_nj: Dict[str, float]
     snn_energy_nj_at_0p9pj: float
     energy_nj_vs_steps: List[float] = field(repr=False)
+    frames: Optional[Dict[str, object]] = None
     accuracy_vs_steps: Optional[List[float]] = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -149,8 +150,17 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
     ann_energy = {"fp32": (ops["macs"] * ann.fp32_mac_pj + ops["adds"] * ann.fp32_add_pj) / 1e3,
                   "int8": (ops["macs"] * ann.int8_mac_pj + ops["adds"] * ann.int8_add_pj) / 1e3}
     convention = ((cum_synops[-1] - by_kind["input"]) * ann.fp32_add_pj + by_kind["input"] * ann.fp32_mac_pj) / 1e3
+    frames = None
+    if network.mode == "bistable":
+        complete = network.complete_frames(result.n_steps)
+        first = complete[0] if complete else None
+        frames = {"first_complete_frame_steps": first, "frame_reset": network.frame_reset,
+                  "frame_limit": network.readout.schedule.frames,
+                  "energy_nj_at_first_frame": None if first is None else float(curve_pj[first - 1]) / 1e3,
+                  "accuracy_at_first_frame": None if first is None or result.accuracy is None
+                  else float(result.accuracy[first - 1])}
     return Profile(
-        hardware=hw.name, n_steps=result.n_steps, n_samples=n,
+        hardware=hw.name, frames=frames, n_steps=result.n_steps, n_samples=n,
         accuracy=None if result.accuracy is None else float(result.accuracy[-1]), ann_accuracy=result.ann_accuracy,
         layers=layers, spikes=float(cum_spikes[-1]), synops=float(cum_synops[-1]), synops_by_kind=by_kind,
         neuron_updates=float(n_updating * result.n_steps), energy_nj=energy, energy_sources=sources,
@@ -181,6 +191,14 @@ def format_profile(p: Profile) -> str:
              f"  energy on {p.hardware}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4g} nJ'}"
                                                      for k, v in p.energy_nj.items()),
              f"  ANN energy (45 nm): FP32 {p.ann_energy_nj['fp32']:.4g} nJ, INT8 {p.ann_energy_nj['int8']:.4g} nJ; "
-             f"SNN at 0.9 pJ/synop convention: {p.snn_energy_nj_at_0p9pj:.4g} nJ", "sources:"]
+             f"SNN at 0.9 pJ/synop convention: {p.snn_energy_nj_at_0p9pj:.4g} nJ"]
+    if p.frames and p.frames["first_complete_frame_steps"] is not None:
+        f = p.frames
+        limit = f"stops after {f['frame_limit']} frame(s)" if f["frame_limit"] else "no frame limit"
+        acc = "" if f["accuracy_at_first_frame"] is None else f", accuracy {100 * f['accuracy_at_first_frame']:.2f}%"
+        rows.append(f"  first complete frame at T={f['first_complete_frame_steps']} (frame reset "
+                    f"{'on' if f['frame_reset'] else 'off'}, {limit}): energy up to it "
+                    f"{f['energy_nj_at_first_frame']:.4g} nJ{acc}")
+    rows.append("sources:")
     rows += [f"  {k}: {v}" for k, v in p.energy_sources.items()]
     return "\n".join(rows)

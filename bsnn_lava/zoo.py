@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -86,19 +86,30 @@ def load_checkpoint(path: Union[str, Path], depth: int | None = None) -> CifarRe
     Accepts a bare state dict or ``{'state_dict': ...}``, with or without the ``module.`` prefix of
     DataParallel; the depth is inferred from the block count unless given.
     """
-    state = read_state_dict(path)
+    state, record = read_checkpoint(path)
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"layer1\.(\d+)\.", k))}
     inferred = 6 * len(blocks) + 2
     if depth is not None and depth != inferred:
         raise ValueError(f"{path}: checkpoint has {len(blocks)} blocks per stage (depth {inferred}), not depth {depth}")
     num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
     model = CifarResNet(inferred, num_classes)
-    load_weights(model, state, f"{path}", f"a CIFAR ResNet-{inferred}")
+    if record:
+        from .training import rebuild
+
+        model = rebuild(model, record)
+    load_weights(model, state, f"{path}", f"a CIFAR ResNet-{inferred}" + (" fine-tuned by bsnn finetune" if record else ""))
     return model.eval()
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """The state dict in a checkpoint file (``torch.load(weights_only=True)``: no code is run).
+    """The state dict in a checkpoint file (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
+    """``(state_dict, fine-tuning record or None)`` of a checkpoint file (``torch.load(weights_only=True)``:
+    no code is run). The record is what ``bsnn finetune`` stores (window, epochs, history), needed to
+    rebuild the fine-tuned architecture (:func:`bsnn_lava.training.rebuild`).
 
     Accepts a bare state dict or ``{'state_dict': ...}``; DataParallel's ``module.`` prefix is
     removed. Errors are one line naming the file: ``FileNotFoundError``, or ``ValueError`` for a file
@@ -121,7 +132,11 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict (parameter names -> tensors) or {{'state_dict': ...}}")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    from .training.trainer import CHECKPOINT_KEY
+
+    record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    return state, record if isinstance(record, dict) else None
 
 
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], source: str, target: str) -> None:

@@ -19,7 +19,7 @@ from . import h5io
 from .errors import NetxFormatError, UnknownTypeError, one_line
 from .h5io import DIGEST_FIELD, H5_ERRORS, Where
 from .limits import limits_from_provenance
-from .schema import FORMAT_VERSION, Context, layer_codec_for_file, synapse_codec_for_file
+from .schema import READABLE_VERSIONS, Context, layer_codec_for_file, synapse_codec_for_file
 
 
 def read(path) -> Network:
@@ -52,8 +52,9 @@ def _read(h5: h5py.File, path: str) -> Network:
         raise root.error("format_version", "missing: not a bsnn-netx file (stock netx files, e.g. mode='netx' "
                          "exports, are read by lava-dl's netx.hdf5.Network)")
     version = h5io.get_int(h5, "format_version", root)
-    if version != FORMAT_VERSION:
-        raise root.error("format_version", f"is {version}; this reader knows version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise root.error("format_version", f"is {version}; this reader knows versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     numeric = h5io.get_str(h5, "numeric", root)
     if numeric not in NUMERIC_KINDS:
         raise root.error("numeric", f"is {numeric!r}, expected one of {', '.join(NUMERIC_KINDS)}")
@@ -73,7 +74,7 @@ def _read(h5: h5py.File, path: str) -> Network:
         name = h5io.get_str(group, "name", Where(path, i))
         if any(layer.name == name for layer in layers):
             raise Where(path, i, name).error("name", "duplicate layer name")
-        layers.append(_read_layer(group, Context(Where(path, i, name), numeric, limits), layers, len(keys)))
+        layers.append(_read_layer(group, Context(Where(path, i, name), numeric, limits, version), layers, len(keys)))
     _check_digest(h5, root)
     try:
         return Network(tuple(layers), numeric=numeric, provenance=provenance)
@@ -151,7 +152,7 @@ def _read_synapses(group: h5py.Group, ctx: Context, layer_type: str, inputs, sha
         except UnknownTypeError as err:
             raise sub_where.error("type", err) from None
         source_shape = previous[source].shape
-        sub_ctx = Context(sub_where, ctx.numeric, ctx.limits)
+        sub_ctx = Context(sub_where, ctx.numeric, ctx.limits, ctx.version)
         try:
             op = codec.read(target, sub_ctx, source_shape, shape)
             out_shape = op.output_shape(source_shape)

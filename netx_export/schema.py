@@ -24,7 +24,10 @@ from .errors import UnknownTypeError
 from .h5io import Where
 from .limits import Limits, bias_problem, integer_problem, state_problem, threshold_problem, weight_problem
 
-FORMAT_VERSION = 1
+#: Version 2 added ``neuron/frame_reset`` (gated IF) and ``neuron/frames`` (every schedule); version 1
+#: files (no frame reset, no frame limit) still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ROLES = ("neuron", "relay")
 
 
@@ -34,6 +37,7 @@ class Context:
     where: Where
     numeric: str
     limits: Limits
+    version: int = FORMAT_VERSION
 
     def weight_itemsize(self) -> int:
         """Bytes per stored weight: float32 (exact integers) in integer networks, else float64."""
@@ -113,16 +117,20 @@ def _write_schedule(neuron: h5py.Group, schedule: Schedule) -> None:
     h5io.put_str(neuron, "mode", schedule.mode)
     h5io.put_int(neuron, "offset_steps", schedule.offset_steps)
     h5io.put_int(neuron, "window_steps", schedule.window_steps)
+    h5io.put_int(neuron, "frames", schedule.frames or 0)
 
 
-def _read_schedule(neuron: h5py.Group, where: Where) -> Schedule:
+def _read_schedule(neuron: h5py.Group, where: Where, version: int) -> Schedule:
     mode = h5io.get_str(neuron, "mode", where)
     if mode not in MODES:
         raise where.error("mode", f"unknown mode {mode!r} (known: {', '.join(MODES)})")
     window = h5io.get_int(neuron, "window_steps", where)
     if window < 1:
         raise where.error("window_steps", f"must be >= 1, got {window}")
-    return Schedule(mode, h5io.get_int(neuron, "offset_steps", where), window)
+    frames = h5io.get_int(neuron, "frames", where) if version >= 2 else 0
+    if frames < 0 or (frames and mode != "bistable"):
+        raise where.error("frames", f"is {frames}; expected 0 (no limit) or, for a bistable schedule, a positive count")
+    return Schedule(mode, h5io.get_int(neuron, "offset_steps", where), window, frames or None)
 
 
 def _param_shapes(shape, spatial: bool):
@@ -160,14 +168,16 @@ def write_input(group: h5py.Group, neuron: h5py.Group, layer: Input, ctx: Contex
 def read_input(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str, shape, synapses) -> Input:
     if len(shape) != 3:
         raise ctx.where.error("shape", f"the input shape must be (C, H, W), got {shape}")
-    return Input(name, shape, _read_schedule(neuron, ctx.where.sub("neuron")))
+    return Input(name, shape, _read_schedule(neuron, ctx.where.sub("neuron"), ctx.version))
 
 
 def write_gated_if(group: h5py.Group, neuron: h5py.Group, layer: GatedIF, ctx: Context) -> None:
-    """Gated IF, reset by subtraction: role, schedule, threshold, v_init, bias, scale; ``origin``."""
+    """Gated IF, reset by subtraction: role, schedule, frame_reset (0 or 1), threshold, v_init, bias,
+    scale; ``origin``."""
     h5io.put_str(group, "origin", layer.origin)
     h5io.put_str(neuron, "role", layer.role)
     _write_schedule(neuron, layer.schedule)
+    h5io.put_int(neuron, "frame_reset", int(layer.frame_reset))
     for key in ("threshold", "v_init", "bias"):
         _write_param(neuron, key, getattr(layer, key), ctx)
     h5io.put_float(neuron, "scale", layer.scale)
@@ -180,7 +190,15 @@ def read_gated_if(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str
         raise where.error("role", f"unknown role {role!r} (known: {', '.join(ROLES)})")
     params = {key: _read_param(neuron, key, where, ctx, shape, spatial=(key == "bias"))
               for key in ("threshold", "v_init", "bias")}
-    return GatedIF(name, shape, synapses, schedule=_read_schedule(neuron, where), role=role,
+    frame_reset = False
+    if ctx.version >= 2:
+        frame_reset = h5io.get_int(neuron, "frame_reset", where)
+        if frame_reset not in (0, 1):
+            raise where.error("frame_reset", f"is {frame_reset}, expected 0 or 1")
+    schedule = _read_schedule(neuron, where, ctx.version)
+    if frame_reset and schedule.mode != "bistable":
+        raise where.error("frame_reset", f"is 1, which needs a bistable schedule (mode is {schedule.mode!r})")
+    return GatedIF(name, shape, synapses, schedule=schedule, role=role, frame_reset=bool(frame_reset),
                    scale=h5io.get_float(neuron, "scale", where),
                    origin=h5io.get_str(group, "origin", ctx.where), **params)
 
@@ -198,7 +216,7 @@ def read_readout(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str,
     if len(shape) != 1:
         raise ctx.where.error("shape", f"the readout shape must be (classes,), got {shape}")
     return Readout(name, shape, synapses, bias=_read_param(neuron, "bias", where, ctx, shape, spatial=False),
-                   schedule=_read_schedule(neuron, where), scale=h5io.get_float(neuron, "scale", where),
+                   schedule=_read_schedule(neuron, where, ctx.version), scale=h5io.get_float(neuron, "scale", where),
                    origin=h5io.get_str(group, "origin", ctx.where))
 
 

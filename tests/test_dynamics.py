@@ -78,3 +78,20 @@ def test_window_count_equals_repeated_fire_steps(v, threshold, window):
         n += int(spikes[0])
     count, residual = window_spike_count(np.array([v]), threshold, window)
     assert (int(count[0]), int(residual[0])) == (n, int(state[0]))
+
+
+def test_frame_starts_frame_limit_and_restart():
+    """Frame reset restarts v at the first step of every integrate window; a frame limit idles the
+    layer (and stops its restarts) after that many frames of 2P steps."""
+    from bsnn_lava.dynamics import frame_starts
+
+    assert [t for t in range(20) if frame_starts(t, "bistable", 3, 2)] == [3, 7, 11, 15, 19]
+    assert [t for t in range(20) if frame_starts(t, "bistable", 3, 2, frames=2)] == [3, 7]
+    assert not any(frame_starts(t, mode, 0, 2) for t in range(10) for mode in ("if", "warmup"))
+    gates = [phase(t, "bistable", 3, 2, frames=1) for t in range(10)]
+    assert gates == [(False, False)] * 3 + [(True, False)] * 2 + [(False, True)] * 2 + [(False, False)] * 3
+    _, v, _, _ = gated_if_step(np.array([5.0, -2.0]), np.array([1.0, 1.0]), 0.5, 3.0, True, False,
+                               restart=np.array(1.5))
+    assert v.tolist() == [3.0, 3.0]  # 1.5 restart + 1 input + 0.5 bias, whatever v was
+    _, v, _, _ = gated_if_step(np.array([5, -2]), None, 0, 3, False, True, restart=np.array([4, 1]))
+    assert v.tolist() == [1, 1]  # restart, then fire: 4 -> spike -> 1

@@ -14,7 +14,9 @@ from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedu
 from bsnn_lava.lava import run as lava_run
 from bsnn_lava.lava.run import run_lava
 from bsnn_lava.quantize import quantize
-from bsnn_lava.sim import simulate
+from bsnn_lava.data import as_nchw
+from bsnn_lava.sim import frame_forward, simulate
+from bsnn_lava.training import finetune
 from conftest import randomize_batchnorm
 
 pytestmark = pytest.mark.timeout(600)
@@ -71,7 +73,9 @@ def random_float_networks(draw):
     rng = np.random.default_rng(seed)
     mode = draw(st.sampled_from(["bistable", "if", "warmup"]))
     window = draw(st.integers(1, 3))
-    schedule = lambda: Schedule(mode, draw(st.integers(-window, 6)), window)
+    frames = draw(st.sampled_from([None, 1, 2])) if mode == "bistable" else None
+    frame_reset = mode == "bistable" and draw(st.booleans())
+    schedule = lambda: Schedule(mode, draw(st.integers(-window, 6)), window, frames)
     channels, height, width = draw(st.integers(1, 2)), draw(st.integers(3, 6)), draw(st.integers(3, 6))
     layers = [Input("x", (channels, height, width), schedule())]
     for index in range(draw(st.integers(1, 3))):
@@ -92,7 +96,8 @@ def random_float_networks(draw):
         channel_count = shape[0]
         layers.append(GatedIF(f"h{index}", shape, tuple(synapses), threshold=rng.uniform(0.5, 2.0, channel_count),
                               bias=rng.normal(0, 0.3, shape), v_init=rng.uniform(0, 1, channel_count),
-                              schedule=schedule(), role=draw(st.sampled_from(["neuron", "relay"]))))
+                              schedule=schedule(), role=draw(st.sampled_from(["neuron", "relay"])),
+                              frame_reset=frame_reset))
     classes = draw(st.integers(2, 4))
     synapses = [Synapse(layers[-1].name, Dense(rng.normal(0, 1, (classes, int(np.prod(layers[-1].shape))))))]
     layers.append(Readout("out", (classes,), tuple(synapses), bias=rng.normal(0, 0.2, classes), schedule=schedule()))
@@ -173,6 +178,21 @@ def test_digits_demo_network_on_ten_test_digits(monkeypatch):
     steps = network.readout.schedule.offset_steps + 24
     ref = assert_parity(network, x_test[:10], y_test[:10], steps)
     assert ref.n_spikes_per_step.sum() > 0 and ref.accuracy[-1] > 0.5
+
+
+def test_finetuned_digits_network_with_frame_reset():
+    """A clip-floor-shift digits network (frame reset, quantized): Lava equals the reference spike for
+    spike over three frames, and both predict the integer frame's class at every complete frame."""
+    x_train, y_train, x_test, y_test = load_digits_uint8()
+    model = finetune(train_digits_model(x_train, y_train, epochs=1), x_train[:300], y_train[:300], window=2, epochs=1,
+                     augment=False, progress=False, n_calibration=100)
+    network = quantize(convert(model, x_train[:200]), "loihi2", calibration_images=x_train[:200])
+    assert network.frame_reset
+    frames = network.complete_frames(network.readout.schedule.offset_steps + 12)
+    ref = assert_parity(network, x_test[:6], y_test[:6], frames[-1])
+    readout, _ = frame_forward(network, torch.as_tensor(as_nchw(x_test[:6], 1)))
+    for t in frames:
+        np.testing.assert_array_equal(ref.predictions_per_step[t - 1], readout.argmax(1).numpy())
 
 
 # --- (c) ResNet20 ---------------------------------------------------------------------------------------

@@ -65,12 +65,12 @@ def _same_array(a, b):
 
 
 def assert_networks_equal(a: Network, b: Network):
-    """Same layers (kind, name, shape, schedule, role, scale, origin), bit-equal arrays, provenance."""
+    """Same layers (kind, name, shape, schedule, role, scale, origin, frame reset), bit-equal arrays, provenance."""
     assert a.numeric == b.numeric and a.provenance == b.provenance
     assert len(a.layers) == len(b.layers)
     for x, y in zip(a.layers, b.layers):
         assert (type(x), x.name, x.shape, x.schedule) == (type(y), y.name, y.shape, y.schedule)
-        for field in ("role", "scale", "origin"):
+        for field in ("role", "scale", "origin", "frame_reset"):
             assert getattr(x, field, None) == getattr(y, field, None), (x.name, field)
         for field in ("threshold", "bias", "v_init"):
             if hasattr(x, field):
@@ -212,6 +212,7 @@ def random_networks(draw):
         else:
             layers.append(GatedIF(name, (size,), synapses, threshold=param(size, positive),
                                   v_init=param(size, values), role=draw(st.sampled_from(["neuron", "relay"])),
+                                  frame_reset=common["schedule"].mode == "bistable" and draw(st.booleans()),
                                   **common))
     provenance = draw(st.dictionaries(st.text(max_size=8), st.one_of(st.integers(-10, 10), st.text(max_size=8),
                                                                      st.lists(st.booleans(), max_size=3)),
@@ -341,3 +342,27 @@ def test_netx_mode_loads_and_runs_in_stock_lava_dl(images, tmp_path):
     finally:
         net.stop()
     assert np.abs(readout_v).sum() > 0  # activity crossed every layer within 5 steps
+
+
+def test_frame_reset_round_trips_and_version_1_files_still_read(images, tmp_path):
+    images, _ = images
+    net = convert(randomize_batchnorm(OptionAResNet()), images, window=2, frame_reset=True, frames=3)
+    assert all(layer.frame_reset for layer in net.spiking_layers)
+    again = round_trip(net, tmp_path)
+    assert again.frame_reset and all(layer.schedule.frames == 3 for layer in again.layers)
+    # a version-1 file (written before frame reset existed) reads as a network without it
+    plain = convert(randomize_batchnorm(OptionAResNet()), images, window=2)
+    path = tmp_path / "v1.h5"
+    netx_export.write(plain, path)
+    with h5py.File(path, "r+") as h5:
+        for key in h5["layer"]:
+            for field in ("frame_reset", "frames"):
+                if field in h5["layer"][key]["neuron"]:
+                    del h5["layer"][key]["neuron"][field]
+        del h5["format_version"]
+        h5.create_dataset("format_version", data=np.int64(1))
+        del h5[netx_export.h5io.DIGEST_FIELD]
+        netx_export.h5io.put_str(h5, netx_export.h5io.DIGEST_FIELD, netx_export.h5io.content_digest(h5))
+    old = netx_export.read(path)
+    assert not old.frame_reset and all(layer.schedule.frames is None for layer in old.layers)
+    assert_networks_equal(plain, old)

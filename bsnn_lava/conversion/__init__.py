@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -10,18 +10,20 @@ import torch.nn as nn
 from ..data import as_nchw
 from ..dynamics import MODES
 from ..ir import Network
+from ..training.activation import ClipFloorShift
 from .calibrate import calibrate
-from .passes import apply_thresholds, assign_schedules, insert_relays
+from .passes import apply_thresholds, assign_schedules, insert_relays, set_frame_reset
 from .trace import ConversionError, lower
 
-__all__ = ["convert", "lower", "calibrate", "ConversionError", "model_fingerprint"]
+__all__ = ["convert", "lower", "calibrate", "ConversionError", "model_fingerprint", "clip_floor_shift_layers"]
 
 
-def convert(model: nn.Module, calibration_images, neuron: str = "bistable", window: int = 2,
+def convert(model: nn.Module, calibration_images, neuron: str = "bistable", window: Optional[int] = None,
             v_init: float = 0.5, percentile: float = 99.9, channelwise: bool = False,
             mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), pixel_max: float = 255.0,
-            relays: Optional[bool] = None, batch_size: int = 100, progress: bool = False) -> Network:
-    """Convert a trained ReLU network into a spiking network that consumes raw pixels.
+            relays: Optional[bool] = None, frame_reset: Optional[bool] = None, frames: Optional[int] = None,
+            batch_size: int = 100, progress: bool = False) -> Network:
+    """Convert a trained ReLU (or clip-floor-shift) network into a spiking network that consumes raw pixels.
 
     Args:
         model: a VGG- or ResNet-style ``nn.Module`` (conv/BN/ReLU, average pooling, linear, residual
@@ -29,16 +31,25 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
         calibration_images: raw uint8 pixels (N, H, W, C), (N, C, H, W) or (N, H, W); a few hundred
             training images.
         neuron: ``bistable`` (BSNN), ``if`` (plain IF baseline) or ``warmup``.
-        window: window length P in steps (bistable and warmup).
-        v_init: initial membrane potential as a fraction of the threshold (0.5 = theta/2).
-        percentile: threshold = this percentile of the layer's positive ANN activations.
+        window: window length P in steps (bistable and warmup); default: the levels of the model's
+            :class:`~bsnn_lava.training.ClipFloorShift` layers (a different value is refused for
+            bistable and warmup neurons), else 2.
+        v_init: initial membrane potential as a fraction of the threshold (0.5 = theta/2; the only
+            value that reproduces a clip-floor-shift layer).
+        percentile: threshold = this percentile of the layer's positive ANN activations (layers
+            that are ClipFloorShift modules take their learned threshold instead).
         channelwise: one threshold per channel instead of per layer.
         mean, std: the normalisation the model expects on pixels scaled to [0, 1].
         relays: put synchronous relays on shortcuts (default: yes unless ``neuron="if"``).
+        frame_reset: bistable neurons restart from ``v_init`` at every integrate window, so every
+            frame equals the first (default: yes for a fine-tuned clip-floor-shift model, else no).
+        frames: bistable networks only: every layer stops after this many frames (``None``: runs as
+            long as it is simulated). With frame reset, ``frames=1`` processes each image exactly
+            once: the prediction is final at the first complete frame and nothing fires after it.
     """
     if neuron not in MODES:
         raise ValueError(f"neuron must be one of {', '.join(MODES)}, got {neuron!r}")
-    if int(window) != window or window < 1:
+    if window is not None and (int(window) != window or window < 1):
         raise ValueError(f"window must be a positive integer number of steps, got {window!r}")
     if not 0 <= v_init < 1:
         raise ValueError(f"v_init is a fraction of the threshold in [0, 1), got {v_init!r}")
@@ -55,21 +66,59 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
     if any(float(s) <= 0 for s in std):
         raise ValueError(f"std must be positive, got {list(std)}")
     real = lower(model, tuple(images.shape[1:]), mean, std, pixel_max)
-    scales = calibrate(real, images.to(torch.float64), percentile, channelwise, batch_size, progress)
+    learned = clip_floor_shift_layers(model, real)
+    window = _window_for(learned, window, neuron, v_init)
+    frame_reset = bool(learned) and neuron == "bistable" if frame_reset is None else bool(frame_reset)
+    if frame_reset and neuron != "bistable":
+        raise ValueError(f"frame_reset needs bistable neurons, not {neuron!r}")
+    if frames is not None and (neuron != "bistable" or isinstance(frames, bool) or int(frames) != frames or frames < 1):
+        raise ValueError(f"frames must be a positive integer, for bistable neurons only (got {frames!r}, {neuron!r})")
+    scales = {}
+    if len(learned) < len(real.spiking_layers):
+        scales = calibrate(real, images.to(torch.float64), percentile, channelwise, batch_size, progress)
+    scales.update({name: m.threshold.detach().double().cpu().numpy() for name, m in learned.items()})
     network = apply_thresholds(real, scales, v_init)
     if relays:
         network = insert_relays(network)
-    network = assign_schedules(network, neuron, int(window))
+    network = assign_schedules(network, neuron, int(window), frames)
+    if frame_reset:
+        network = set_frame_reset(network)
     provenance = {
         "source_model": type(model).__name__,
         "source_model_sha256": model_fingerprint(model),
         "converter": {"neuron": neuron, "window_steps": int(window), "v_init_fraction": float(v_init),
-                      "relays": bool(relays), "mean": list(map(float, mean)), "std": list(map(float, std)),
-                      "pixel_max": float(pixel_max)},
-        "calibration": {"n_images": int(images.shape[0]), "percentile": float(percentile),
-                        "channelwise": bool(channelwise)},
+                      "relays": bool(relays), "frame_reset": frame_reset, "frames": frames, "mean": list(map(float, mean)),
+                      "std": list(map(float, std)), "pixel_max": float(pixel_max)},
+        "calibration": {"n_images": int(images.shape[0]) if len(learned) < len(real.spiking_layers) else 0,
+                        "percentile": float(percentile), "channelwise": bool(channelwise),
+                        "learned_thresholds": len(learned)},
     }
     return network.replace(provenance=provenance)
+
+
+def clip_floor_shift_layers(model: nn.Module, real: Network) -> Dict[str, ClipFloorShift]:
+    """Layer name -> module, for every spiking layer of ``real`` (from :func:`lower`) that is a
+    :class:`ClipFloorShift` of ``model`` (its threshold is learned, in activation units)."""
+    modules = dict(model.named_modules())
+    return {layer.name: modules[layer.origin] for layer in real.spiking_layers
+            if isinstance(modules.get(layer.origin), ClipFloorShift)}
+
+
+def _window_for(learned: Dict[str, ClipFloorShift], window: Optional[int], neuron: str, v_init: float) -> int:
+    """The window P: the levels of a fine-tuned model's clip-floor-shift layers, else ``window`` or 2."""
+    if not learned:
+        return 2 if window is None else int(window)
+    levels = sorted({m.levels for m in learned.values()})
+    if len(levels) > 1:
+        raise ValueError(f"the model's ClipFloorShift layers have different levels {levels}: one window P fits "
+                         "only one level count")
+    if window is not None and window != levels[0] and neuron != "if":
+        raise ValueError(f"the model was fine-tuned for a window of {levels[0]} steps (ClipFloorShift levels); "
+                         f"convert it with window {levels[0]}, not {window}")
+    if v_init != 0.5:
+        raise ValueError(f"a ClipFloorShift model converts exactly only with v_init=0.5 (its shift of 1/2), "
+                         f"not {v_init}")
+    return levels[0] if window is None else int(window)
 
 
 def model_fingerprint(model: nn.Module) -> str:

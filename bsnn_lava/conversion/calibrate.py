@@ -35,11 +35,11 @@ def calibrate(network: Network, images: torch.Tensor, percentile: float = 99.9, 
     scales = {}
     for name, chunks in collected.items():
         act = np.concatenate(chunks, axis=1)
-        scales[name] = (np.array([_positive_percentile(row, percentile) for row in act]) if channelwise
-                        else np.array(_positive_percentile(act.ravel(), percentile)))
+        scales[name] = (np.array([positive_percentile(row, percentile) for row in act]) if channelwise
+                        else np.array(positive_percentile(act.ravel(), percentile)))
     return scales
 
 
-def _positive_percentile(values: np.ndarray, percentile: float) -> float:
+def positive_percentile(values: np.ndarray, percentile: float) -> float:
     positive = values[values > 0]
     return float(np.percentile(positive, percentile)) if positive.size else 1.0

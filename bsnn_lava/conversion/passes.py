@@ -1,7 +1,7 @@
 """IR -> IR passes of the converter: thresholds, synchronous relays, schedules."""
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
@@ -71,7 +71,7 @@ def insert_relays(network: Network) -> Network:
     return network.with_layers(layers)
 
 
-def assign_schedules(network: Network, mode: str, window_steps: int) -> Network:
+def assign_schedules(network: Network, mode: str, window_steps: int, frames: Optional[int] = None) -> Network:
     """Offsets so that each layer starts integrating when its inputs first arrive.
 
     The input fires from step 0: with ``mode`` bistable it emits the image in windows
@@ -79,15 +79,21 @@ def assign_schedules(network: Network, mode: str, window_steps: int) -> Network:
     source's latency (P steps of integration, none for ``if``) plus the synaptic delay: the latest
     source for bistable and warmup layers (relays make all sources equal; without relays the early
     branch's input is lost and counted), the earliest for ``if`` layers (they integrate whatever
-    arrives).
+    arrives). ``frames`` (bistable): every layer, the input included, stops after that many frames.
     """
     latency = 0 if mode == "if" else window_steps
-    input_schedule = Schedule(mode if mode == "bistable" else "if", -latency, window_steps)
+    input_schedule = Schedule(mode if mode == "bistable" else "if", -latency, window_steps, frames)
     offsets = {network.input.name: input_schedule.offset_steps}
     layers = [replace(network.input, schedule=input_schedule)]
     for layer in network.layers[1:]:
         pick = min if mode == "if" else max
         offset = pick(offsets[s.source] for s in layer.synapses) + latency + SYNAPSE_DELAY_STEPS
         offsets[layer.name] = offset
-        layers.append(replace(layer, schedule=Schedule(mode, offset, window_steps)))
+        layers.append(replace(layer, schedule=Schedule(mode, offset, window_steps, frames)))
     return network.with_layers(layers)
+
+
+def set_frame_reset(network: Network) -> Network:
+    """Every spiking layer (neurons and relays) restarts from ``v_init`` at each integrate window."""
+    return network.with_layers([replace(layer, frame_reset=True) if isinstance(layer, GatedIF) else layer
+                                for layer in network.layers])

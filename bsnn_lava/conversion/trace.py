@@ -1,6 +1,7 @@
 """Lower a PyTorch ReLU network to the IR with torch.fx (real units, before calibration).
 
-Every ReLU becomes a :class:`GatedIF` layer; the linear pieces between ReLUs (conv, BatchNorm,
+Every ReLU (or :class:`ClipFloorShift`, whose learned threshold the converter takes; the layer's
+``origin`` is the module's name) becomes a :class:`GatedIF` layer; the linear pieces between ReLUs (conv, BatchNorm,
 average pooling, option-A slicing and channel padding, flatten, linear, residual adds) are fused into
 one synapse per source (see :mod:`.linear`); the input normalisation is folded into the first
 synapses so the network consumes raw pixels; the final linear expression becomes the
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
+from ..training.activation import ClipFloorShift
 from .linear import (ConvMap, DenseMap, FoldError, LinearMap, avg_pool_map, channel_pad_map,
                      channel_scale_map, compose, conv_map, subsample_map)
 
@@ -68,7 +70,11 @@ class _Value:
 
 
 class _Tracer(fx.Tracer):
-    """Symbolic tracer that names the innermost module when tracing fails."""
+    """Symbolic tracer that names the innermost module when tracing fails; keeps
+    :class:`ClipFloorShift` activations as leaves."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, ClipFloorShift) or super().is_leaf_module(m, qualname)
 
     def call_module(self, m, forward, args, kwargs):
         try:
@@ -184,7 +190,7 @@ class _Lowering:
     def _op_call_module(self, node):
         mod = self.modules[node.target]
         x = self._value(node, node.args[0])
-        if isinstance(mod, nn.ReLU):
+        if isinstance(mod, (nn.ReLU, ClipFloorShift)):
             return self._neuron(node, x, origin=node.target)
         if isinstance(mod, _PASS_MODULES):
             return x

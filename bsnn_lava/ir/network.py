@@ -70,6 +70,22 @@ class Network:
     def window_steps(self) -> int:
         return self.readout.schedule.window_steps
 
+    @property
+    def frame_reset(self) -> bool:
+        """True when the spiking layers restart every frame (see :class:`GatedIF`)."""
+        return any(layer.frame_reset for layer in self.spiking_layers)
+
+    def complete_frames(self, n_steps: int) -> List[int]:
+        """The run lengths T (steps, pipeline fill included) after which the readout of a bistable
+        network has integrated 1, 2, ... complete windows, up to ``n_steps`` (and the schedule's
+        ``frames``): ``offset + P + 2Pk``."""
+        if self.mode != "bistable":
+            raise ValueError(f"frames are defined for bistable networks, this one is {self.mode!r}")
+        first = self.readout.schedule.offset_steps + self.window_steps
+        frames = list(range(first, n_steps + 1, 2 * self.window_steps))
+        limit = self.readout.schedule.frames
+        return frames if limit is None else frames[:limit]
+
     def replace(self, **changes) -> "Network":
         return dataclasses.replace(self, **changes)
 

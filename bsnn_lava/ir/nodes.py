@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 
@@ -45,11 +45,13 @@ class Schedule:
     """When a layer integrates and fires (see :func:`bsnn_lava.dynamics.phase`).
 
     ``mode``: ``bistable`` | ``if`` | ``warmup``; ``offset_steps``: first active step (may be negative
-    for the input); ``window_steps``: window length P in steps.
+    for the input); ``window_steps``: window length P in steps; ``frames`` (bistable only): active
+    for this many frames of 2P steps, then idle (``None``: no limit).
     """
     mode: str
     offset_steps: int
     window_steps: int
+    frames: Optional[int] = None
 
     def __post_init__(self):
         if self.mode not in ("bistable", "if", "warmup"):
@@ -58,6 +60,11 @@ class Schedule:
             raise IRError(f"schedule window_steps must be a positive integer, got {self.window_steps!r}")
         if int(self.offset_steps) != self.offset_steps:
             raise IRError(f"schedule offset_steps must be an integer, got {self.offset_steps!r}")
+        if self.frames is not None and (isinstance(self.frames, bool) or int(self.frames) != self.frames
+                                        or self.frames < 1):
+            raise IRError(f"schedule frames must be None or a positive integer, got {self.frames!r}")
+        if self.frames is not None and self.mode != "bistable":
+            raise IRError(f"schedule frames needs mode 'bistable', got {self.mode!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,7 +195,10 @@ class GatedIF:
     or per neuron, added on every integrate step; ``v_init``: initial potential, scalar or per channel
     (absolute, same units as ``threshold``); ``role``: ``neuron`` or ``relay`` (a synchronous neuron on
     a shortcut: identity synapse, relays its input one window later); ``scale``: integer units per
-    float unit (1.0 in float networks); ``origin``: the ANN module or graph node it came from.
+    float unit (1.0 in float networks); ``origin``: the ANN module or graph node it came from;
+    ``frame_reset`` (bistable only): ``v`` restarts from ``v_init`` at the start of every integrate
+    window (:func:`bsnn_lava.dynamics.frame_starts`), so every frame repeats the first one's spike
+    counts instead of carrying the residual potential over.
     """
     name: str
     shape: Tuple[int, ...]
@@ -200,6 +210,7 @@ class GatedIF:
     role: str = "neuron"
     scale: float = 1.0
     origin: str = ""
+    frame_reset: bool = False
     kind = "gated_if"
 
     def __post_init__(self):
@@ -214,6 +225,9 @@ class GatedIF:
             raise IRError(f"layer {self.name!r}: role must be 'neuron' or 'relay', got {self.role!r}")
         if not self.synapses:
             raise IRError(f"layer {self.name!r}: a neuron layer needs at least one synapse")
+        object.__setattr__(self, "frame_reset", bool(self.frame_reset))
+        if self.frame_reset and self.schedule.mode != "bistable":
+            raise IRError(f"layer {self.name!r}: frame_reset needs a bistable schedule, got mode {self.schedule.mode!r}")
 
 
 @dataclass(frozen=True, eq=False)

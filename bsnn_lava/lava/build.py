@@ -172,7 +172,7 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
 
     def schedule(layer):
         s = layer.schedule
-        return dict(mode=s.mode, offset_steps=s.offset_steps, window_steps=s.window_steps, **common)
+        return dict(mode=s.mode, offset_steps=s.offset_steps, window_steps=s.window_steps, frames=s.frames, **common)
 
     source = network.input
     outputs = {source.name: PixelInput(images=images, name=source.name, **schedule(source))}
@@ -182,7 +182,8 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
         if isinstance(layer, GatedIF):
             process = GatedIFProcess(shape=layer.shape, threshold=per_neuron(layer.threshold, layer.shape),
                                      bias=per_neuron(layer.bias, layer.shape),
-                                     v_init=per_neuron(layer.v_init, layer.shape), state_bits=network.state_bits,
+                                     v_init=per_neuron(layer.v_init, layer.shape), frame_reset=layer.frame_reset,
+                                     state_bits=network.state_bits,
                                      log_paths=log_paths.get(layer.name), name=layer.name, **schedule(layer))
             outputs[layer.name] = process
         else:

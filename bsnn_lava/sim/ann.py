@@ -1,4 +1,6 @@
-"""The ANN that a network converts: each spiking layer as a ReLU, each rate in spikes per step.
+"""The ANNs a network computes: the rate ANN it approximates, and the frame it computes exactly.
+
+:func:`ann_forward`: each spiking layer as a ReLU, each rate in spikes per step.
 
 For a layer with threshold theta and synaptic pre-activation ``z = sum(W r_source) + bias`` the
 ANN rate is ``relu(z) / theta`` (the firing rate the SNN approximates, unclipped); the input's rate is
@@ -11,6 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from ..dynamics import state_limits, window_spike_count
 from ..ir import Network
 from .kernels import NetworkKernels
 
@@ -37,3 +40,44 @@ def ann_forward(network: Network, images: torch.Tensor, kernels: Optional[Networ
             pre_activations[layer.name] = z
             rates[layer.name] = torch.relu(z) / params["threshold"]
     return logits, pre_activations
+
+
+@torch.no_grad()
+def frame_forward(network: Network, images: torch.Tensor, kernels: Optional[NetworkKernels] = None,
+                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One frame of a bistable network computed layer by layer, without time: the quantized ANN
+    that the network equals after its first complete frame (and after every frame with frame reset).
+
+    For every spiking layer ``V = v_init + P bias + sum_s W_s c_s`` (the input's ``c`` is P times
+    its pixels) and ``c = clip(floor(V / theta), 0, P)`` (:func:`bsnn_lava.dynamics.window_spike_count`);
+    the readout is ``P bias + sum_s W_s c_s``. For a network converted from a clip-floor-shift model
+    that is P times the model's logits. Arithmetic in float64: exact for integer networks, for which a
+    layer whose partial sums within the window could leave the signed state range raises ``ValueError``
+    (the window would then depend on the order of its spikes).
+
+    Returns ``(readout, counts)``: (batch, classes) and layer name -> spike counts (batch, *shape).
+    """
+    if network.mode != "bistable":
+        raise ValueError(f"frame_forward needs a bistable network, this one is {network.mode!r}")
+    kernels = kernels or NetworkKernels(network, torch.float64, images.device)
+    window = network.window_steps
+    counts = {network.input.name: images.to(kernels.dtype) * window}
+    limit = None if network.state_bits is None else state_limits(network.state_bits)[1]
+    batch = images.shape[0]
+    for layer in network.layers[1:]:
+        params = kernels.params[layer.name]
+        v = kernels.synaptic_input(layer.name, counts) + window * params["bias"]
+        if layer.kind == "gated_if":
+            v = v + params["v_init"]
+        if limit is not None:
+            bound = kernels.synaptic_input(layer.name, counts, absolute=True) + window * params["bias"].abs()
+            if layer.kind == "gated_if":
+                bound = bound + params["v_init"].abs()
+            if bool((bound > limit).any()):
+                raise ValueError(f"layer {layer.name!r}: a window's partial sums may exceed the "
+                                 f"{network.state_bits}-bit state; its frame is not a function of the counts alone")
+        v = v.expand(batch, *layer.shape)
+        if layer.kind == "readout":
+            return v, {name: c for name, c in counts.items() if name != network.input.name}
+        counts[layer.name], _ = window_spike_count(v, params["threshold"], window)
+    raise ValueError("the network has no readout")

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import network_batch
-from ..dynamics import SYNAPSE_DELAY_STEPS, gated_if_step, phase, window_spike_count
+from ..dynamics import SYNAPSE_DELAY_STEPS, frame_starts, gated_if_step, phase, window_spike_count
 from ..interrupts import Interrupted, note_progress
 from ..ir import GatedIF, Network
 from .ann import ann_forward
@@ -134,7 +134,8 @@ def window_path_applies(network: Network) -> bool:
         if len(sources) != 1 or offsets[layer.name] != sources.pop() + window + SYNAPSE_DELAY_STEPS:
             return False
     return network.input.schedule.offset_steps == -window and all(
-        layer.schedule.window_steps == window for layer in network.layers)
+        layer.schedule.window_steps == window and layer.schedule.frames == network.input.schedule.frames
+        for layer in network.layers)
 
 
 class _Run:
@@ -260,9 +261,10 @@ class _Run:
             for layer in net.layers[1:]:
                 integrate, fire = phase(t, *_sched(layer))
                 params = kernels.params[layer.name]
+                restart = params["v_init"] if getattr(layer, "frame_reset", False) and frame_starts(t, *_sched(layer)) else None
                 spikes, state[layer.name], n_lost, n_sat = gated_if_step(
                     state[layer.name], pending.get(layer.name), params["bias"], params.get("threshold"),
-                    integrate, fire and layer.name != readout, self.state_bits)
+                    integrate, fire and layer.name != readout, self.state_bits, restart)
                 self.counters["lost"][layer.name] += n_lost
                 self.counters["saturated"][layer.name] += n_sat
                 if spikes is not None and bool(spikes.any()):
@@ -309,7 +311,10 @@ class _Run:
 
         first_offset = net.layers[1].schedule.offset_steps
         predicted_until = 0  # steps before this one have been scored
-        for k in range((n_steps - first_offset + 2 * window - 1) // (2 * window)):
+        n_frames = (n_steps - first_offset + 2 * window - 1) // (2 * window)
+        if net.input.schedule.frames is not None:
+            n_frames = min(n_frames, net.input.schedule.frames)
+        for k in range(n_frames):
             self.on_steps(min(n_steps, max(0, first_offset + 2 * k * window)))
             counts: Dict[str, Optional[torch.Tensor]] = dict(input_counts)
             for layer in self.spiking:
@@ -317,6 +322,8 @@ class _Run:
                 if fire_start - window >= n_steps:
                     continue
                 params = kernels.params[layer.name]
+                if layer.frame_reset:
+                    state[layer.name] = torch.zeros_like(state[layer.name]) + params["v_init"]
                 if fire_start >= n_steps:  # the run ends while integrating: only saturation is observable
                     n_in = n_steps - (fire_start - window)
                     if self._may_saturate(kernels, state[layer.name], params["bias"], counts, layer.name, n_in):
@@ -393,4 +400,4 @@ class _Run:
 
 def _sched(layer):
     s = layer.schedule
-    return s.mode, s.offset_steps, s.window_steps
+    return s.mode, s.offset_steps, s.window_steps, s.frames

@@ -30,7 +30,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from scipy import sparse
 
-from bsnn_lava.dynamics import gated_if_step, phase
+from bsnn_lava.dynamics import frame_starts, gated_if_step, phase
 from bsnn_lava.lava.procs.process import EventConv, EventDense, GatedIF, PixelInput, Readout
 
 #: Above this fraction of active inputs a synapse multiplies the whole matrix instead of slicing columns.
@@ -55,7 +55,8 @@ class _ScheduledModel(_SampleClockModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"])
+        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"],
+                         proc_params["frames"])
 
 
 def _open_logs(log_paths):
@@ -81,6 +82,7 @@ class _GatedIFModel(_NeuronModel):
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.silent = np.zeros(proc_params["shape"], dtype=bool)
+        self.frame_reset = proc_params["frame_reset"]
 
     def run_spk(self):
         a_in = self.a_in.recv()
@@ -90,8 +92,9 @@ class _GatedIFModel(_NeuronModel):
             if self.logs:
                 self.logs["totals"][...] = 0
         integrate, fire = phase(t, *self.schedule)
+        restart = self.v_init if self.frame_reset and frame_starts(t, *self.schedule) else None
         spikes, self.v, n_lost, n_saturated = gated_if_step(self.v, a_in, self.bias, self.threshold, integrate, fire,
-                                                             self.state_bits)
+                                                             self.state_bits, restart)
         self.n_lost_input += n_lost
         self.n_saturated += n_saturated
         spikes = self.silent if spikes is None else spikes

@@ -35,7 +35,8 @@ LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",), "sy
 REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "synapse": ("synops",)}
 
 
-def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int) -> dict:
+def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int,
+                     frames: ty.Optional[int] = None) -> dict:
     """The schedule as proc_params; ``ValueError`` for anything :func:`dynamics.phase` cannot run."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -44,8 +45,10 @@ def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_
         if isinstance(value, bool) or int(value) != value or (low is not None and value < low):
             bound = f" >= {low}" if low is not None else ""
             raise ValueError(f"{field_name} must be an integer{bound}, got {value!r}")
+    if frames is not None and (isinstance(frames, bool) or int(frames) != frames or frames < 1 or mode != "bistable"):
+        raise ValueError(f"frames must be None or a positive integer (bistable only), got {frames!r}")
     return dict(mode=mode, offset_steps=int(offset_steps), window_steps=int(window_steps),
-                steps_per_sample=int(steps_per_sample))
+                steps_per_sample=int(steps_per_sample), frames=None if frames is None else int(frames))
 
 
 def _state_bits(state_bits: ty.Optional[int]) -> ty.Optional[int]:
@@ -89,8 +92,10 @@ class GatedIF(AbstractProcess):
     Args:
         shape: (C, H, W) or (N,).
         threshold, bias, v_init: scalars or arrays of ``shape`` (integer scale for ``fixed_pt``).
-        mode, offset_steps, window_steps: the schedule (see :func:`bsnn_lava.dynamics.phase`).
+        mode, offset_steps, window_steps, frames: the schedule (see :func:`bsnn_lava.dynamics.phase`).
         steps_per_sample: steps per image; the neurons restart from ``v_init`` every this many steps.
+        frame_reset: also restart from ``v_init`` at the start of every integrate window (bistable
+            only; :func:`bsnn_lava.dynamics.frame_starts`).
         state_bits: signed width of ``v`` in ``fixed_pt`` (``None``: unbounded).
         log_paths: activity log files (module docstring), or ``None``.
 
@@ -100,12 +105,15 @@ class GatedIF(AbstractProcess):
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], threshold, bias, v_init, mode: str, offset_steps: int,
-                 window_steps: int, steps_per_sample: int, state_bits: ty.Optional[int] = None,
-                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
+                 window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None, frame_reset: bool = False,
+                 state_bits: ty.Optional[int] = None, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
+                 name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
         super().__init__(shape=shape, name=name)
+        if frame_reset and mode != "bistable":
+            raise ValueError(f"frame_reset needs mode 'bistable', got {mode!r}")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+                    frame_reset=bool(frame_reset), **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
             raise ValueError("threshold must be > 0")
@@ -130,12 +138,12 @@ class Readout(AbstractProcess):
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], bias, mode: str, offset_steps: int, window_steps: int,
-                 steps_per_sample: int, state_bits: ty.Optional[int] = None,
+                 steps_per_sample: int, frames: ty.Optional[int] = None, state_bits: ty.Optional[int] = None,
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
         super().__init__(shape=shape, name=name)
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("readout", log_paths),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         self.a_in = InPort(shape=shape)
         self.v = Var(shape=shape, init=0)
         self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
@@ -149,11 +157,11 @@ class PixelInput(AbstractProcess):
 
     Args:
         images: (n_samples, C, H, W) integer pixels in 0..255; ``s_out`` has shape (C, H, W).
-        mode, offset_steps, window_steps, steps_per_sample: as for :class:`GatedIF`.
+        mode, offset_steps, window_steps, steps_per_sample, frames: as for :class:`GatedIF`.
     """
 
     def __init__(self, *, images: np.ndarray, mode: str, offset_steps: int, window_steps: int,
-                 steps_per_sample: int, name: ty.Optional[str] = None):
+                 steps_per_sample: int, frames: ty.Optional[int] = None, name: ty.Optional[str] = None):
         images = np.asarray(images)
         shape = tuple(int(s) for s in images.shape[1:])
         super().__init__(shape=shape, name=name)
@@ -162,7 +170,7 @@ class PixelInput(AbstractProcess):
         if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 255:
             raise ValueError("images must hold integer pixel values in 0..255 (8-bit graded spikes)")
         _add_params(self, n_samples=int(images.shape[0]),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample))
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         self.s_out = OutPort(shape=shape)
         self.images = Var(shape=images.shape, init=images.astype(np.uint8))
 

@@ -1,0 +1,198 @@
+"""Window-aware fine-tuning: train a model whose ReLUs are clip-floor-shift activations with P levels.
+
+Fine-tuned this way, a model converts into a bistable network whose every complete frame (one
+integrate and one fire window per layer, 2P steps) equals the trained network's output; see
+``docs/design.md``. ``window=None`` fine-tunes the plain ReLU model the same way: the fair baseline,
+since the same epochs on the same data also adapt the ANN to that data.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import as_nchw, network_batch
+from ..files import atomic_write, check_output_path
+from .activation import calibrate_thresholds, clip_floor_shift_model, clip_floor_shift_modules
+
+#: Key of a fine-tuning checkpoint's record (window, epochs done, history...) next to its ``state_dict``.
+CHECKPOINT_KEY = "bsnn_finetune"
+#: Random-crop padding (pixels, zeros) of the augmentation.
+CROP_PADDING = 4
+
+
+def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs: int = 4, batch_size: int = 128,
+             lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+             mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), pixel_max: float = 255.0,
+             device: str = "cpu", augment: bool = True, seed: int = 0, percentile: float = 99.9,
+             channelwise: bool = False, n_calibration: int = 300, checkpoint: Union[str, Path, None] = None,
+             resume: bool = False, progress: bool = True) -> nn.Module:
+    """Fine-tune ``model`` for a bistable window of ``window`` steps; returns the trained model (eval mode).
+
+    Args:
+        images, labels: raw uint8 training images ((N, H, W, C), (N, C, H, W) or (N, H, W)) and
+            class indices.
+        window: P, the levels of every :class:`ClipFloorShift` that replaces a ReLU (thresholds
+            start from the ``percentile`` calibration on the first ``n_calibration`` images, one
+            per channel when ``channelwise``); ``None`` keeps the ReLUs (the baseline).
+        epochs, batch_size, lr, momentum, weight_decay: SGD with a cosine learning-rate decay to 0
+            over all steps; weight decay on the weights only (not on biases, BatchNorm or thresholds).
+        mean, std: the model's input normalisation, on pixels scaled to [0, 1] by ``pixel_max``.
+        augment: random crop (zero padding of 4 pixels) and horizontal flip (images, not digits).
+        checkpoint: a file written atomically after every epoch (model, optimizer, history);
+            ``resume=True`` continues from it when it exists.
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_calibration", n_calibration)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if window is not None and (int(window) != window or window < 1):
+        raise ValueError(f"window must be a positive integer (or None for ReLU), got {window!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if checkpoint is not None:
+        check_output_path(checkpoint, "checkpoint")
+    first = next((p for p in model.parameters() if p.ndim == 4), None)
+    x_all = as_nchw(images, None if first is None else first.shape[1])
+    normalise = _Normalise(mean, std, pixel_max, x_all.shape[1])
+    was_training = model.training
+    with torch.no_grad():
+        n_classes = int(model.eval()(normalise(x_all[:1].float())).shape[1])
+    model.train(was_training)
+    x_all, y_all = network_batch(x_all, labels, tuple(x_all.shape[1:]), n_classes)
+    y_all = torch.as_tensor(y_all)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    config = {"window": None if window is None else int(window), "channelwise": bool(channelwise),
+              "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "momentum": float(momentum),
+              "weight_decay": float(weight_decay), "augment": bool(augment), "seed": int(seed),
+              "percentile": float(percentile), "input_shape": list(x_all.shape[1:]),
+              "mean": list(map(float, mean)), "std": list(map(float, std)), "pixel_max": float(pixel_max),
+              "n_images": int(x_all.shape[0])}
+    state = _load_resume(checkpoint) if resume and checkpoint is not None and Path(checkpoint).exists() else None
+    if window is not None:
+        model = clip_floor_shift_model(model, int(window), tuple(x_all.shape[1:]), channelwise)
+        if state is None:
+            calibrate_thresholds(model, normalise(x_all[:n_calibration].float()), percentile)
+    else:
+        model = copy.deepcopy(model)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
+    history, start_epoch = [], 0
+    if state is not None:
+        if state[CHECKPOINT_KEY]["window"] != config["window"]:
+            raise ValueError(f"{checkpoint}: was trained with window {state[CHECKPOINT_KEY]['window']}, not {window}")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"])
+        history = list(state[CHECKPOINT_KEY]["history"])
+        start_epoch = len(history)
+    n_batches = math.ceil(x_all.shape[0] / batch_size)
+    total_steps = epochs * n_batches
+    what = "ReLU" if window is None else f"clip-floor-shift P={window}"
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(x_all.shape[0], generator=generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(total=n_batches, desc=f"fine-tune {what}, epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for b in range(n_batches):
+            index = order[b * batch_size:(b + 1) * batch_size]
+            x = x_all[index]
+            if augment:
+                x = _augment(x, generator)
+            x, y = normalise(x.float()).to(device), y_all[index].to(device)
+            step = epoch * n_batches + b
+            for group in optimizer.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for _, module in clip_floor_shift_modules(model):  # a threshold must stay positive
+                module.threshold.data.clamp_(min=1e-3)
+            loss_sum += float(loss.detach()) * len(index)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(index)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%", refresh=False)
+            bar.update(1)
+        bar.close()
+        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                        "seconds": time.perf_counter() - started})
+        if progress:
+            tqdm.write(f"fine-tune {what}: epoch {epoch + 1}/{epochs} loss {loss_sum / seen:.3f}, "
+                       f"train accuracy {100 * correct / seen:.1f}%, {history[-1]['seconds']:.0f} s")
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, dict(config, history=history), optimizer, generator)
+    model.eval()
+    model.finetune_record = dict(config, history=history)
+    return model
+
+
+class _Normalise:
+    """Raw pixels (float) -> the model's input: ``(x / pixel_max - mean) / std`` per channel."""
+
+    def __init__(self, mean, std, pixel_max: float, channels: int):
+        for name, values in (("mean", mean), ("std", std)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"{name} has {len(values)} values; the images have {channels} channel(s)")
+        if any(float(s) <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.pixel_max = float(pixel_max)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x / self.pixel_max - self.mean) / self.std
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by :data:`CROP_PADDING`, and a random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (CROP_PADDING,) * 4)
+    dy = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * CROP_PADDING + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        out[i] = crop.flip(-1) if flip[i] else crop
+    return out
+
+
+def save_checkpoint(path, model: nn.Module, record: dict, optimizer=None, generator=None) -> Path:
+    """``{'state_dict', CHECKPOINT_KEY: record, 'optimizer', 'rng'}`` written atomically
+    (``torch.load(weights_only=True)`` reads it; :func:`bsnn_lava.zoo.load_checkpoint` rebuilds it)."""
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, CHECKPOINT_KEY: record}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    if generator is not None:
+        payload["rng"] = generator.get_state()
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _load_resume(path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or CHECKPOINT_KEY not in state or "optimizer" not in state:
+        raise ValueError(f"{path}: not a fine-tuning checkpoint of bsnn finetune (cannot --resume from it)")
+    return state
+
+
+def rebuild(base: nn.Module, record: Optional[dict]) -> nn.Module:
+    """The architecture a fine-tuning checkpoint's ``state_dict`` fits: ``base`` itself for a ReLU
+    fine-tune (or no record), else ``base`` with its ReLUs replaced as :func:`finetune` did."""
+    if not record or record.get("window") is None:
+        return base
+    return clip_floor_shift_model(base, int(record["window"]), tuple(record["input_shape"]),
+                                  bool(record.get("channelwise", False)))
