@@ -15,7 +15,7 @@ import numpy as np
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 _COLUMNS = ("index", "name", "kind", "type", "shape", "inputs", "neuron", "mode", "offset", "window",
-            "threshold", "bias", "scale", "weights")
+            "frames", "reset", "threshold", "bias", "scale", "weights")
 
 
 def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
@@ -76,7 +76,8 @@ def layer_rows(network) -> List[Dict[str, object]]:
             "type": synapse_codec(synapse_kind(synapses[0].op)).file_type if synapses else "input",
             "shape": list(layer.shape), "inputs": [s.source for s in synapses], "neuron": neuron,
             "mode": layer.schedule.mode, "offset": layer.schedule.offset_steps,
-            "window": layer.schedule.window_steps, "threshold": _summary(getattr(layer, "threshold", None)),
+            "window": layer.schedule.window_steps, "frames": layer.schedule.frames or "-",
+            "reset": "frame" if getattr(layer, "frame_reset", False) else "-", "threshold": _summary(getattr(layer, "threshold", None)),
             "bias": _summary(getattr(layer, "bias", None)), "scale": getattr(layer, "scale", None),
             "weights": int(sum(s.op.weight.size for s in synapses)),
         })

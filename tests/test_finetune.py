@@ -243,3 +243,17 @@ def test_cli_finetune_convert_simulate(tmp_path):
     assert_one_line_error(bsnn("finetune", *common, "--random-weights", "--data", "digits", "--window", "3",
                                "--resume", "--out", "ft.th", cwd=tmp_path), "was trained with window 2, not 3")
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.th").exists()
+
+
+def test_digits_network_equals_its_fine_tuned_model_at_every_frame():
+    x, y, x_test, y_test = _digits()
+    model = finetune(train_digits_model(x, y, epochs=2), x, y, window=2, epochs=2, batch_size=64, lr=0.05,
+                     augment=False, progress=False, n_calibration=100).double()
+    network = convert(model, x[:100])
+    with torch.no_grad():
+        logits = model(as_nchw(x_test, 1).double() / 255)
+    frames = network.complete_frames(network.readout.schedule.offset_steps + 2 + 4 * 4)
+    result = simulate(network, x_test, y_test, steps=frames[-1], dtype=torch.float64)
+    at_frames = result.predictions_per_step[[t - 1 for t in frames]]
+    np.testing.assert_array_equal(at_frames, np.broadcast_to(logits.argmax(1).numpy(), at_frames.shape))
+    assert result.accuracy[frames[0] - 1] == (logits.argmax(1).numpy() == y_test).mean() > 0.5
