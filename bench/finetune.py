@@ -94,7 +94,8 @@ def main() -> None:
 def trained(args, base, window, x_train, y_train):
     """The fine-tuned model, from its checkpoint when a finished one exists."""
     tag = "relu" if window is None else f"cfs{window}{'c' if args.channelwise else ''}"
-    path = args.checkpoints / f"{Path(args.model).stem}_{tag}_e{args.epochs}_n{len(x_train)}.th"
+    lr = "" if args.lr == 0.01 else f"_lr{args.lr:g}"
+    path = args.checkpoints / f"{Path(args.model).stem}_{tag}_e{args.epochs}_n{len(x_train)}{lr}.th"
     model = finetune(base, x_train, y_train, window=window, epochs=args.epochs, lr=args.lr, mean=MEAN, std=STD,
                      channelwise=args.channelwise, checkpoint=path, resume=True)
     return model

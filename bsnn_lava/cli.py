@@ -353,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="end-to-end demo on scikit-learn's bundled digits (no download)",
-                          description="Train a small ResNet on the bundled 8x8 digits (10-40 s on two cores), "
-                          "convert it to a bistable SNN and to a plain IF SNN, simulate both, quantize the BSNN for "
-                          "Loihi 2, export it as netx HDF5, run the file in Lava on a few digits and compare every "
+                          description="Train a small ResNet on the bundled 8x8 digits (20-60 s on two cores in "
+                          "all), convert it to a bistable SNN and to a plain IF SNN, simulate both, fine-tune it for "
+                          "an exact BSNN (clip-floor-shift activations, frame reset) and check it frame by frame, "
+                          "quantize the BSNN for Loihi 2, export it as netx HDF5, run the file in Lava on a few digits and compare every "
                           "spike with the reference, profile spikes and energy, and write a plot and an HTML report.",
                           epilog="example: bsnn demo --out bsnn-demo", formatter_class=raw)
     demo.add_argument("--out", default="bsnn-demo", help="output folder, created if needed (default: bsnn-demo)")

@@ -321,7 +321,7 @@ def test_demo_help_and_plot_styles():
     from bsnn_lava.plots import accuracy_figure
 
     out = bsnn("demo", "--help")
-    assert "a few seconds" not in out.stdout and "10-40 s" in out.stdout
+    assert "a few seconds" not in out.stdout and "20-60 s" in out.stdout
     curve = np.linspace(0, 1, 20)
     fig = accuracy_figure({"float": curve, "fixed point": curve, "IF": curve}, 0.9)
     lines = fig.axes[0].lines[:3]
