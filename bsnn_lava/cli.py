@@ -219,9 +219,9 @@ def _cmd_convert(args) -> int:
 def _cmd_finetune(args) -> int:
     import torch
 
-    from .data import as_nchw, network_batch
     from .sim.reference import check_device
     from .training import finetune
+    from .training.trainer import check_training_data
 
     _check_outputs(args, "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -229,10 +229,7 @@ def _cmd_finetune(args) -> int:
     model, mean, std = _load_model(args)
     x, y = _load_data(args.data, "--data", args.limit, split="train")
     try:
-        first = as_nchw(x[:1], _model_channels(model)).float()
-        with torch.no_grad():
-            n_classes = int(model.eval()(first).shape[1])
-        network_batch(x, y, tuple(first.shape[1:]), n_classes)
+        check_training_data(model, x, y)
     except ValueError as err:
         raise UsageError(f"--data {args.data}: {err}") from None
     what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}"

@@ -58,14 +58,8 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         raise ValueError(f"lr must be positive, got {lr!r}")
     if checkpoint is not None:
         check_output_path(checkpoint, "checkpoint")
-    first = next((p for p in model.parameters() if p.ndim == 4), None)
-    x_all = as_nchw(images, None if first is None else first.shape[1])
+    x_all, y_all = check_training_data(model, images, labels)
     normalise = _Normalise(mean, std, pixel_max, x_all.shape[1])
-    was_training = model.training
-    with torch.no_grad():
-        n_classes = int(model.eval()(normalise(x_all[:1].float())).shape[1])
-    model.train(was_training)
-    x_all, y_all = network_batch(x_all, labels, tuple(x_all.shape[1:]), n_classes)
     y_all = torch.as_tensor(y_all)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -138,6 +132,19 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
     model.eval()
     model.finetune_record = dict(config, history=history)
     return model
+
+
+def check_training_data(model: nn.Module, images, labels):
+    """``(x, y)``: raw images as (N, C, H, W) that fit ``model``'s input channels, and labels that are
+    integers in [0, the model's classes); ``ValueError`` in one line otherwise (one forward pass of
+    one image, in eval mode, gives the class count)."""
+    first = next((p for p in model.parameters() if p.ndim == 4), None)
+    x = as_nchw(images, None if first is None else first.shape[1])
+    was_training = model.training
+    with torch.no_grad():
+        n_classes = int(model.eval()(x[:1].float()).shape[1])
+    model.train(was_training)
+    return network_batch(x, labels, tuple(x.shape[1:]), n_classes)
 
 
 class _Normalise:
