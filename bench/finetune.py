@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--frame-reset-only", action="store_true",
                         help="skip the runs without frame reset and the IF baseline (for deep models)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the windows of an existing <name>.json that this run does not recompute")
     args = parser.parse_args()
     if args.report_only:
         payload = json.loads((args.out / f"{args.name}.json").read_text())
@@ -77,16 +79,26 @@ def main() -> None:
                "train_data": str(args.calib_data), "n_train": int(len(x_train)), "test_data": str(args.test_data),
                "n_test": int(len(x_test)), "epochs": args.epochs, "lr": args.lr, "channelwise": args.channelwise,
                "windows": {}}
-    payload["ann_original"] = ann_accuracy(base, x_test, y_test)
+    previous = args.out / f"{args.name}.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        if (old["epochs"], old["lr"], old["channelwise"], old["n_test"]) != (args.epochs, args.lr, args.channelwise,
+                                                                          len(x_test)):
+            parser.error(f"--merge: {previous} was computed with other epochs, lr, thresholds or test images")
+        payload["windows"] = old["windows"]
+    predictions = {"original": ann_logits(base, x_test).argmax(1).numpy()}
     relu = trained(args, base, None, x_train, y_train)
-    payload["ann_relu_finetuned"] = ann_accuracy(relu, x_test, y_test)
+    predictions["relu_finetuned"] = ann_logits(relu, x_test).argmax(1).numpy()
+    payload["ann_original"] = float((predictions["original"] == y_test).mean())
+    payload["ann_relu_finetuned"] = float((predictions["relu_finetuned"] == y_test).mean())
     payload["relu_seconds_per_epoch"] = relu.finetune_record["history"][-1]["seconds"]
     print(f"ANN original {100 * payload['ann_original']:.2f}%, ReLU fine-tuned {100 * payload['ann_relu_finetuned']:.2f}%",
           flush=True)
     payload["post_training"] = post_training(args, base, x_train, x_test, y_test) if args.post_training_steps else None
     write_json(args.out / f"{args.name}.json", payload)
     for window in args.windows:
-        payload["windows"][str(window)] = one_window(args, base, window, x_train, y_train, x_test, y_test, payload)
+        payload["windows"][str(window)] = one_window(args, base, window, x_train, y_train, x_test, y_test, payload,
+                                                     predictions)
         write_json(args.out / f"{args.name}.json", payload)
     write_report(args, payload)
 
@@ -117,14 +129,26 @@ def ann_accuracy(model, images, labels) -> float:
     return float((ann_logits(model, images).argmax(1).numpy() == labels).mean())
 
 
-def curve_entry(result, network, reference: dict, extra=None) -> dict:
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Accuracy of a minus accuracy of b on the same images, and its standard error (paired)."""
+    d = correct_a.astype(np.float64) - correct_b.astype(np.float64)
+    return {"difference": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size))}
+
+
+def curve_entry(result, network, labels, reference: dict, predictions: dict, extra=None) -> dict:
+    """Accuracy curve, accuracy at complete frames, T to within 0.5 / 1 point of each reference ANN,
+    and the paired difference to each reference ANN (same images) at every complete frame."""
     frames = [t for t in network.complete_frames(result.n_steps)] if network.mode == "bistable" else []
     acc = result.accuracy
     entry = {"accuracy": [float(a) for a in acc], "frames": frames,
-             "accuracy_at_frames": [float(acc[t - 1]) for t in frames], "wall_s": extra}
+             "accuracy_at_frames": [float(acc[t - 1]) for t in frames], "wall_s": extra, "paired_at_frames": {}}
+    n = result.n_samples
     for name, level in reference.items():
         for points in (0.5, 1.0):
             entry[f"T_within_{points}_of_{name}"] = first_crossing(acc, level - points / 100)
+        ann_correct = predictions[name][:n] == labels
+        entry["paired_at_frames"][name] = [paired_difference(result.predictions_per_step[t - 1] == labels, ann_correct)
+                                           for t in frames]
     return entry
 
 
@@ -144,7 +168,7 @@ def post_training(args, base, x_train, x_test, y_test) -> dict:
     return entry
 
 
-def one_window(args, base, window, x_train, y_train, x_test, y_test, payload) -> dict:
+def one_window(args, base, window, x_train, y_train, x_test, y_test, payload, predictions) -> dict:
     started = time.perf_counter()
     model = trained(args, base, window, x_train, y_train)
     record = model.finetune_record
@@ -166,14 +190,20 @@ def one_window(args, base, window, x_train, y_train, x_test, y_test, payload) ->
     fixed = quantize(bsnn, "loihi2", calibration_images=x_train[:300])
     variants = [("BSNN float, frame reset", bsnn), ("BSNN fixed point (Loihi 2), frame reset", fixed)]
     if not args.frame_reset_only:
-        variants.insert(1, ("BSNN float, no frame reset", convert(model, x_train[:300], mean=MEAN, std=STD,
-                                                                  frame_reset=False)))
+        no_reset = convert(model, x_train[:300], mean=MEAN, std=STD, frame_reset=False)
+        variants[1:1] = [("BSNN float, no frame reset", no_reset)]
+        variants.append(("BSNN fixed point (Loihi 2), no frame reset",
+                         quantize(no_reset, "loihi2", calibration_images=x_train[:300])))
     for label, network in variants:
         t0 = time.perf_counter()
         result = simulate(network, x_sim, y_sim, steps=steps, progress=True)
-        run = curve_entry(result, network, reference, time.perf_counter() - t0)
+        run = curve_entry(result, network, y_sim, reference, predictions, time.perf_counter() - t0)
         at_frames = result.predictions_per_step[[t - 1 for t in run["frames"]]]
         run["agreement_with_cfs_ann_at_frames"] = [float(a) for a in (at_frames == sim_logits.argmax(1).numpy()).mean(axis=1)]
+        if network.state_bits is not None:  # the integer network's own ANN: frame_forward of its integer weights
+            integer_ann = torch.cat([frame_forward(network, images[i:i + 500])[0] for i in range(0, n_sim, 500)])
+            run["agreement_with_integer_frame_forward_at_frames"] = [
+                float(a) for a in (at_frames == integer_ann.argmax(1).numpy()).mean(axis=1)]
         differ = np.flatnonzero(at_frames[0] != sim_logits.argmax(1).numpy())
         if network is bsnn and differ.size:  # float32 rounding at a floor boundary? the same images in float64:
             again = simulate(network, x_sim[differ], y_sim[differ], steps=run["frames"][0], dtype=torch.float64)
@@ -188,8 +218,8 @@ def one_window(args, base, window, x_train, y_train, x_test, y_test, payload) ->
         n_if = min(args.n_if, n_sim)
         t0 = time.perf_counter()
         result = simulate(if_net, x_test[:n_if], y_test[:n_if], steps=steps, progress=True)
-        runs[f"IF on the fine-tuned network (QCFS), {n_if} images"] = curve_entry(result, if_net, reference,
-                                                                                  time.perf_counter() - t0)
+        runs[f"IF on the fine-tuned network (QCFS), {n_if} images"] = curve_entry(
+            result, if_net, y_test[:n_if], reference, predictions, time.perf_counter() - t0)
     entry["runs"] = runs
     n = args.n_energy
     first = bsnn.complete_frames(steps)[0]
@@ -235,8 +265,8 @@ def write_report(args, payload) -> None:
                      "them, which bounds the change of every 'same prediction' figure.)"
                      if "ann_predictions_changed_by_float64_normalisation" in entry else ""), "",
                   f"BSNN runs on the first {entry.get('n_sim', payload['n_test'])} test images.", "",
-                  "| run | accuracy at complete frames (T) | same prediction as the fine-tuned ANN | T within 1 / 0.5 of original ANN | T within 1 / 0.5 of ReLU fine-tuned |",
-                  "|---|---|---|---|---|"]
+                  "| run | accuracy at complete frames (T) | same prediction as the fine-tuned ANN | T within 1 / 0.5 of original ANN | T within 1 / 0.5 of ReLU fine-tuned | minus original ANN, points (paired SE), per frame | minus ReLU fine-tuned ANN, points (paired SE), per frame |",
+                  "|---|---|---|---|---|---|---|"]
         for label, run in entry["runs"].items():
             at = ", ".join(f"{100 * a:.2f} ({t})" for a, t in zip(run["accuracy_at_frames"], run["frames"]))
             agree = ", ".join(f"{100 * a:.2f}" for a in run.get("agreement_with_cfs_ann_at_frames", [])) or "-"
@@ -244,9 +274,15 @@ def write_report(args, payload) -> None:
                 d = run["differing_images"]
                 agree += (f" ({len(d['indices'])} images differ in float32; simulated in float64, "
                           f"{d['agree_in_float64']} of them agree)")
+            if "agreement_with_integer_frame_forward_at_frames" in run:
+                agree += " (the integer network's own frame_forward: " + ", ".join(
+                    f"{100 * a:.2f}" for a in run["agreement_with_integer_frame_forward_at_frames"]) + ")"
+            paired = [", ".join(f"{100 * p['difference']:+.2f} ({100 * p['se']:.2f})" for p in
+                                run.get("paired_at_frames", {}).get(name, [])) or "-"
+                      for name in ("original", "relu_finetuned")]
             lines.append(f"| {label} | {at or '-'} | {agree} | {run['T_within_1.0_of_original']} / "
                          f"{run['T_within_0.5_of_original']} | {run['T_within_1.0_of_relu_finetuned']} / "
-                         f"{run['T_within_0.5_of_relu_finetuned']} |")
+                         f"{run['T_within_0.5_of_relu_finetuned']} | {paired[0]} | {paired[1]} |")
             curves[f"P={window} {label}"] = np.array(run["accuracy"])
         lines += ["", "Per inference at the first complete frame ('runs on': every layer keeps processing frames "
                   "while the pipeline fills; 'one frame': `convert(..., frames=1)`, every layer processes the image "

@@ -194,7 +194,8 @@ def _cmd_convert(args) -> int:
     print(f"converting {type(model).__name__} to a {args.neuron} network; {source}", file=sys.stderr)
     network = convert(model, x_calib, neuron=args.neuron, window=args.window, v_init=args.v_init,
                       percentile=args.percentile, channelwise=args.channelwise, mean=mean, std=std,
-                      frame_reset=args.frame_reset, frames=args.frames, progress=True)
+                      frame_reset=args.frame_reset, frames=args.frames, spikes=args.spikes, levels=args.levels,
+                      progress=True)
     if hw is not None:
         from .quantize import quantize
 
@@ -211,7 +212,9 @@ def _cmd_convert(args) -> int:
         frame = (f", first complete frame at T={network.complete_frames(10 ** 9)[0]}"
                  + (", frame reset" if network.frame_reset else "")
                  + (f", stops after {args.frames} frame(s)" if args.frames else ""))
-    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, P={network.window_steps}, "
+    spikes = "binary spikes" if network.spikes == "binary" else \
+        f"graded spikes up to {max(l.payload_max for l in network.spiking_layers)}"
+    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, {spikes}, P={network.window_steps}, "
           f"pipeline fill {network.readout.schedule.offset_steps} steps{frame}")
     return EXIT_OK
 
@@ -370,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "hardware profile, and write it as a netx HDF5 file.",
                           epilog="examples:\n  bsnn convert resnet20.th --calib train.npz --out r20.h5\n"
                           "  bsnn convert resnet20.th --calib train.npz --hw loihi2 --window 4 --out r20_q.h5\n"
+                          "  bsnn convert ft8.th --calib train.npz --hw loihi2 --spikes graded --out r20_g8.h5\n"
                           "  bsnn convert w.pt --factory mynets:build_vgg --mean 0.5 --std 0.25 --calib "
                           "train.npz --out vgg.h5\n\n--factory looks for the module in the current folder first, "
                           f"then in installed packages.\n{OUTPUT_RULE}.", formatter_class=raw)
@@ -395,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--frames", type=positive_int,
                       help="every layer stops after this many frames (default: no limit); with frame reset, 1 "
                            "processes each image exactly once")
+    conv.add_argument("--spikes", choices=("binary", "graded"), default="binary",
+                      help="graded (Loihi 2): each layer integrates one step and sends its count as one spike's "
+                           "payload, 2 steps per layer instead of P + 1 (default: binary)")
+    conv.add_argument("--levels", type=positive_int,
+                      help="largest payload of a graded spike (default: the levels of a model from bsnn finetune)")
     conv.add_argument("--netx-compatible", action="store_true",
                       help="write only what stock lava-dl netx loads (sequential IF networks, CUBA neurons)")
     conv.set_defaults(handler=_cmd_convert)

@@ -15,7 +15,7 @@ import numpy as np
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 _COLUMNS = ("index", "name", "kind", "type", "shape", "inputs", "neuron", "mode", "offset", "window",
-            "frames", "reset", "threshold", "bias", "scale", "weights")
+            "frames", "reset", "spikes", "threshold", "bias", "scale", "weights")
 
 
 def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,7 +77,10 @@ def layer_rows(network) -> List[Dict[str, object]]:
             "shape": list(layer.shape), "inputs": [s.source for s in synapses], "neuron": neuron,
             "mode": layer.schedule.mode, "offset": layer.schedule.offset_steps,
             "window": layer.schedule.window_steps, "frames": layer.schedule.frames or "-",
-            "reset": "frame" if getattr(layer, "frame_reset", False) else "-", "threshold": _summary(getattr(layer, "threshold", None)),
+            "reset": "frame" if getattr(layer, "frame_reset", False) else "-",
+            "spikes": "-" if layer.kind != "gated_if" else ("binary" if layer.payload_max == 1
+                                                           else f"graded<={layer.payload_max}"),
+            "threshold": _summary(getattr(layer, "threshold", None)),
             "bias": _summary(getattr(layer, "bias", None)), "scale": getattr(layer, "scale", None),
             "weights": int(sum(s.op.weight.size for s in synapses)),
         })

@@ -94,6 +94,7 @@ def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, lav
         results[label] = simulate(networks[label], x_test, y_test, steps=steps)
     finetuned = finetuned_bsnn(model, x_train, y_train, x_test, y_test, window, steps, seed, log)
     results["BSNN fine-tuned"] = finetuned.pop("result")
+    results["BSNN graded"] = finetuned.pop("graded_result")
     fixed = quantize(networks["BSNN"], "loihi2", calibration_images=calibration)
     h5 = netx_export.write(fixed, out_dir / "digits_bsnn.h5")
     fixed = netx_export.read(h5)
@@ -119,6 +120,7 @@ def run_demo(out_dir: Path, steps: int = 96, window: int = 2, seed: int = 0, lav
     profile = profile_run(fixed, results["BSNN fixed point"], "loihi2")
     log("\n" + format_profile(profile))
     plot = plot_accuracy_vs_steps({f"{k} (P={window}, frame reset)" if k == "BSNN fine-tuned" else
+                                   f"{k} (fine-tuned, payloads up to {window})" if k == "BSNN graded" else
                                    f"{k} (P={window}, V(0)=theta/2)" if k.startswith("BSNN") else f"{k} (V(0)=theta/2)":
                                    r.accuracy for k, r in results.items()}, ann_acc, out_dir / "accuracy_vs_steps.png",
                                   title="Digits ResNet: BSNN vs IF")
@@ -142,7 +144,8 @@ FINETUNE_EPOCHS = 10
 
 def finetuned_bsnn(model, x_train, y_train, x_test, y_test, window: int, steps: int, seed: int, log=print) -> dict:
     """Fine-tune ``model`` with clip-floor-shift activations (P = ``window``), convert it (frame reset)
-    and simulate it; returns the figures and the run (``result``)."""
+    with binary and with graded spikes (payloads up to P, one step per window) and simulate both;
+    returns the figures and the runs (``result``, ``graded_result``)."""
     started = time.perf_counter()
     tuned = finetune(model, x_train, y_train, window=window, epochs=FINETUNE_EPOCHS, batch_size=64, lr=0.05,
                      augment=False, seed=seed, progress=False)
@@ -159,8 +162,17 @@ def finetuned_bsnn(model, x_train, y_train, x_test, y_test, window: int, steps: 
     if frames:
         log(f"  BSNN fine-tuned at T={frames[0]}: {100 * result.accuracy[frames[0] - 1]:.2f}%, same prediction as the "
             f"fine-tuned ANN on {100 * min(agree):.2f}% of the digits at every one of {len(frames)} complete frames")
+    graded = convert(tuned, x_train[:300], spikes="graded")
+    graded_result = simulate(graded, x_test, y_test, steps=steps)
+    graded_frames = graded.complete_frames(steps)
+    graded_agree = [float((graded_result.predictions_per_step[t - 1] == tuned_logits.argmax(1).numpy()).mean())
+                    for t in graded_frames]
+    log(f"  graded spikes (Loihi 2; payloads up to {window}, 2 steps per layer): exact from T={graded_frames[0]}: "
+        f"{100 * graded_result.accuracy[graded_frames[0] - 1]:.2f}%, same prediction as the fine-tuned ANN on "
+        f"{100 * min(graded_agree):.2f}% of the digits at every one of {len(graded_frames)} complete frames")
     return {"ann_accuracy": tuned_acc, "epochs": FINETUNE_EPOCHS, "first_frame_steps": frames[0] if frames else None,
-            "agreement_at_frames": agree, "result": result}
+            "agreement_at_frames": agree, "graded_first_frame_steps": graded_frames[0],
+            "graded_agreement_at_frames": graded_agree, "result": result, "graded_result": graded_result}
 
 
 def lava_parity(network, images, labels, steps: int, log=print) -> Dict[str, object]:

@@ -77,7 +77,8 @@ def saturate(v: Any, state_bits: Optional[int]) -> Tuple[Any, Any]:
 
 
 def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool, fire: bool,
-                  state_bits: Optional[int] = None, restart: Any = None) -> Tuple[Any, Any, Any, Any]:
+                  state_bits: Optional[int] = None, restart: Any = None, payload_max: int = 1
+                  ) -> Tuple[Any, Any, Any, Any]:
     """One step of the gated integrate-and-fire neuron with reset by subtraction.
 
     Args:
@@ -89,11 +90,14 @@ def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool,
         state_bits: saturate ``v`` to this signed width after integrating (``None``: float, no bound).
         restart: ``v_init`` on a step where the layer's frame restarts (:func:`frame_starts` with
             frame reset), else ``None``: ``v`` is set to it (broadcast) before anything else.
+        payload_max: 1 for binary spikes (spike where ``v >= threshold``); above 1, graded spikes:
+            each neuron sends ``clip(floor(v / threshold), 0, payload_max)`` (0: no spike).
 
     Returns:
-        ``(spikes, v, n_lost_input, n_saturated)``: ``spikes`` is a boolean array, or ``None`` when
-        the layer cannot fire this step; ``n_lost_input`` counts neurons whose nonzero input was
-        discarded because the layer was not integrating; ``n_saturated`` counts clipped neurons.
+        ``(spikes, v, n_lost_input, n_saturated)``: ``spikes`` is a boolean array (binary) or the
+        payloads in ``v``'s dtype (graded), or ``None`` when the layer cannot fire this step; either
+        way a neuron subtracts ``spikes * threshold``. ``n_lost_input`` counts neurons whose nonzero
+        input was discarded because the layer was not integrating; ``n_saturated`` clipped neurons.
     """
     n_lost_input = 0
     n_saturated = 0
@@ -106,17 +110,26 @@ def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool,
         n_lost_input = (a_in != 0).sum()
     spikes = None
     if fire:
-        spikes = v >= threshold
+        spikes = v >= threshold if payload_max == 1 else (v // threshold).clip(0, payload_max)
         v = v - spikes * threshold
     return spikes, v, n_lost_input, n_saturated
 
 
-def window_spike_count(v: Any, threshold: Any, window_steps: int) -> Tuple[Any, Any]:
-    """Spikes a neuron emits in one fire-only window of ``window_steps`` steps, and the residual.
+def window_spike_count(v: Any, threshold: Any, count_max: int) -> Tuple[Any, Any]:
+    """What a neuron sends in one fire-only window, and the residual.
 
-    Equal to ``window_steps`` repeated fire-only :func:`gated_if_step` calls for integer-valued
-    state: ``count = clip(floor(v / threshold), 0, window_steps)``, ``v -= count * threshold``. The
-    spikes fall on the first ``count`` steps of the window, since ``v`` only decreases while firing.
+    ``count_max``: the window's steps times the payload of a spike (``window_steps`` for binary
+    spikes). Equal to that many repeated fire-only :func:`gated_if_step` calls for integer-valued
+    state: ``count = clip(floor(v / threshold), 0, count_max)`` (spikes, or the sum of the payloads),
+    ``v -= count * threshold``. Step j of the window carries :func:`window_payload` of the count,
+    since ``v`` only decreases while firing.
     """
-    count = (v // threshold).clip(0, window_steps)
+    count = (v // threshold).clip(0, count_max)
     return count, v - count * threshold
+
+
+def window_payload(count: Any, j: int, payload_max: int) -> Any:
+    """The payload sent on step j (0-based) of a fire window whose total is ``count`` (from
+    :func:`window_spike_count`): ``clip(count - j * payload_max, 0, payload_max)``; for binary spikes
+    (``payload_max`` 1) this is 1 where ``count > j``."""
+    return (count - j * payload_max).clip(0, payload_max)

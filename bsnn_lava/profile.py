@@ -5,7 +5,9 @@ Energy uses a hardware profile's per-operation figures, each reported with its s
 
     E_snn(T) = synops(T) x E_synop + neurons x T x E_neuron_update + spikes(T) x E_spike
 
-(every neuron is updated every step, as on Loihi). The ANN comparison counts the converted
+(every neuron is updated every step, as on Loihi). Synaptic operations of graded events (pixels, and
+spikes of layers with graded payloads) are counted apart and priced at the profile's graded figure
+(an estimate on Loihi 2, marked; the binary figure where the profile has none). The ANN comparison counts the converted
 network's multiply-accumulates (nonzero weights times the outputs they reach; relays excluded,
 shortcut branches counted as additions) at Horowitz's 45 nm figures. The common "0.9 pJ per synop"
 SNN estimate (synops x FP32 add, graded input synapses as FP32 MACs) is reported beside it.
@@ -51,6 +53,7 @@ class Profile:
     spikes: float
     synops: float
     synops_by_kind: Dict[str, float]
+    synops_graded: float
     neuron_updates: float
     energy_nj: Dict[str, Optional[float]]
     energy_sources: Dict[str, str]
@@ -115,6 +118,8 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
     spikes_per_step = result.n_spikes_per_step.sum(axis=1) / n
     synops_by_source: Dict[str, float] = {}
     sources = [s.source for layer in network.layers[1:] for s in layer.synapses]  # same order as the names
+    graded = {network.input.name} | {l.name for l in network.spiking_layers if l.payload_max > 1}
+    is_graded = np.array([source in graded for source in sources], dtype=bool)
     for source, total in zip(sources, synops_per_step.sum(axis=0)):
         synops_by_source[source] = synops_by_source.get(source, 0.0) + float(total)
     layers = []
@@ -133,18 +138,21 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
     n_updating = sum(int(np.prod(l.shape)) for l in network.layers[1:])
     steps = np.arange(1, result.n_steps + 1)
     cum_synops = np.cumsum(synops_per_step.sum(axis=1))
+    cum_graded = np.cumsum(synops_per_step[:, is_graded].sum(axis=1))
     cum_spikes = np.cumsum(spikes_per_step)
+    graded_pj = hw.synop_energy_pj if hw.graded_synop_energy_pj is None else hw.graded_synop_energy_pj
     per_op = {"synop": hw.synop_energy_pj, "neuron_update": hw.neuron_update_energy_pj, "spike": hw.spike_energy_pj}
-    curve_pj = (cum_synops * (per_op["synop"] or 0.0) + n_updating * steps * (per_op["neuron_update"] or 0.0)
+    synop_curve_pj = (cum_synops - cum_graded) * (per_op["synop"] or 0.0) + cum_graded * (graded_pj or 0.0)
+    curve_pj = (synop_curve_pj + n_updating * steps * (per_op["neuron_update"] or 0.0)
                 + cum_spikes * (per_op["spike"] or 0.0))
     energy = {
-        "synops": _nj(cum_synops[-1], per_op["synop"]),
+        "synops": None if per_op["synop"] is None else float(synop_curve_pj[-1]) / 1e3,
         "neuron_updates": _nj(n_updating * result.n_steps, per_op["neuron_update"]),
         "spikes": _nj(cum_spikes[-1], per_op["spike"]),
     }
     energy["total"] = float(curve_pj[-1]) / 1e3
     sources = {f"{k}_energy_pj": hw.sources.get(f"{k}_energy_pj", "not published") for k in
-               ("synop", "neuron_update", "spike")}
+               ("synop", "graded_synop", "neuron_update", "spike")}
     sources.update({"ann": ann.source, "estimates": ", ".join(sorted(hw.estimates)) or "none"})
     ops = ann_operations(network)
     ann_energy = {"fp32": (ops["macs"] * ann.fp32_mac_pj + ops["adds"] * ann.fp32_add_pj) / 1e3,
@@ -163,6 +171,7 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
         hardware=hw.name, frames=frames, n_steps=result.n_steps, n_samples=n,
         accuracy=None if result.accuracy is None else float(result.accuracy[-1]), ann_accuracy=result.ann_accuracy,
         layers=layers, spikes=float(cum_spikes[-1]), synops=float(cum_synops[-1]), synops_by_kind=by_kind,
+        synops_graded=float(cum_graded[-1]),
         neuron_updates=float(n_updating * result.n_steps), energy_nj=energy, energy_sources=sources,
         ann_macs=ops["macs"], ann_adds=ops["adds"], ann_energy_nj=ann_energy, snn_energy_nj_at_0p9pj=float(convention),
         energy_nj_vs_steps=[float(e) / 1e3 for e in curve_pj],
@@ -186,7 +195,8 @@ def format_profile(p: Profile) -> str:
     acc = "" if p.accuracy is None else f", accuracy {100 * p.accuracy:.2f}% (ANN {100 * p.ann_accuracy:.2f}%)"
     rows += ["", f"per inference over {p.n_steps} steps ({p.n_samples} samples{acc}):",
              f"  spikes {p.spikes:.4g}, synaptic ops {p.synops:.4g} (" +
-             ", ".join(f"{k} {v:.3g}" for k, v in p.synops_by_kind.items()) + f"), neuron updates {p.neuron_updates:.4g}",
+             ", ".join(f"{k} {v:.3g}" for k, v in p.synops_by_kind.items()) + f"; of graded events {p.synops_graded:.3g})"
+             f", neuron updates {p.neuron_updates:.4g}",
              f"  ANN: {p.ann_macs:.4g} MACs + {p.ann_adds:.4g} adds; synops / MACs = {p.synops / max(p.ann_macs, 1):.2f}",
              f"  energy on {p.hardware}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4g} nJ'}"
                                                      for k, v in p.energy_nj.items()),

@@ -12,7 +12,8 @@ Choosing ``s`` for a spiking layer: the largest weight gets the full mantissa
 (``s = mant_max * 2**E / max|w|``), with the exponent ``E`` as large as the threshold allows:
 ``threshold <= 2**(state_bits - 1 - headroom_bits - ceil(log2(P + 1)))``, so a full window
 (P + 1 thresholds) plus ``2**headroom_bits`` times more (overdriven neurons, residues) fits the
-signed state. Where even ``E = 0`` is too large (a stem reading 0..255 pixels), the threshold takes
+signed state (P: the largest count of a fire window, ``window_steps * payload_max`` for graded
+spikes). Where even ``E = 0`` is too large (a stem reading 0..255 pixels), the threshold takes
 the cap and the mantissa is smaller. The readout integrates for the whole run, so it keeps
 exponent 0 (largest weight = mant_max), and a smaller scale where its bias, added on every
 integrate step, would otherwise fill the state within :data:`READOUT_RUN_STEPS` steps.
@@ -38,6 +39,7 @@ import numpy as np
 from hw_profiles import HardwareProfile, load_profile
 
 from .ir import Conv2d, GatedIF, Network, Readout, Synapse, replace
+from .resources import graded_payload_problem
 
 #: Integrate steps the readout's bias alone may run before it could saturate the state.
 READOUT_RUN_STEPS = 4096
@@ -62,6 +64,9 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
     if max_exponent is not None:
         hw = dataclasses.replace(hw, weight_exp_max=min(hw.weight_exp_max, max_exponent),
                                  bias_exp_max=max(hw.bias_exp_min, min(hw.bias_exp_max, max_exponent)))
+    problem = next(filter(None, (graded_payload_problem(layer, hw) for layer in network.spiking_layers)), None)
+    if problem:
+        raise ValueError(problem)
     mant_max = 2 ** (hw.weight_mantissa_bits - 1) - 1
     exp_max = max(0, hw.weight_exp_max)
     layers = [network.input]
@@ -69,7 +74,7 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
     for layer in network.layers[1:]:
         weight_max = max(float(np.max(np.abs(s.op.weight))) for s in layer.synapses) or 1.0
         if isinstance(layer, GatedIF):
-            window_bits = math.ceil(math.log2(layer.schedule.window_steps + 1))
+            window_bits = math.ceil(math.log2(layer.window_count_max + 1))
             theta_cap = min(2.0 ** (hw.state_bits - 1 - headroom_bits - window_bits),
                             hw.threshold_mant_max * 2.0 ** hw.threshold_shift)
             theta_max = float(np.max(layer.threshold))
@@ -93,7 +98,8 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
     provenance["quantization"] = {
         "profile": hw.name, "state_bits": hw.state_bits, "weight_mantissa_bits": hw.weight_mantissa_bits,
         "weight_exp_max": exp_max, "bias_mantissa_bits": hw.bias_mant_bits, "bias_exp_max": hw.bias_exp_max,
-        "headroom_bits": headroom_bits, "calibration_images": 0, "layers": records}
+        "graded_payload_bits": hw.graded_payload_bits, "headroom_bits": headroom_bits, "calibration_images": 0,
+        "layers": records}
     quantized = Network(layers, numeric="int", provenance=provenance)
     if calibration_images is not None:
         quantized = _calibrate_rounding(network, quantized, calibration_images, hw, mant_max, progress)

@@ -80,12 +80,27 @@ def check_resources(network: Network, profile: Union[str, HardwareProfile] = "lo
         report.violations.extend(_range_violations(network, hw))
     else:
         report.notes.append("float network: weight, threshold and bias ranges not checked (quantize first)")
+    report.violations.extend(filter(None, (graded_payload_problem(layer, hw) for layer in network.spiking_layers)))
+    graded = [layer.payload_max for layer in network.spiking_layers if layer.payload_max > 1]
+    if graded and max(graded).bit_length() <= hw.graded_payload_bits:
+        report.notes.append(f"graded spikes in {len(graded)} layers: payloads up to {max(graded)} need "
+                            f"{max(graded).bit_length()}-bit messages; {hw.name} carries {hw.graded_payload_bits}")
     if hw.graded_payload_bits < 8:
         report.violations.append(f"input {network.input.name!r}: the pixels reach the first layer as graded spikes, "
                                  f"which need 8 payload bits; {hw.name} has {hw.graded_payload_bits} (binary spikes "
                                  "only). Deploy on Loihi 2 (bsnn check NET --hw loihi2): bsnn has no pixel encoding "
                                  "for binary-spike chips")
     return report
+
+
+def graded_payload_problem(layer: GatedIF, hw: HardwareProfile) -> Optional[str]:
+    """Why ``layer``'s graded spikes do not fit ``hw``'s spike messages (``None`` if they do, or if
+    its spikes are binary)."""
+    if layer.payload_max == 1 or layer.payload_max.bit_length() <= hw.graded_payload_bits:
+        return None
+    have = f"{hw.graded_payload_bits}-bit payloads" if hw.graded_payload_bits else "binary spikes only"
+    return (f"layer {layer.name!r}: graded spikes with payloads up to {layer.payload_max} need "
+            f"{layer.payload_max.bit_length()}-bit spike messages; {hw.name} has {have}")
 
 
 def _fan_in(layer) -> int:

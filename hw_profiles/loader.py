@@ -80,6 +80,7 @@ class HardwareProfile:
     cores_per_chip: int
     chips_per_system: Optional[int]
     synop_energy_pj: Optional[float]
+    graded_synop_energy_pj: Optional[float]
     neuron_update_energy_pj: Optional[float]
     spike_energy_pj: Optional[float]
     sources: Mapping[str, str] = field(hash=False, repr=False)
@@ -140,6 +141,7 @@ _PROFILE_SPEC = (
     ("cores_per_chip", "chip", "cores", "pos_int", True),
     ("chips_per_system", "system", "chips", "pos_int", False),
     ("synop_energy_pj", "energy", "synop_pj", "pos_float", False),
+    ("graded_synop_energy_pj", "energy", "graded_synop_pj", "pos_float", False),
     ("neuron_update_energy_pj", "energy", "neuron_update_pj", "pos_float", False),
     ("spike_energy_pj", "energy", "spike_pj", "pos_float", False),
 )

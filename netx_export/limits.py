@@ -8,7 +8,9 @@ writer (it refuses to write) and by the reader (it refuses to read):
 - ``weight_exp_min``, ``weight_exp_max`` (int): bounds of every synapse's ``weight_exp``;
 - ``bias_mantissa_bits`` and ``bias_exp_max`` (ints, both needed): |bias| <= 2**(b-1) * 2**exp_max;
 - ``state_bits`` (int s): thresholds, biases and initial potentials lie in [-2**(s-1), 2**(s-1) - 1];
-- ``threshold_max`` (number): largest threshold.
+- ``threshold_max`` (number): largest threshold;
+- ``graded_payload_bits`` (int g, 0 for binary-spike chips): a graded spike's payload (``payload_max``
+  above 1) fits g unsigned bits.
 
 All values are in the layer's integer units.
 
@@ -25,7 +27,7 @@ import numpy as np
 FLOAT32_EXACT_MAX = 2 ** 24
 
 _INT_KEYS = ("weight_mantissa_bits", "weight_exp_min", "weight_exp_max", "bias_mantissa_bits", "bias_exp_max",
-             "state_bits")
+             "state_bits", "graded_payload_bits")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Limits:
     bias_exp_max: Optional[int] = None
     state_bits: Optional[int] = None
     threshold_max: Optional[float] = None
+    graded_payload_bits: Optional[int] = None
 
 
 def limits_from_provenance(provenance: Mapping[str, Any]) -> Limits:
@@ -53,8 +56,9 @@ def limits_from_provenance(provenance: Mapping[str, Any]) -> Limits:
             value = quant[key]
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"provenance quantization.{key} must be an integer, got {value!r}")
-            if key.endswith("_bits") and not 1 <= value <= 64:
-                raise ValueError(f"provenance quantization.{key} must be in 1..64, got {value}")
+            low = 0 if key == "graded_payload_bits" else 1
+            if key.endswith("_bits") and not low <= value <= 64:
+                raise ValueError(f"provenance quantization.{key} must be in {low}..64, got {value}")
             values[key] = value
     if "threshold_max" in quant:
         value = quant["threshold_max"]
@@ -62,6 +66,18 @@ def limits_from_provenance(provenance: Mapping[str, Any]) -> Limits:
             raise ValueError(f"provenance quantization.threshold_max must be a positive number, got {value!r}")
         values["threshold_max"] = float(value)
     return Limits(**values)
+
+
+def payload_problem(payload_max: int, limits: Limits) -> Optional[str]:
+    """Why a layer's graded payloads do not fit the recorded payload bits (``None`` if they do)."""
+    if payload_max == 1 or limits.graded_payload_bits is None:
+        return None
+    if payload_max.bit_length() > limits.graded_payload_bits:
+        have = (f"{limits.graded_payload_bits}-bit payloads" if limits.graded_payload_bits
+                else "binary spikes only")
+        return (f"is {payload_max}: graded spikes need {payload_max.bit_length()} payload bits, the recorded "
+                f"profile has {have}")
+    return None
 
 
 def _signed_range(bits: int):

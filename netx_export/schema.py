@@ -22,12 +22,14 @@ from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Conv2d, Dense, GatedIF, Inp
 from . import h5io
 from .errors import UnknownTypeError
 from .h5io import Where
-from .limits import Limits, bias_problem, integer_problem, state_problem, threshold_problem, weight_problem
+from .limits import (Limits, bias_problem, integer_problem, payload_problem, state_problem, threshold_problem,
+                     weight_problem)
 
-#: Version 2 added ``neuron/frame_reset`` (gated IF) and ``neuron/frames`` (every schedule); version 1
-#: files (no frame reset, no frame limit) still read.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: Version 2 added ``neuron/frame_reset`` (gated IF) and ``neuron/frames`` (every schedule); version 3
+#: ``neuron/payload_max`` (gated IF: 1 binary spikes, above 1 graded). Older files still read (no frame
+#: reset, no frame limit, binary spikes).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 ROLES = ("neuron", "relay")
 
 
@@ -172,12 +174,14 @@ def read_input(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str, s
 
 
 def write_gated_if(group: h5py.Group, neuron: h5py.Group, layer: GatedIF, ctx: Context) -> None:
-    """Gated IF, reset by subtraction: role, schedule, frame_reset (0 or 1), threshold, v_init, bias,
-    scale; ``origin``."""
+    """Gated IF, reset by subtraction: role, schedule, frame_reset (0 or 1), payload_max (1: binary),
+    threshold, v_init, bias, scale; ``origin``."""
     h5io.put_str(group, "origin", layer.origin)
     h5io.put_str(neuron, "role", layer.role)
     _write_schedule(neuron, layer.schedule)
     h5io.put_int(neuron, "frame_reset", int(layer.frame_reset))
+    _check(ctx.where.sub("neuron"), "payload_max", payload_problem(layer.payload_max, ctx.limits), reading=False)
+    h5io.put_int(neuron, "payload_max", layer.payload_max)
     for key in ("threshold", "v_init", "bias"):
         _write_param(neuron, key, getattr(layer, key), ctx)
     h5io.put_float(neuron, "scale", layer.scale)
@@ -198,7 +202,12 @@ def read_gated_if(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str
     schedule = _read_schedule(neuron, where, ctx.version)
     if frame_reset and schedule.mode != "bistable":
         raise where.error("frame_reset", f"is 1, which needs a bistable schedule (mode is {schedule.mode!r})")
+    payload_max = h5io.get_int(neuron, "payload_max", where) if ctx.version >= 3 else 1
+    if payload_max < 1:
+        raise where.error("payload_max", f"is {payload_max}; expected 1 (binary spikes) or more (graded)")
+    _check(where, "payload_max", payload_problem(payload_max, ctx.limits), reading=True)
     return GatedIF(name, shape, synapses, schedule=schedule, role=role, frame_reset=bool(frame_reset),
+                   payload_max=payload_max,
                    scale=h5io.get_float(neuron, "scale", where),
                    origin=h5io.get_str(group, "origin", ctx.where), **params)
 

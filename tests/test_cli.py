@@ -12,9 +12,12 @@ def test_demo_writes_plot_and_summary(tmp_path, capsys):
     assert "ANN" in out and "BSNN" in out and "IF" in out and "SIN" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ann_accuracy"] > 0.9
-    for label in ("BSNN", "IF"):
+    for label in ("BSNN", "IF", "BSNN graded"):
         assert len(summary["results"][label]["accuracy"]) == 40
         assert sum(summary["results"][label]["n_lost_input"].values()) == 0
+    tuned = summary["finetuned"]  # graded spikes: 2 steps per layer, every frame the fine-tuned ANN's
+    assert tuned["graded_first_frame_steps"] < tuned["first_frame_steps"]
+    assert min(tuned["graded_agreement_at_frames"]) == 1.0 and "graded spikes" in out
     png = (tmp_path / "accuracy_vs_steps.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -75,3 +75,19 @@ def test_convert_refuses_bad_data_and_leaves_no_file(digits_checkpoint, tmp_path
                 "--out", tmp_path / "n.h5")
     assert out.returncode == 2 and "field 'x' must be uint8" in out.stderr
     assert not (tmp_path / "n.h5").exists()
+
+
+def test_convert_with_graded_spikes_and_loihi1_refusal(digits_checkpoint, tmp_path, capsys):
+    out = tmp_path / "graded.h5"
+    base = ["convert", str(digits_checkpoint), "--factory", "bsnn_lava.demo:DigitsResNet", "--calib", "digits:train",
+            "--n-calib", "60", "--spikes", "graded", "--levels", "4"]
+    assert main(base + ["--hw", "loihi2", "--out", str(out)]) == 0
+    assert "graded spikes up to 4" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    assert "graded<=4" in capsys.readouterr().out
+    assert main(base + ["--hw", "loihi1", "--out", str(tmp_path / "l1.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "graded spikes with payloads up to 4 need 3-bit spike messages; loihi1 has binary spikes only" in err
+    assert "Traceback" not in err and not (tmp_path / "l1.h5").exists()
+    assert main(base[:-2] + ["--out", str(tmp_path / "none.h5")]) == 2  # a ReLU model needs --levels
+    assert "graded spikes need levels=L" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def first_mismatch(ref, lava):
             t, sample, *neuron = diff[0]
             return (f"layer {name!r}, neuron {tuple(int(i) for i in neuron)} (flat "
                     f"{int(np.ravel_multi_index(neuron, expected.shape[2:]))}), step {t}, sample {sample}: "
-                    f"reference spike {bool(expected[tuple(diff[0])])}, lava {bool(got[tuple(diff[0])])} "
+                    f"reference spike {expected[tuple(diff[0])]!r}, lava {got[tuple(diff[0])]!r} "
                     f"({len(diff)} mismatches in this layer)")
     diff = np.argwhere(lava.extras["readout_v"] != ref.extras["readout_v"])
     if diff.size:
@@ -67,8 +67,9 @@ def assert_parity(network, images, labels, steps, select_tag="fixed_pt", dtype=N
 
 @st.composite
 def random_float_networks(draw):
-    """Input -> 1..3 conv or dense layers (each maybe with a residual synapse from an earlier layer) ->
-    readout; float weights, one neuron mode, random offsets; plus matching uint8 images."""
+    """Input -> 1..3 conv or dense layers (each maybe with a residual synapse from an earlier layer,
+    binary or graded spikes) -> readout; float weights, one neuron mode, random offsets; plus matching
+    uint8 images."""
     seed = draw(st.integers(0, 2 ** 16))
     rng = np.random.default_rng(seed)
     mode = draw(st.sampled_from(["bistable", "if", "warmup"]))
@@ -97,7 +98,7 @@ def random_float_networks(draw):
         layers.append(GatedIF(f"h{index}", shape, tuple(synapses), threshold=rng.uniform(0.5, 2.0, channel_count),
                               bias=rng.normal(0, 0.3, shape), v_init=rng.uniform(0, 1, channel_count),
                               schedule=schedule(), role=draw(st.sampled_from(["neuron", "relay"])),
-                              frame_reset=frame_reset))
+                              frame_reset=frame_reset, payload_max=draw(st.sampled_from([1, 1, 3]))))
     classes = draw(st.integers(2, 4))
     synapses = [Synapse(layers[-1].name, Dense(rng.normal(0, 1, (classes, int(np.prod(layers[-1].shape))))))]
     layers.append(Readout("out", (classes,), tuple(synapses), bias=rng.normal(0, 0.2, classes), schedule=schedule()))
@@ -195,6 +196,22 @@ def test_finetuned_digits_network_with_frame_reset():
         np.testing.assert_array_equal(ref.predictions_per_step[t - 1], readout.argmax(1).numpy())
 
 
+def test_finetuned_digits_network_with_graded_spikes():
+    """The same with graded spikes (payloads up to 4, one-step windows): spikes and payloads equal,
+    and the integer frame's class at every complete frame."""
+    x_train, y_train, x_test, y_test = load_digits_uint8()
+    model = finetune(train_digits_model(x_train, y_train, epochs=1), x_train[:300], y_train[:300], window=4, epochs=1,
+                     augment=False, progress=False, n_calibration=100)
+    network = quantize(convert(model, x_train[:200], spikes="graded"), "loihi2", calibration_images=x_train[:200])
+    assert network.spikes == "graded" and network.window_steps == 1
+    frames = network.complete_frames(network.readout.schedule.offset_steps + 6)
+    ref = assert_parity(network, x_test[:6], y_test[:6], frames[-1])
+    assert any(int(raster.max()) > 1 for raster in ref.extras["spikes"].values())  # payloads above 1 were sent
+    readout, _ = frame_forward(network, torch.as_tensor(as_nchw(x_test[:6], 1)))
+    for t in frames:
+        np.testing.assert_array_equal(ref.predictions_per_step[t - 1], readout.argmax(1).numpy())
+
+
 # --- (c) ResNet20 ---------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -204,5 +221,15 @@ def test_resnet20_on_two_images_until_the_first_predictions():
     network = quantize(convert(randomize_batchnorm(zoo.cifar_resnet(20)), calibration, neuron="bistable", window=2,
                                mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD), "loihi2")
     steps = network.readout.schedule.offset_steps + 4  # the readout integrates from its offset: 4 predictions
+    ref = assert_parity(network, calibration[:2], np.array([3, 7]), steps)
+    assert ref.n_spikes_per_step.sum() > 0
+
+
+def test_graded_resnet20_on_two_images_over_two_frames():  # about 20 s: 42 steps
+    rng = np.random.default_rng(4)
+    calibration = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    network = quantize(convert(randomize_batchnorm(zoo.cifar_resnet(20)), calibration, spikes="graded", levels=8,
+                               mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD), "loihi2")
+    steps = network.complete_frames(10 ** 4)[1]
     ref = assert_parity(network, calibration[:2], np.array([3, 7]), steps)
     assert ref.n_spikes_per_step.sum() > 0

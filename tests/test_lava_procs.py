@@ -11,7 +11,8 @@ import netx_export
 from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
 from bsnn_lava.lava import run as lava_run
 from bsnn_lava.lava.build import build
-from bsnn_lava.lava.procs import EventConv, EventDense, GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess
+from bsnn_lava.lava.procs import (EventConv, EventCount, EventDense, GatedIF as GatedIFProcess, PixelInput,
+                                  Readout as ReadoutProcess)
 from bsnn_lava.lava.procs.models import conv_matrix
 from bsnn_lava.lava.run import LoihiUnavailableError, run_lava
 from bsnn_lava.sim import simulate
@@ -149,6 +150,27 @@ def test_counter_vars_and_result_fields_agree_with_the_reference(tmp_path):
     for name, counts in n_spikes.items():
         assert np.array_equal(counts, ref.n_spikes_per_neuron[name]), name
     assert n_lost == ref.n_lost_input
+
+
+def test_event_count_probe_counts_what_a_layer_sends(tmp_path):
+    network, steps = tiny_network(), 9
+    ref = simulate(network, IMAGES[:1], steps=steps, method="step", record=True)
+    lava_net = build(network, IMAGES[:1], steps)
+    log = tmp_path / "counts.npy"
+    np.lib.format.open_memmap(log, mode="w+", dtype=np.int64, shape=(steps,))
+    lava_net.layers["c"].s_out.connect(EventCount(shape=(2, 3, 3), steps_per_sample=steps,
+                                                  log_paths={"counts": str(log)}).s_in)
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    try:
+        lava_net.input.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    finally:
+        lava_net.stop()
+    expected = (ref.extras["spikes"]["c"][:, 0] != 0).reshape(steps, -1).sum(axis=1)
+    assert expected.sum() > 0 and np.array_equal(np.load(log), expected)
+    with pytest.raises(ValueError, match="missing \\['counts'\\]"):
+        EventCount(shape=(2,), steps_per_sample=3, log_paths={})
 
 
 def test_wide_weights_multiply_in_int64_and_stay_exact():

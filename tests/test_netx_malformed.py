@@ -130,7 +130,7 @@ CORRUPTIONS = {
     "name not UTF-8": (_put("layer/2/name", np.array([b"\xff\xfe"])), r"layer 2 .*field 'name': is not UTF-8"),
     "dilation 2": (_put("layer/1/dilation", np.array([2, 2])), L1 + r", field 'dilation': only dilation \(1, 1\)"),
     "zero stride": (_put("layer/1/stride", np.array([0, 1])), L1 + r", field 'stride'"),
-    "bad format version": (_put("format_version", np.int64(3)), r"field 'format_version': is 3; this reader knows versions 1, 2"),
+    "bad format version": (_put("format_version", np.int64(4)), r"field 'format_version': is 4; this reader knows versions 1, 2, 3"),
     "frame_reset not 0 or 1": (_put("layer/2/neuron/frame_reset", np.int64(2)),
                                L2 + r", field 'neuron/frame_reset': is 2, expected 0 or 1"),
     "frame_reset missing": (_delete("layer/2/neuron/frame_reset"), L2 + r", field 'neuron/frame_reset': missing"),

@@ -12,7 +12,7 @@ from ..dynamics import MODES
 from ..ir import Network
 from ..training.activation import ClipFloorShift
 from .calibrate import calibrate
-from .passes import apply_thresholds, assign_schedules, insert_relays, set_frame_reset
+from .passes import apply_thresholds, assign_schedules, insert_relays, set_spiking_fields
 from .trace import ConversionError, lower
 
 __all__ = ["convert", "lower", "calibrate", "ConversionError", "model_fingerprint", "clip_floor_shift_layers"]
@@ -22,7 +22,8 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
             v_init: float = 0.5, percentile: float = 99.9, channelwise: bool = False,
             mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), pixel_max: float = 255.0,
             relays: Optional[bool] = None, frame_reset: Optional[bool] = None, frames: Optional[int] = None,
-            batch_size: int = 100, progress: bool = False) -> Network:
+            spikes: str = "binary", levels: Optional[int] = None, batch_size: int = 100,
+            progress: bool = False) -> Network:
     """Convert a trained ReLU (or clip-floor-shift) network into a spiking network that consumes raw pixels.
 
     Args:
@@ -46,6 +47,12 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
         frames: bistable networks only: every layer stops after this many frames (``None``: runs as
             long as it is simulated). With frame reset, ``frames=1`` processes each image exactly
             once: the prediction is final at the first complete frame and nothing fires after it.
+        spikes: ``binary`` (one spike per step, a window of P steps carries a count up to P) or
+            ``graded`` (bistable only, Loihi 2): every layer integrates for one step, then sends its
+            count ``clip(floor(v / theta), 0, levels)`` as one spike's payload in one step, with
+            ``theta = lambda / levels``; a layer costs 2 steps instead of P + 1.
+        levels: the largest payload of a graded spike, L (the levels of a fine-tuned model's
+            :class:`~bsnn_lava.training.ClipFloorShift` layers by default; a different value is refused).
     """
     if neuron not in MODES:
         raise ValueError(f"neuron must be one of {', '.join(MODES)}, got {neuron!r}")
@@ -67,7 +74,16 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
         raise ValueError(f"std must be positive, got {list(std)}")
     real = lower(model, tuple(images.shape[1:]), mean, std, pixel_max)
     learned = clip_floor_shift_layers(model, real)
-    window = _window_for(learned, window, neuron, v_init)
+    if spikes == "graded":
+        levels = _graded_levels(learned, levels, neuron, window, v_init)
+        window = 1
+    elif spikes == "binary":
+        if levels is not None:
+            raise ValueError(f"levels={levels!r} is for graded spikes (spikes='graded'); binary spikes count "
+                             "up to the window P")
+        window = _window_for(learned, window, neuron, v_init)
+    else:
+        raise ValueError(f"spikes must be 'binary' or 'graded', got {spikes!r}")
     frame_reset = bool(learned) and neuron == "bistable" if frame_reset is None else bool(frame_reset)
     if frame_reset and neuron != "bistable":
         raise ValueError(f"frame_reset needs bistable neurons, not {neuron!r}")
@@ -77,16 +93,21 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
     if len(learned) < len(real.spiking_layers):
         scales = calibrate(real, images.to(torch.float64), percentile, channelwise, batch_size, progress)
     scales.update({name: m.threshold.detach().double().cpu().numpy() for name, m in learned.items()})
+    if spikes == "graded":  # a payload unit is worth lambda / L
+        scales = {name: value / levels for name, value in scales.items()}
     network = apply_thresholds(real, scales, v_init)
     if relays:
         network = insert_relays(network)
     network = assign_schedules(network, neuron, int(window), frames)
     if frame_reset:
-        network = set_frame_reset(network)
+        network = set_spiking_fields(network, frame_reset=True)
+    if spikes == "graded":
+        network = set_spiking_fields(network, payload_max=levels)
     provenance = {
         "source_model": type(model).__name__,
         "source_model_sha256": model_fingerprint(model),
-        "converter": {"neuron": neuron, "window_steps": int(window), "v_init_fraction": float(v_init),
+        "converter": {"neuron": neuron, "window_steps": int(window), "spikes": spikes, "levels": levels,
+                      "v_init_fraction": float(v_init),
                       "relays": bool(relays), "frame_reset": frame_reset, "frames": frames, "mean": list(map(float, mean)),
                       "std": list(map(float, std)), "pixel_max": float(pixel_max)},
         "calibration": {"n_images": int(images.shape[0]) if len(learned) < len(real.spiking_layers) else 0,
@@ -104,21 +125,49 @@ def clip_floor_shift_layers(model: nn.Module, real: Network) -> Dict[str, ClipFl
             if isinstance(modules.get(layer.origin), ClipFloorShift)}
 
 
-def _window_for(learned: Dict[str, ClipFloorShift], window: Optional[int], neuron: str, v_init: float) -> int:
-    """The window P: the levels of a fine-tuned model's clip-floor-shift layers, else ``window`` or 2."""
+def _learned_levels(learned: Dict[str, ClipFloorShift], v_init: float) -> Optional[int]:
+    """The one level count of a fine-tuned model's clip-floor-shift layers (``None`` for a ReLU model)."""
     if not learned:
-        return 2 if window is None else int(window)
+        return None
     levels = sorted({m.levels for m in learned.values()})
     if len(levels) > 1:
-        raise ValueError(f"the model's ClipFloorShift layers have different levels {levels}: one window P fits "
-                         "only one level count")
-    if window is not None and window != levels[0] and neuron != "if":
-        raise ValueError(f"the model was fine-tuned for a window of {levels[0]} steps (ClipFloorShift levels); "
-                         f"convert it with window {levels[0]}, not {window}")
+        raise ValueError(f"the model's ClipFloorShift layers have different levels {levels}: one window P (or "
+                         "graded levels L) fits only one level count")
     if v_init != 0.5:
         raise ValueError(f"a ClipFloorShift model converts exactly only with v_init=0.5 (its shift of 1/2), "
                          f"not {v_init}")
-    return levels[0] if window is None else int(window)
+    return levels[0]
+
+
+def _window_for(learned: Dict[str, ClipFloorShift], window: Optional[int], neuron: str, v_init: float) -> int:
+    """The window P: the levels of a fine-tuned model's clip-floor-shift layers, else ``window`` or 2."""
+    fine_tuned = _learned_levels(learned, v_init)
+    if fine_tuned is None:
+        return 2 if window is None else int(window)
+    if window is not None and window != fine_tuned and neuron != "if":
+        raise ValueError(f"the model was fine-tuned for a window of {fine_tuned} steps (ClipFloorShift levels); "
+                         f"convert it with window {fine_tuned}, not {window}")
+    return fine_tuned if window is None else int(window)
+
+
+def _graded_levels(learned: Dict[str, ClipFloorShift], levels: Optional[int], neuron: str, window: Optional[int],
+                   v_init: float) -> int:
+    """The payload levels L of a graded conversion (checked against a fine-tuned model's levels)."""
+    if neuron != "bistable":
+        raise ValueError(f"graded spikes need bistable neurons (integrate one step, send the count), not {neuron!r}")
+    if window not in (None, 1):
+        raise ValueError(f"graded spikes send a window's count as one payload, so the window is 1 step; "
+                         f"got window={window!r}")
+    if levels is not None and (isinstance(levels, bool) or int(levels) != levels or levels < 1):
+        raise ValueError(f"levels must be a positive integer, got {levels!r}")
+    fine_tuned = _learned_levels(learned, v_init)
+    if fine_tuned is not None and levels is not None and levels != fine_tuned:
+        raise ValueError(f"the model was fine-tuned for {fine_tuned} levels (ClipFloorShift levels); convert it "
+                         f"with levels {fine_tuned}, not {levels}")
+    if fine_tuned is None and levels is None:
+        raise ValueError("graded spikes need levels=L (the largest payload of a spike), or a model fine-tuned "
+                         "with bsnn_lava.finetune(..., window=L)")
+    return int(levels or fine_tuned)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -93,7 +93,8 @@ def assign_schedules(network: Network, mode: str, window_steps: int, frames: Opt
     return network.with_layers(layers)
 
 
-def set_frame_reset(network: Network) -> Network:
-    """Every spiking layer (neurons and relays) restarts from ``v_init`` at each integrate window."""
-    return network.with_layers([replace(layer, frame_reset=True) if isinstance(layer, GatedIF) else layer
+def set_spiking_fields(network: Network, **changes) -> Network:
+    """The same ``changes`` (e.g. ``frame_reset=True``, ``payload_max=L``) on every spiking layer,
+    neurons and relays."""
+    return network.with_layers([replace(layer, **changes) if isinstance(layer, GatedIF) else layer
                                 for layer in network.layers])

@@ -75,6 +75,11 @@ class Network:
         """True when the spiking layers restart every frame (see :class:`GatedIF`)."""
         return any(layer.frame_reset for layer in self.spiking_layers)
 
+    @property
+    def spikes(self) -> str:
+        """``graded`` when some spiking layer sends graded spikes (``payload_max > 1``), else ``binary``."""
+        return "graded" if any(layer.payload_max > 1 for layer in self.spiking_layers) else "binary"
+
     def complete_frames(self, n_steps: int) -> List[int]:
         """The run lengths T (steps, pipeline fill included) after which the readout of a bistable
         network has integrated 1, 2, ... complete windows, up to ``n_steps`` (and the schedule's

@@ -198,7 +198,10 @@ class GatedIF:
     float unit (1.0 in float networks); ``origin``: the ANN module or graph node it came from;
     ``frame_reset`` (bistable only): ``v`` restarts from ``v_init`` at the start of every integrate
     window (:func:`bsnn_lava.dynamics.frame_starts`), so every frame repeats the first one's spike
-    counts instead of carrying the residual potential over.
+    counts instead of carrying the residual potential over. ``payload_max``: the largest value one
+    spike carries: 1 for binary spikes; above 1 a *graded* spike carries
+    ``clip(floor(v / threshold), 0, payload_max)`` (Loihi 2's graded spikes) and subtracts that many
+    thresholds; a synapse multiplies its weight by the payload.
     """
     name: str
     shape: Tuple[int, ...]
@@ -211,6 +214,7 @@ class GatedIF:
     scale: float = 1.0
     origin: str = ""
     frame_reset: bool = False
+    payload_max: int = 1
     kind = "gated_if"
 
     def __post_init__(self):
@@ -226,8 +230,17 @@ class GatedIF:
         if not self.synapses:
             raise IRError(f"layer {self.name!r}: a neuron layer needs at least one synapse")
         object.__setattr__(self, "frame_reset", bool(self.frame_reset))
+        if isinstance(self.payload_max, bool) or int(self.payload_max) != self.payload_max or self.payload_max < 1:
+            raise IRError(f"layer {self.name!r}: payload_max must be a positive integer, got {self.payload_max!r}")
+        object.__setattr__(self, "payload_max", int(self.payload_max))
         if self.frame_reset and self.schedule.mode != "bistable":
             raise IRError(f"layer {self.name!r}: frame_reset needs a bistable schedule, got mode {self.schedule.mode!r}")
+
+
+    @property
+    def window_count_max(self) -> int:
+        """The largest output of one fire window (sum of payloads): ``window_steps * payload_max``."""
+        return self.schedule.window_steps * self.payload_max
 
 
 @dataclass(frozen=True, eq=False)

@@ -183,6 +183,7 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             process = GatedIFProcess(shape=layer.shape, threshold=per_neuron(layer.threshold, layer.shape),
                                      bias=per_neuron(layer.bias, layer.shape),
                                      v_init=per_neuron(layer.v_init, layer.shape), frame_reset=layer.frame_reset,
+                                     payload_max=layer.payload_max,
                                      state_bits=network.state_bits,
                                      log_paths=log_paths.get(layer.name), name=layer.name, **schedule(layer))
             outputs[layer.name] = process
@@ -193,12 +194,12 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
         for k, synapse in enumerate(layer.synapses):
             name = synapse_name(layer.name, synapse.source, k)
             op, in_shape = synapse.op, shapes[synapse.source]
+            sent = dict(max_input=255 if synapse.source == source.name else network[synapse.source].payload_max,
+                        weight_exp=op.weight_exp, log_paths=log_paths.get(name), name=name, **common)
             if isinstance(op, Conv2d):
-                proc = EventConv(weight=op.weight, in_shape=in_shape, stride=op.stride, padding=op.padding,
-                                 weight_exp=op.weight_exp, log_paths=log_paths.get(name), name=name, **common)
+                proc = EventConv(weight=op.weight, in_shape=in_shape, stride=op.stride, padding=op.padding, **sent)
             else:
-                proc = EventDense(weight=op.weight, in_shape=in_shape, weight_exp=op.weight_exp,
-                                  log_paths=log_paths.get(name), name=name, **common)
+                proc = EventDense(weight=op.weight, in_shape=in_shape, **sent)
             outputs[synapse.source].s_out.connect(proc.s_in)
             proc.a_out.connect(process.a_in)
             synapses[name] = proc

@@ -93,7 +93,7 @@ class ActivityLogs:
     """The ``.npy`` files the models write (one sample's worth each), and what was read from them.
 
     Per spiking layer: ``counts`` (steps,) int64, ``totals`` (*shape) int64, ``raster`` (steps, *shape)
-    bool when recording; readout: ``v`` (steps, classes), int64 or float64; per synapse, in IR order:
+    bool (int32 payloads for graded spikes) when recording; readout: ``v`` (steps, classes), int64 or float64; per synapse, in IR order:
     ``synops`` (steps,) int64.
     """
 
@@ -104,7 +104,7 @@ class ActivityLogs:
             if isinstance(layer, GatedIF):
                 fields[layer.name] = {"counts": ((steps,), np.int64), "totals": (layer.shape, np.int64)}
                 if record:
-                    fields[layer.name]["raster"] = ((steps, *layer.shape), np.bool_)
+                    fields[layer.name]["raster"] = ((steps, *layer.shape), np.bool_ if layer.payload_max == 1 else np.int32)
             else:
                 fields[layer.name] = {"v": ((steps, *layer.shape), np.int64 if integer else np.float64)}
             for k, synapse in enumerate(layer.synapses):

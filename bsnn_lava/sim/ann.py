@@ -49,7 +49,8 @@ def frame_forward(network: Network, images: torch.Tensor, kernels: Optional[Netw
     that the network equals after its first complete frame (and after every frame with frame reset).
 
     For every spiking layer ``V = v_init + P bias + sum_s W_s c_s`` (the input's ``c`` is P times
-    its pixels) and ``c = clip(floor(V / theta), 0, P)`` (:func:`bsnn_lava.dynamics.window_spike_count`);
+    its pixels) and ``c = clip(floor(V / theta), 0, P g)`` (:func:`bsnn_lava.dynamics.window_spike_count`;
+    ``g`` the largest payload of a spike, 1 for binary spikes);
     the readout is ``P bias + sum_s W_s c_s``. For a network converted from a clip-floor-shift model
     that is P times the model's logits. Arithmetic in float64: exact for integer networks, for which a
     layer whose partial sums within the window could leave the signed state range raises ``ValueError``
@@ -79,5 +80,5 @@ def frame_forward(network: Network, images: torch.Tensor, kernels: Optional[Netw
         v = v.expand(batch, *layer.shape)
         if layer.kind == "readout":
             return v, {name: c for name, c in counts.items() if name != network.input.name}
-        counts[layer.name], _ = window_spike_count(v, params["threshold"], window)
+        counts[layer.name], _ = window_spike_count(v, params["threshold"], layer.window_count_max)
     raise ValueError("the network has no readout")

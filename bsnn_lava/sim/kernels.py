@@ -68,9 +68,9 @@ class NetworkKernels:
         self.network = network
         self.dtype = dtype
         self.device = device
-        # the largest value a synapse ever sees: a window's spike count, or P pixels of 255
+        # the largest value a synapse ever sees: a window's spike count (sum of payloads), or P pixels of 255
         window = network.window_steps
-        max_input = {layer.name: float(window) for layer in network.layers}
+        max_input = {layer.name: float(window * getattr(layer, "payload_max", 1)) for layer in network.layers}
         max_input[network.input.name] = 255.0 * window
         self.synapses: Dict[str, List[Tuple[str, SynapseKernel]]] = {
             layer.name: [(s.source, SynapseKernel(s.op, dtype, device, max_input[s.source])) for s in layer.synapses]

@@ -6,9 +6,10 @@ Two paths give identical spike trains and readouts:
   :func:`bsnn_lava.dynamics.gated_if_step` to the synaptic input computed from the spikes of step
   t - 1 (one-step synaptic delay); silent sources cost nothing.
 - ``window`` (bistable networks only): one synapse evaluation per layer per window of P steps. A
-  fire-only window emits ``count = clip(floor(v / theta), 0, P)`` spikes on its first ``count``
-  steps, so the spike counts of the source's fire window are everything a layer integrates; the
-  readout's partial sums inside its windows are rebuilt from ``min(count, j + 1)``. Exact for
+  fire-only window emits ``count = clip(floor(v / theta), 0, P g)`` (g: the largest payload of a
+  spike, 1 for binary spikes) on its first steps (:func:`bsnn_lava.dynamics.window_payload`), so the
+  counts of the source's fire window are everything a layer integrates; the readout's partial sums
+  inside its windows are rebuilt from ``min(count, (j + 1) g)``. Exact for
   integer-valued arithmetic (integer networks, or float64 with integer-valued weights). Where a
   window's partial sums could reach the state's limits (integer networks), that layer integrates
   that window step by step with saturation after every step, as the step path does.
@@ -22,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import network_batch
-from ..dynamics import SYNAPSE_DELAY_STEPS, frame_starts, gated_if_step, phase, window_spike_count
+from ..dynamics import SYNAPSE_DELAY_STEPS, frame_starts, gated_if_step, phase, window_payload, window_spike_count
 from ..interrupts import Interrupted, note_progress
 from ..ir import GatedIF, Network
 from .ann import ann_forward
@@ -41,7 +42,8 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
         method: ``step``, ``window`` (bistable only) or ``auto`` (window where it applies).
         record: keep every spike and the readout potential of every step (step path only; memory
             n_steps x n_samples x n_neurons): ``result.extras["spikes"][layer]`` is a bool array
-            (n_steps, n_samples, *shape), ``result.extras["readout_v"]`` (n_steps, n_samples, classes).
+            (n_steps, n_samples, *shape), int32 payloads for a graded layer,
+            ``result.extras["readout_v"]`` (n_steps, n_samples, classes).
         dtype: arithmetic dtype; default float32 for float networks, float64 for integer networks
             (exact for integers below 2**53; state saturates at 24 bits). With the default, the
             window path of an integer network computes in float32 where that is exact (every
@@ -170,7 +172,8 @@ class _Run:
 
     def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> None:
         """Spikes (``spikes=True``) and synaptic operations of the events a source sends at step t
-        (``active``: a boolean ``(batch, *shape)``, or its per-neuron sum over the batch)."""
+        (``active``: a boolean ``(batch, *shape)``, or its per-neuron sum over the batch). A graded
+        spike is one event whatever its payload."""
         per_neuron = (active.sum(dim=0) if active.dtype == torch.bool else active).to(torch.float64)
         if spikes:
             self.spikes_per_step[t, self.index[source]] += per_neuron.sum()
@@ -252,7 +255,9 @@ class _Run:
         input_active = (x != 0).sum(dim=0).to(torch.float64)
         raster = None
         if self.records is not None:
-            raster = {name: torch.zeros(self.n_steps, *state[name].shape, dtype=torch.bool) for name in self.names}
+            raster = {layer.name: torch.zeros(self.n_steps, *state[layer.name].shape,
+                                              dtype=torch.bool if layer.payload_max == 1 else torch.int32)
+                      for layer in self.spiking}
             raster[readout] = torch.zeros(self.n_steps, *state[readout].shape, dtype=torch.float64)
         for t in range(self.n_steps):
             outputs = {net.input.name: x if phase(t, *_sched(net.input))[1] else None}
@@ -264,14 +269,15 @@ class _Run:
                 restart = params["v_init"] if getattr(layer, "frame_reset", False) and frame_starts(t, *_sched(layer)) else None
                 spikes, state[layer.name], n_lost, n_sat = gated_if_step(
                     state[layer.name], pending.get(layer.name), params["bias"], params.get("threshold"),
-                    integrate, fire and layer.name != readout, self.state_bits, restart)
+                    integrate, fire and layer.name != readout, self.state_bits, restart,
+                    getattr(layer, "payload_max", 1))
                 self.counters["lost"][layer.name] += n_lost
                 self.counters["saturated"][layer.name] += n_sat
                 if spikes is not None and bool(spikes.any()):
-                    s = spikes.to(kernels.dtype)
-                    totals[layer.name] += s
-                    self._count_events(t, layer.name, spikes)
-                    outputs[layer.name] = s
+                    events = spikes != 0
+                    totals[layer.name] += events
+                    self._count_events(t, layer.name, events)
+                    outputs[layer.name] = spikes.to(kernels.dtype)
                     if raster is not None:
                         raster[layer.name][t] = spikes.cpu()
             if raster is not None:
@@ -303,11 +309,11 @@ class _Run:
                 self._count_events(t, net.input.name, input_active, spikes=False)
         readout_sources = {s.source for s in readout.synapses}
 
-        def step_input(counts, target):  # the target's sources' outputs on step j: pixels, or spikes where count > j
+        def step_input(counts, target):  # the target's sources' outputs on step j: pixels, or payloads
             sources = {source for source, _ in kernels.synapses[target]}
-            return lambda j: {name: x if name == net.input.name else (None if counts.get(name) is None
-                                                                      else (counts[name] > j).to(kernels.dtype))
-                              for name in sources}
+            return lambda j: {name: x if name == net.input.name else (
+                None if counts.get(name) is None else window_payload(counts[name], j, net[name].payload_max))
+                for name in sources}
 
         first_offset = net.layers[1].schedule.offset_steps
         predicted_until = 0  # steps before this one have been scored
@@ -334,7 +340,7 @@ class _Run:
                 if self._may_saturate(kernels, state[layer.name], params["bias"], counts, layer.name, window):
                     *_, v = self._integrate_stepwise(kernels, layer.name, state[layer.name], params["bias"],
                                                      step_input(counts, layer.name), window)
-                    count, v = window_spike_count(v, params["threshold"].to(torch.float64), window)
+                    count, v = window_spike_count(v, params["threshold"].to(torch.float64), layer.window_count_max)
                     count, state[layer.name] = count.to(kernels.dtype), v.to(kernels.dtype)
                 else:
                     drive = input_drive.get(layer.name)
@@ -343,16 +349,12 @@ class _Run:
                     v = state[layer.name] + window * params["bias"]
                     if drive is not None:
                         v += drive
-                    count, state[layer.name] = window_spike_count(v, params["threshold"], window)
+                    count, state[layer.name] = window_spike_count(v, params["threshold"], layer.window_count_max)
                 n_observed = min(window, n_steps - fire_start)
-                totals[layer.name] += count if n_observed == window else count.clamp(max=n_observed)
-                # spikes of step j of the window, per neuron summed over the batch: the neurons with
-                # count > j, i.e. sum(min(count, j + 1)) - sum(min(count, j))
-                below = 0.0
+                payload = layer.payload_max  # step j of the window sends a spike where count > j * payload
+                totals[layer.name] += ((count + (payload - 1)) // payload).clamp(max=n_observed)
                 for j in range(n_observed):
-                    upto = (count if j + 1 == window else count.clamp(max=j + 1)).sum(dim=0).to(torch.float64)
-                    self._count_events(fire_start + j, layer.name, upto - below)
-                    below = upto
+                    self._count_events(fire_start + j, layer.name, count > j * payload)
                 counts[layer.name] = count if float(count.amax()) > 0 else None
             integrate_start = readout.schedule.offset_steps + 2 * k * window
             if integrate_start >= n_steps:
@@ -369,7 +371,8 @@ class _Run:
                     self._score(integrate_start + j, state[readout.name], y)
             else:
                 for j in range(n_observed):
-                    partial = {name: None if counts.get(name) is None else counts[name].clamp(max=j + 1)
+                    partial = {name: None if counts.get(name) is None
+                               else counts[name].clamp(max=(j + 1) * net[name].payload_max)
                                for name in readout_sources}
                     drive = kernels.synaptic_input(readout.name, partial)
                     state[readout.name] = v_before + (j + 1) * bias + (0 if drive is None else drive)

@@ -8,6 +8,7 @@ from bsnn_lava.lava.compat import ensure_lava_importable
 
 ensure_lava_importable()
 
-from bsnn_lava.lava.procs.process import EventConv, EventDense, GatedIF, PixelInput, Readout  # noqa: E402
+from bsnn_lava.lava.procs.process import (EventConv, EventCount, EventDense, GatedIF, PixelInput,  # noqa: E402
+                                          Readout)
 
-__all__ = ["GatedIF", "Readout", "PixelInput", "EventConv", "EventDense"]
+__all__ = ["GatedIF", "Readout", "PixelInput", "EventConv", "EventDense", "EventCount"]

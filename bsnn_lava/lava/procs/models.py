@@ -31,12 +31,10 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from scipy import sparse
 
 from bsnn_lava.dynamics import frame_starts, gated_if_step, phase
-from bsnn_lava.lava.procs.process import EventConv, EventDense, GatedIF, PixelInput, Readout
+from bsnn_lava.lava.procs.process import EventConv, EventCount, EventDense, GatedIF, PixelInput, Readout
 
 #: Above this fraction of active inputs a synapse multiplies the whole matrix instead of slicing columns.
 DENSE_INPUT_FRACTION = 0.25
-#: The largest input a synapse receives: a pixel (spikes are 0 or 1).
-MAX_INPUT = 255
 
 
 class _SampleClockModel(PyLoihiProcessModel):
@@ -83,6 +81,7 @@ class _GatedIFModel(_NeuronModel):
         super().__init__(proc_params)
         self.silent = np.zeros(proc_params["shape"], dtype=bool)
         self.frame_reset = proc_params["frame_reset"]
+        self.payload_max = proc_params["payload_max"]
 
     def run_spk(self):
         a_in = self.a_in.recv()
@@ -94,18 +93,19 @@ class _GatedIFModel(_NeuronModel):
         integrate, fire = phase(t, *self.schedule)
         restart = self.v_init if self.frame_reset and frame_starts(t, *self.schedule) else None
         spikes, self.v, n_lost, n_saturated = gated_if_step(self.v, a_in, self.bias, self.threshold, integrate, fire,
-                                                             self.state_bits, restart)
+                                                             self.state_bits, restart, self.payload_max)
         self.n_lost_input += n_lost
         self.n_saturated += n_saturated
         spikes = self.silent if spikes is None else spikes
-        self.s_out.send(spikes)
-        n_spikes = int(np.count_nonzero(spikes))
+        self.s_out.send(spikes)  # binary: 0/1; graded: the payloads
+        n_spikes = int(np.count_nonzero(spikes))  # events: a graded spike is one whatever its payload
         if n_spikes:
-            self.n_spikes += spikes
+            events = spikes != 0
+            self.n_spikes += events
         if self.logs:
             self.logs["counts"][t] = n_spikes
             if n_spikes:
-                self.logs["totals"] += spikes
+                self.logs["totals"] += events
             if "raster" in self.logs:
                 self.logs["raster"][t] = spikes
 
@@ -116,7 +116,7 @@ class _GatedIFModel(_NeuronModel):
 class PyGatedIFModelFixed(_GatedIFModel):
     """Bit-accurate: int64 state saturated to ``state_bits``."""
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)  # 0/1, or graded payloads
     v: np.ndarray = LavaPyType(np.ndarray, np.int64)
     threshold: np.ndarray = LavaPyType(np.ndarray, np.int64)
     bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
@@ -133,7 +133,7 @@ class PyGatedIFModelFloat(_GatedIFModel):
     """float64 state, unbounded."""
     saturates = False
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)  # 0/1, or graded payloads
     v: np.ndarray = LavaPyType(np.ndarray, np.float64)
     threshold: np.ndarray = LavaPyType(np.ndarray, np.float64)
     bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
@@ -242,8 +242,9 @@ def conv_matrix(weight: np.ndarray, in_shape, stride, padding) -> sparse.csc_mat
 class _EventSynapseModel(_SampleClockModel):
     """Sends last step's product, then computes this step's from the active inputs only.
 
-    ``fixed_pt`` multiplies in int32 where no output can exceed it (``MAX_INPUT`` times the largest row
-    sum of ``|weight|`` below 2**31; the channel widens to int64), else in int64: exact either way.
+    ``fixed_pt`` multiplies in int32 where no output can exceed it (``max_input``, the largest value
+    the source sends, times the largest row sum of ``|weight|`` below 2**31; the channel widens to
+    int64), else in int64: exact either way.
     """
     dtype = np.int64
 
@@ -254,7 +255,7 @@ class _EventSynapseModel(_SampleClockModel):
         self.pending = self.silent
         matrix = self.weight_matrix(proc_params).tocsc()
         row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
-        narrow = self.dtype == np.int64 and MAX_INPUT * row_sum < 2 ** 31
+        narrow = self.dtype == np.int64 and proc_params["max_input"] * row_sum < 2 ** 31
         self.compute_dtype = np.int32 if narrow else self.dtype
         self.matrix = matrix.astype(self.compute_dtype)
         self.fan_out = np.diff(self.matrix.indptr)  # nonzero weights of each input (synaptic operations)
@@ -301,7 +302,7 @@ class _EventConvModel(_EventSynapseModel):
 @requires(CPU)
 @tag("fixed_pt")
 class PyEventDenseModelFixed(_EventDenseModel):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=8)
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)  # pixels, spikes or payloads
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64)
 
 
@@ -318,7 +319,7 @@ class PyEventDenseModelFloat(_EventDenseModel):
 @requires(CPU)
 @tag("fixed_pt")
 class PyEventConvModelFixed(_EventConvModel):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=8)
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)  # pixels, spikes or payloads
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64)
 
 
@@ -329,3 +330,30 @@ class PyEventConvModelFloat(_EventConvModel):
     dtype = np.float64
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+
+
+# --- probes ------------------------------------------------------------------------------------------
+
+class _EventCountModel(_SampleClockModel):
+    """Writes the number of nonzero entries of every received message to the ``counts`` log."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.logs = _open_logs(proc_params["log_paths"])
+
+    def run_spk(self):
+        self.logs["counts"][self.sample_step()] = np.count_nonzero(self.s_in.recv())
+
+
+@implements(proc=EventCount, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyEventCountModelFixed(_EventCountModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+
+
+@implements(proc=EventCount, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyEventCountModelFloat(_EventCountModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)

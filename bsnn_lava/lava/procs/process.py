@@ -31,8 +31,10 @@ from lava.magma.core.process.variable import Var
 from bsnn_lava.dynamics import MODES
 
 #: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
-LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",), "synapse": ("synops",)}
-REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "synapse": ("synops",)}
+LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",), "synapse": ("synops",),
+              "event_count": ("counts",)}
+REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "synapse": ("synops",),
+                       "event_count": ("counts",)}
 
 
 def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int,
@@ -86,8 +88,9 @@ class GatedIF(AbstractProcess):
     """Layer of gated integrate-and-fire neurons with reset by subtraction (bistable, relay, IF, warm-up).
 
     Per step (:func:`bsnn_lava.dynamics.gated_if_step`): when integrating, ``v += a_in + bias``
-    (saturated to ``state_bits``); when firing, spike on ``v >= threshold`` and subtract it; input
-    that arrives while not integrating is discarded and counted.
+    (saturated to ``state_bits``); when firing, spike on ``v >= threshold`` and subtract it (graded,
+    ``payload_max > 1``: send ``p = clip(floor(v / threshold), 0, payload_max)`` and subtract ``p``
+    thresholds); input that arrives while not integrating is discarded and counted.
 
     Args:
         shape: (C, H, W) or (N,).
@@ -96,24 +99,29 @@ class GatedIF(AbstractProcess):
         steps_per_sample: steps per image; the neurons restart from ``v_init`` every this many steps.
         frame_reset: also restart from ``v_init`` at the start of every integrate window (bistable
             only; :func:`bsnn_lava.dynamics.frame_starts`).
+        payload_max: 1 for binary spikes, else the largest payload of a graded spike.
         state_bits: signed width of ``v`` in ``fixed_pt`` (``None``: unbounded).
         log_paths: activity log files (module docstring), or ``None``.
 
     Vars: ``v``, ``threshold``, ``bias``, ``v_init``; counters over the whole run ``n_spikes``
-    (per neuron), ``n_lost_input`` and ``n_saturated`` (neuron-steps, shape (1,)).
-    Ports: ``a_in`` (synaptic input, several synapses are summed), ``s_out`` (binary spikes).
+    (spike events per neuron; a graded spike is one), ``n_lost_input`` and ``n_saturated``
+    (neuron-steps, shape (1,)). Ports: ``a_in`` (synaptic input, several synapses are summed),
+    ``s_out`` (0/1 spikes, or graded payloads).
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], threshold, bias, v_init, mode: str, offset_steps: int,
                  window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None, frame_reset: bool = False,
-                 state_bits: ty.Optional[int] = None, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
-                 name: ty.Optional[str] = None):
+                 payload_max: int = 1, state_bits: ty.Optional[int] = None,
+                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
         super().__init__(shape=shape, name=name)
         if frame_reset and mode != "bistable":
             raise ValueError(f"frame_reset needs mode 'bistable', got {mode!r}")
+        if isinstance(payload_max, bool) or int(payload_max) != payload_max or payload_max < 1:
+            raise ValueError(f"payload_max must be a positive integer (1: binary spikes), got {payload_max!r}")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
-                    frame_reset=bool(frame_reset), **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+                    frame_reset=bool(frame_reset), payload_max=int(payload_max),
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
             raise ValueError("threshold must be > 0")
@@ -178,7 +186,7 @@ class PixelInput(AbstractProcess):
 class _Synapse(AbstractProcess):
     """Common ports, checks and proc_params of the event-driven synapses; subclasses check their op."""
 
-    def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, steps_per_sample: int,
+    def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, steps_per_sample: int, max_input: int,
                  log_paths: ty.Optional[ty.Mapping[str, str]], name: ty.Optional[str], **op_params):
         super().__init__(name=name)
         weight, in_shape = np.asarray(weight, dtype=np.float64), tuple(int(s) for s in in_shape)
@@ -188,9 +196,12 @@ class _Synapse(AbstractProcess):
             raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
         if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
             raise ValueError(f"steps_per_sample must be an integer >= 1, got {steps_per_sample!r}")
+        if isinstance(max_input, bool) or int(max_input) != max_input or max_input < 1:
+            raise ValueError(f"max_input must be a positive integer, got {max_input!r}")
         out_shape, op_params = self.checked_op(weight, in_shape, **op_params)
         _add_params(self, weight=weight, weight_exp=int(weight_exp), in_shape=in_shape, out_shape=out_shape,
-                    steps_per_sample=int(steps_per_sample), log_paths=_log_paths("synapse", log_paths), **op_params)
+                    steps_per_sample=int(steps_per_sample), max_input=int(max_input),
+                    log_paths=_log_paths("synapse", log_paths), **op_params)
         self.s_in = InPort(shape=in_shape)
         self.a_out = OutPort(shape=out_shape)
 
@@ -211,13 +222,16 @@ class EventDense(_Synapse):
         weight_exp: power-of-two exponent of the weights (>= 0 for ``fixed_pt``).
         in_shape: the source's shape (its product is ``in_features``); ``s_in`` has this shape.
         steps_per_sample: steps per image; nothing is delivered on a sample's first step.
+        max_input: the largest value the source sends (255 for pixels, 1 for binary spikes, the
+            largest payload for graded spikes).
         log_paths: ``{"synops": path}`` (module docstring), or ``None``.
     """
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, weight_exp: int = 0,
-                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
+                 max_input: int = 255, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
+                 name: ty.Optional[str] = None):
         super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
-                         log_paths=log_paths, name=name)
+                         max_input=max_input, log_paths=log_paths, name=name)
 
     @staticmethod
     def checked_op(weight, in_shape, **op_params):
@@ -233,14 +247,15 @@ class EventConv(_Synapse):
         weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
         in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
         stride, padding: (h, w) in pixels.
-        weight_exp, steps_per_sample, log_paths: as for :class:`EventDense` (same one-step delivery).
+        weight_exp, steps_per_sample, max_input, log_paths: as for :class:`EventDense` (same one-step
+            delivery).
     """
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, stride=(1, 1), padding=(0, 0),
-                 weight_exp: int = 0, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
+                 weight_exp: int = 0, max_input: int = 255, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
                  name: ty.Optional[str] = None):
         super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
-                         log_paths=log_paths, name=name, stride=stride, padding=padding)
+                         max_input=max_input, log_paths=log_paths, name=name, stride=stride, padding=padding)
 
     @staticmethod
     def checked_op(weight, in_shape, stride=(1, 1), padding=(0, 0)):
@@ -253,3 +268,24 @@ class EventConv(_Synapse):
         if min(out_hw) < 1:
             raise ValueError(f"kernel {weight.shape[2:]} does not fit input {in_shape} with padding {padding}")
         return (weight.shape[0], *out_hw), dict(stride=stride, padding=padding)
+
+
+class EventCount(AbstractProcess):
+    """A probe: counts the nonzero messages (spikes, graded spikes, deltas) it receives on each step
+    into its ``counts`` log, ``(steps_per_sample,)`` int64. Connect any process's output port to
+    ``s_in`` (an output port may feed several inputs) to count its events without changing it.
+
+    Args:
+        shape: the shape of the port it listens to.
+        steps_per_sample: steps per image (the log holds the current image).
+        log_paths: ``{"counts": path}`` (module docstring).
+    """
+
+    def __init__(self, *, shape: ty.Tuple[int, ...], steps_per_sample: int, log_paths: ty.Mapping[str, str],
+                 name: ty.Optional[str] = None):
+        shape = tuple(int(s) for s in shape)
+        super().__init__(shape=shape, name=name)
+        if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
+            raise ValueError(f"steps_per_sample must be an integer >= 1, got {steps_per_sample!r}")
+        _add_params(self, steps_per_sample=int(steps_per_sample), log_paths=_log_paths("event_count", log_paths))
+        self.s_in = InPort(shape=shape)
