@@ -4,13 +4,14 @@ For the model and every level count L: the clip-floor-shift model fine-tuned for
 checkpoints of ``finetune.py``, trained here when missing), converted with graded spikes (window 1
 step, payloads up to L, frame reset) and with binary spikes (window P = L, frame reset). On the test
 images: the fine-tuned ANN's accuracy; the accuracy at every complete frame of the graded network,
-float and fixed point (Loihi 2), of the graded float network without frame reset, and of the binary
-one (its first frame); plain IF neurons on the fine-tuned network (QCFS) on the same T axis; the
-steps to the first complete frame. Per inference at the first complete frame (one-frame networks,
-``convert(..., frames=1)``): spikes, synaptic operations next to the ANN's MACs, Loihi 2 energy. Lava
-CPU ms per step of the graded and the binary fixed-point networks (one image, its first frame). The
-post-training BSNN (P=2, percentile thresholds) is quoted from ``results/resnet20_fixed_point.json``
-(all 10,000 test images, the same model).
+float and fixed point (Loihi 2), of the binary one (its first frame) and, with ``--no-reset-runs``, of
+the graded float network without frame reset; plain IF neurons on the fine-tuned network (QCFS) on
+the same T axis; the steps to the first complete frame. Per inference at the first complete frame
+(one-frame networks, ``convert(..., frames=1)``): spikes, synaptic operations next to the ANN's MACs,
+Loihi 2 energy. Lava CPU ms per step of the graded and the binary fixed-point networks (one image,
+its first frame), and the stock lava-dl Sigma-Delta anchor (:func:`sdnn_anchor`). The post-training
+BSNN (P=2, percentile thresholds) is quoted from ``results/resnet20_fixed_point.json`` (all 10,000
+test images, the same model).
 
 Writes ``<out>/<name>.{json,md,png}``.
 
@@ -32,7 +33,6 @@ from bsnn_lava import convert, simulate, zoo
 from bsnn_lava.datasets import load_npz
 from bsnn_lava.lava.run import run_lava
 from bsnn_lava.plots import plot_accuracy_vs_steps
-from bsnn_lava.profile import profile_run
 from bsnn_lava.quantize import quantize
 from bsnn_lava.sim import frame_forward
 from bsnn_lava.sim.result import first_crossing
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--n-if", type=int, default=2000, help="test images for IF (step path, slow)")
     parser.add_argument("--n-energy", type=int, default=1000, help="test images for the energy profiles")
     parser.add_argument("--frames", type=int, default=4, help="complete frames of the graded networks")
+    parser.add_argument("--no-reset-runs", action="store_true", help="also run the graded networks without frame reset")
     parser.add_argument("--lava-levels", type=int, nargs="*", default=[8],
                         help="levels timed in Lava (none: no Lava runs, no SDNN anchor)")
     parser.add_argument("--sdnn-steps", type=int, default=30, help="steps of the stock SDNN anchor in Lava")
@@ -106,15 +107,6 @@ def accuracy_entry(result, network, predictions_ann, labels, wall_s) -> dict:
             "accuracy_at_frames": [float(result.accuracy[t - 1]) for t in frames],
             "agreement_with_ann_at_frames": [float(a) for a in (at == predictions_ann).mean(axis=1)],
             "wall_s": wall_s}
-
-
-def per_inference(network, x, y, steps: int) -> dict:
-    result = simulate(network, x, y, steps=steps, progress=True)
-    p = profile_run(network, result, "loihi2")
-    return {"steps": steps, "n_images": int(len(x)), "accuracy": p.accuracy, "spikes": p.spikes, "synops": p.synops,
-            "synops_graded": p.synops_graded, "ann_macs": p.ann_macs, "synops_per_mac": p.synops / p.ann_macs,
-            "energy_uj": p.energy_nj["total"] / 1e3, "ann_int8_uj": p.ann_energy_nj["int8"] / 1e3,
-            "energy_estimates": [e for e in p.energy_sources["estimates"].split(", ") if "energy" in e]}
 
 
 def lava_ms_per_step(network, image, steps: int) -> dict:
@@ -231,9 +223,10 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     entry["frame_vs_ann_max_abs"] = float((frame - logits).abs().max())
     fixed = quantize(graded, "loihi2", calibration_images=calib)
     variants = [("graded float, frame reset", graded, steps), ("graded fixed point (Loihi 2), frame reset", fixed, steps),
-                ("graded float, no frame reset", convert(model, calib, mean=MEAN, std=STD, spikes="graded",
-                                                         frame_reset=False), steps),
                 (f"binary P={levels} float, frame reset", binary, entry["first_frame_T"]["binary"])]
+    if args.no_reset_runs:
+        variants.append(("graded float, no frame reset", convert(model, calib, mean=MEAN, std=STD, spikes="graded",
+                                                                 frame_reset=False), steps))
     for label, network, n_steps in variants:
         t0 = time.perf_counter()
         result = simulate(network, x_test, y_test, steps=n_steps, progress=True)
@@ -259,18 +252,18 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     n = min(args.n_energy, len(x_test))
     once = {"graded": convert(model, calib, mean=MEAN, std=STD, spikes="graded", frames=1),
             "binary": convert(model, calib, mean=MEAN, std=STD, frames=1)}
+    fixed_once = quantize(once["graded"], "loihi2", calibration_images=calib)
+    first = entry["first_frame_T"]
     entry["per_inference_first_frame"] = {
-        "graded float, one frame": per_inference(once["graded"], x_test[:n], y_test[:n], entry["first_frame_T"]["graded"]),
-        "graded fixed point, one frame": per_inference(quantize(once["graded"], "loihi2", calibration_images=calib),
-                                                       x_test[:n], y_test[:n], entry["first_frame_T"]["graded"]),
-        f"binary P={levels} float, one frame": per_inference(once["binary"], x_test[:n], y_test[:n],
-                                                             entry["first_frame_T"]["binary"])}
+        "graded float, one frame": finetune_bench.energy_at(once["graded"], x_test[:n], y_test[:n], first["graded"]),
+        "graded fixed point, one frame": finetune_bench.energy_at(fixed_once, x_test[:n], y_test[:n], first["graded"]),
+        f"binary P={levels} float, one frame": finetune_bench.energy_at(once["binary"], x_test[:n], y_test[:n],
+                                                                        first["binary"])}
     if levels in args.lava_levels:
         entry["lava_cpu"] = {
-            "graded fixed point, one frame": lava_ms_per_step(quantize(once["graded"], "loihi2", calibration_images=calib),
-                                                              x_test[0], entry["first_frame_T"]["graded"]),
+            "graded fixed point, one frame": lava_ms_per_step(fixed_once, x_test[0], first["graded"]),
             f"binary P={levels} fixed point, one frame": lava_ms_per_step(
-                quantize(once["binary"], "loihi2", calibration_images=calib), x_test[0], entry["first_frame_T"]["binary"])}
+                quantize(once["binary"], "loihi2", calibration_images=calib), x_test[0], first["binary"])}
         print(f"L={levels} Lava: {entry['lava_cpu']}", flush=True)
     entry["wall_s"] = time.perf_counter() - started
     return entry
@@ -293,7 +286,7 @@ def write_report(args, payload) -> None:
     for levels, e in payload["levels"].items():
         runs = e["runs"]
         g, f, n = (runs["graded float, frame reset"], runs["graded fixed point (Loihi 2), frame reset"],
-                   runs["graded float, no frame reset"])
+                   runs.get("graded float, no frame reset"))
         b = runs[f"binary P={levels} float, frame reset"]
         fmt = lambda r: ", ".join(f"{100 * a:.2f} ({t})" for a, t in zip(r["accuracy_at_frames"], r["frames"]))
         lines.append(f"| {levels} | {100 * e['ann_cfs']:.2f}% | {e['first_frame_T']['graded']} / "
@@ -301,10 +294,11 @@ def write_report(args, payload) -> None:
                      f"{', '.join(f'{100 * a:.2f}' for a in f['accuracy_at_frames'])} | "
                      f"{100 * min(g['agreement_with_ann_at_frames']):.2f}% / "
                      f"{100 * min(f['agreement_with_integer_frame_forward_at_frames']):.2f}% | "
-                     f"{', '.join(f'{100 * a:.2f}' for a in n['accuracy_at_frames'])} | "
+                     f"{', '.join(f'{100 * a:.2f}' for a in n['accuracy_at_frames']) if n else 'not run'} | "
                      f"{100 * b['accuracy_at_frames'][0]:.2f}% |")
         curves[f"graded L={levels}, frame reset"] = np.array(g["accuracy"])
-        curves[f"graded L={levels}, no frame reset"] = np.array(n["accuracy"])
+        if n:
+            curves[f"graded L={levels}, no frame reset"] = np.array(n["accuracy"])
         curves[f"binary P={levels}, frame reset"] = np.array(b["accuracy"])
         if_label = next(k for k in runs if k.startswith("IF"))
         curves[f"IF (QCFS) L={levels}, {if_label.split(', ')[-1]}"] = np.array(runs[if_label]["accuracy"])
