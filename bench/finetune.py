@@ -129,6 +129,18 @@ def ann_accuracy(model, images, labels) -> float:
     return float((ann_logits(model, images).argmax(1).numpy() == labels).mean())
 
 
+def integer_frame_agreement(network, images: torch.Tensor, at_frames: np.ndarray):
+    """Fraction of images, per complete frame, on which the integer network predicts its own integer
+    frame (``frame_forward`` of its integer weights: the quantized ANN it computes); the reason
+    (text) where ``frame_forward`` refuses the network (partial sums that could reach the state's
+    limits, where the window path integrates step by step with saturation)."""
+    try:
+        readout = torch.cat([frame_forward(network, images[i:i + 500])[0] for i in range(0, len(images), 500)])
+    except ValueError as err:
+        return f"no integer frame: {err}"
+    return [float(a) for a in (at_frames == readout.argmax(1).numpy()).mean(axis=1)]
+
+
 def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     """Accuracy of a minus accuracy of b on the same images, and its standard error (paired)."""
     d = correct_a.astype(np.float64) - correct_b.astype(np.float64)
@@ -204,10 +216,9 @@ def one_window(args, base, window, x_train, y_train, x_test, y_test, payload, pr
         run = curve_entry(result, network, y_sim, reference, predictions, time.perf_counter() - t0)
         at_frames = result.predictions_per_step[[t - 1 for t in run["frames"]]]
         run["agreement_with_cfs_ann_at_frames"] = [float(a) for a in (at_frames == sim_logits.argmax(1).numpy()).mean(axis=1)]
-        if network.state_bits is not None:  # the integer network's own ANN: frame_forward of its integer weights
-            integer_ann = torch.cat([frame_forward(network, images[i:i + 500])[0] for i in range(0, n_sim, 500)])
-            run["agreement_with_integer_frame_forward_at_frames"] = [
-                float(a) for a in (at_frames == integer_ann.argmax(1).numpy()).mean(axis=1)]
+        if network.state_bits is not None:
+            run["agreement_with_integer_frame_forward_at_frames"] = integer_frame_agreement(network, images[:n_sim],
+                                                                                           at_frames)
         differ = np.flatnonzero(at_frames[0] != sim_logits.argmax(1).numpy())
         if network is bsnn and differ.size:  # float32 rounding at a floor boundary? the same images in float64:
             again = simulate(network, x_sim[differ], y_sim[differ], steps=run["frames"][0], dtype=torch.float64)
@@ -273,9 +284,10 @@ def write_report(args, payload) -> None:
                 d = run["differing_images"]
                 agree += (f" ({len(d['indices'])} images differ in float32; simulated in float64, "
                           f"{d['agree_in_float64']} of them agree)")
-            if "agreement_with_integer_frame_forward_at_frames" in run:
-                agree += " (the integer network's own frame_forward: " + ", ".join(
-                    f"{100 * a:.2f}" for a in run["agreement_with_integer_frame_forward_at_frames"]) + ")"
+            own = run.get("agreement_with_integer_frame_forward_at_frames")
+            if own is not None:
+                agree += " (the integer network's own frame_forward: " + (
+                    own if isinstance(own, str) else ", ".join(f"{100 * a:.2f}" for a in own)) + ")"
             paired = [", ".join(f"{100 * p['difference']:+.2f} ({100 * p['se']:.2f})" for p in
                                 run.get("paired_at_frames", {}).get(name, [])) or "-"
                       for name in ("original", "relu_finetuned")]

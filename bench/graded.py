@@ -234,10 +234,8 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
         for points in (0.5, 1.0):
             run[f"T_within_{points}_of_original"] = first_crossing(result.accuracy, payload["ann_original"] - points / 100)
         if network is fixed:
-            integer_ann = torch.cat([frame_forward(fixed, images[i:i + 500])[0] for i in range(0, len(images), 500)])
-            at = result.predictions_per_step[[t - 1 for t in run["frames"]]]
-            run["agreement_with_integer_frame_forward_at_frames"] = [
-                float(a) for a in (at == integer_ann.argmax(1).numpy()).mean(axis=1)]
+            run["agreement_with_integer_frame_forward_at_frames"] = finetune_bench.integer_frame_agreement(
+                fixed, images, result.predictions_per_step[[t - 1 for t in run["frames"]]])
         entry["runs"][label] = run
         print(f"L={levels} {label}: {[round(100 * a, 2) for a in run['accuracy_at_frames']]} at T={run['frames']}, "
               f"agreement with the ANN {[round(100 * a, 2) for a in run['agreement_with_ann_at_frames']]} "
@@ -269,6 +267,11 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     return entry
 
 
+def _min_percent(agreement) -> str:
+    """The lowest agreement over the frames, or the reason there is none."""
+    return agreement if isinstance(agreement, str) else f"{100 * min(agreement):.2f}%"
+
+
 def write_report(args, payload) -> None:
     out, name = args.out, args.name
     lines = [f"# Graded spikes: {Path(payload['model']).name}", "",
@@ -293,7 +296,7 @@ def write_report(args, payload) -> None:
                      f"{e['first_frame_T']['binary']} | {fmt(g)} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in f['accuracy_at_frames'])} | "
                      f"{100 * min(g['agreement_with_ann_at_frames']):.2f}% / "
-                     f"{100 * min(f['agreement_with_integer_frame_forward_at_frames']):.2f}% | "
+                     f"{_min_percent(f['agreement_with_integer_frame_forward_at_frames'])} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in n['accuracy_at_frames']) if n else 'not run'} | "
                      f"{100 * b['accuracy_at_frames'][0]:.2f}% |")
         curves[f"graded L={levels}, frame reset"] = np.array(g["accuracy"])

@@ -212,9 +212,9 @@ def _cmd_convert(args) -> int:
         frame = (f", first complete frame at T={network.complete_frames(10 ** 9)[0]}"
                  + (", frame reset" if network.frame_reset else "")
                  + (f", stops after {args.frames} frame(s)" if args.frames else ""))
-    spikes = "binary spikes" if network.spikes == "binary" else \
-        f"graded spikes up to {max(l.payload_max for l in network.spiking_layers)}"
-    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, {spikes}, P={network.window_steps}, "
+    spikes = f"binary spikes, P={network.window_steps}" if network.spikes == "binary" else \
+        f"graded spikes up to {max(l.payload_max for l in network.spiking_layers)} (1-step windows)"
+    print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, {spikes}, "
           f"pipeline fill {network.readout.schedule.offset_steps} steps{frame}")
     return EXIT_OK
 
