@@ -236,7 +236,6 @@ class GatedIF:
         if self.frame_reset and self.schedule.mode != "bistable":
             raise IRError(f"layer {self.name!r}: frame_reset needs a bistable schedule, got mode {self.schedule.mode!r}")
 
-
     @property
     def window_count_max(self) -> int:
         """The largest output of one fire window (sum of payloads): ``window_steps * payload_max``."""

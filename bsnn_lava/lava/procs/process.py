@@ -53,6 +53,13 @@ def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_
                 steps_per_sample=int(steps_per_sample), frames=None if frames is None else int(frames))
 
 
+def _integer_at_least(value, field_name: str, low: int = 1) -> int:
+    """``value`` as an int; ``ValueError`` naming ``field_name`` unless it is an integer >= ``low``."""
+    if isinstance(value, bool) or int(value) != value or value < low:
+        raise ValueError(f"{field_name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
 def _state_bits(state_bits: ty.Optional[int]) -> ty.Optional[int]:
     if state_bits is not None and (isinstance(state_bits, bool) or int(state_bits) != state_bits or state_bits < 2):
         raise ValueError(f"state_bits must be None (unbounded) or an integer >= 2, got {state_bits!r}")
@@ -117,10 +124,8 @@ class GatedIF(AbstractProcess):
         super().__init__(shape=shape, name=name)
         if frame_reset and mode != "bistable":
             raise ValueError(f"frame_reset needs mode 'bistable', got {mode!r}")
-        if isinstance(payload_max, bool) or int(payload_max) != payload_max or payload_max < 1:
-            raise ValueError(f"payload_max must be a positive integer (1: binary spikes), got {payload_max!r}")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
-                    frame_reset=bool(frame_reset), payload_max=int(payload_max),
+                    frame_reset=bool(frame_reset), payload_max=_integer_at_least(payload_max, "payload_max"),
                     **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
@@ -194,13 +199,11 @@ class _Synapse(AbstractProcess):
             raise ValueError("weight has NaN or infinite values")
         if isinstance(weight_exp, bool) or int(weight_exp) != weight_exp:
             raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
-        if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
-            raise ValueError(f"steps_per_sample must be an integer >= 1, got {steps_per_sample!r}")
-        if isinstance(max_input, bool) or int(max_input) != max_input or max_input < 1:
-            raise ValueError(f"max_input must be a positive integer, got {max_input!r}")
+        steps_per_sample = _integer_at_least(steps_per_sample, "steps_per_sample")
+        max_input = _integer_at_least(max_input, "max_input")
         out_shape, op_params = self.checked_op(weight, in_shape, **op_params)
         _add_params(self, weight=weight, weight_exp=int(weight_exp), in_shape=in_shape, out_shape=out_shape,
-                    steps_per_sample=int(steps_per_sample), max_input=int(max_input),
+                    steps_per_sample=steps_per_sample, max_input=max_input,
                     log_paths=_log_paths("synapse", log_paths), **op_params)
         self.s_in = InPort(shape=in_shape)
         self.a_out = OutPort(shape=out_shape)
@@ -285,7 +288,6 @@ class EventCount(AbstractProcess):
                  name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
         super().__init__(shape=shape, name=name)
-        if isinstance(steps_per_sample, bool) or int(steps_per_sample) != steps_per_sample or steps_per_sample < 1:
-            raise ValueError(f"steps_per_sample must be an integer >= 1, got {steps_per_sample!r}")
-        _add_params(self, steps_per_sample=int(steps_per_sample), log_paths=_log_paths("event_count", log_paths))
+        _add_params(self, steps_per_sample=_integer_at_least(steps_per_sample, "steps_per_sample"),
+                    log_paths=_log_paths("event_count", log_paths))
         self.s_in = InPort(shape=shape)
