@@ -63,6 +63,12 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bsnn-finetune"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="graded_resnet20")
+    parser.add_argument("--no-binary", action="store_true",
+                        help="skip the binary network's accuracy run on the test images (slow for deep models; "
+                             "finetune.py has it); its energy profile still runs")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the levels (and the SDNN anchor) of an existing <name>.json that this run does "
+                             "not recompute")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.channelwise = False  # the checkpoint names of finetune.py
@@ -79,9 +85,18 @@ def main() -> None:
                "n_test": int(len(x_test)), "epochs": args.epochs, "lr": args.lr, "levels": {},
                "ann_original": finetune_bench.ann_accuracy(base, x_test, y_test),
                "post_training": quoted_post_training(args.post_training)}
+    previous = args.out / f"{args.name}.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        if (old["epochs"], old["lr"], old["n_test"]) != (args.epochs, args.lr, len(x_test)):
+            parser.error(f"--merge: {previous} was computed with other epochs, lr or test images")
+        payload["levels"] = {levels: {"command": old["command"], **entry} for levels, entry in old["levels"].items()}
+        if "sdnn_anchor" in old:
+            payload["sdnn_anchor"] = old["sdnn_anchor"]
     print(f"ANN original {100 * payload['ann_original']:.2f}%", flush=True)
     for levels in args.levels:
         payload["levels"][str(levels)] = one_level(args, base, levels, x_train, y_train, x_test, y_test, payload)
+        payload["levels"] = dict(sorted(payload["levels"].items(), key=lambda item: int(item[0])))
         write_json(args.out / f"{args.name}.json", payload)
     if args.lava_levels:
         shapes = convert(base, x_train[:50], mean=MEAN, std=STD)  # the layer shapes of the model
@@ -209,7 +224,7 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     model = finetune_bench.trained(args, base, levels, x_train, y_train)
     logits = finetune_bench.ann_logits(model, x_test)
     ann = logits.argmax(1).numpy()
-    entry = {"ann_cfs": float((ann == y_test).mean()), "training_s_per_epoch":
+    entry = {"command": command_line(), "ann_cfs": float((ann == y_test).mean()), "training_s_per_epoch":
              [h["seconds"] for h in model.finetune_record["history"]], "runs": {}}
     print(f"L={levels}: clip-floor-shift ANN {100 * entry['ann_cfs']:.2f}%", flush=True)
     calib = x_train[:300]
@@ -222,8 +237,9 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     frame = torch.cat([frame_forward(graded, images[i:i + 500])[0] for i in range(0, len(images), 500)])
     entry["frame_vs_ann_max_abs"] = float((frame - logits).abs().max())
     fixed = quantize(graded, "loihi2", calibration_images=calib)
-    variants = [("graded float, frame reset", graded, steps), ("graded fixed point (Loihi 2), frame reset", fixed, steps),
-                (f"binary P={levels} float, frame reset", binary, entry["first_frame_T"]["binary"])]
+    variants = [("graded float, frame reset", graded, steps), ("graded fixed point (Loihi 2), frame reset", fixed, steps)]
+    if not args.no_binary:
+        variants.append((f"binary P={levels} float, frame reset", binary, entry["first_frame_T"]["binary"]))
     if args.no_reset_runs:
         variants.append(("graded float, no frame reset", convert(model, calib, mean=MEAN, std=STD, spikes="graded",
                                                                  frame_reset=False), steps))
@@ -275,7 +291,8 @@ def _min_percent(agreement) -> str:
 def write_report(args, payload) -> None:
     out, name = args.out, args.name
     lines = [f"# Graded spikes: {Path(payload['model']).name}", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ",
+             *[f"Command (L={levels}): `{e.get('command', payload['command'])}`  "
+               for levels, e in payload["levels"].items()], f"Machine: {payload['machine']}  ",
              f"Fine-tuning: {payload['epochs']} epochs, SGD lr {payload['lr']} (bench/finetune.py checkpoints). "
              f"Test: {payload['n_test']} images. Original ANN: {100 * payload['ann_original']:.2f}%.", ""]
     pt = payload.get("post_training")
@@ -290,7 +307,8 @@ def write_report(args, payload) -> None:
         runs = e["runs"]
         g, f, n = (runs["graded float, frame reset"], runs["graded fixed point (Loihi 2), frame reset"],
                    runs.get("graded float, no frame reset"))
-        b = runs[f"binary P={levels} float, frame reset"]
+        b = runs.get(f"binary P={levels} float, frame reset")
+        binary_first = f"{100 * b['accuracy_at_frames'][0]:.2f}%" if b else "not run"
         fmt = lambda r: ", ".join(f"{100 * a:.2f} ({t})" for a, t in zip(r["accuracy_at_frames"], r["frames"]))
         lines.append(f"| {levels} | {100 * e['ann_cfs']:.2f}% | {e['first_frame_T']['graded']} / "
                      f"{e['first_frame_T']['binary']} | {fmt(g)} | "
@@ -298,11 +316,12 @@ def write_report(args, payload) -> None:
                      f"{100 * min(g['agreement_with_ann_at_frames']):.2f}% / "
                      f"{_min_percent(f['agreement_with_integer_frame_forward_at_frames'])} | "
                      f"{', '.join(f'{100 * a:.2f}' for a in n['accuracy_at_frames']) if n else 'not run'} | "
-                     f"{100 * b['accuracy_at_frames'][0]:.2f}% |")
+                     f"{binary_first} |")
         curves[f"graded L={levels}, frame reset"] = np.array(g["accuracy"])
         if n:
             curves[f"graded L={levels}, no frame reset"] = np.array(n["accuracy"])
-        curves[f"binary P={levels}, frame reset"] = np.array(b["accuracy"])
+        if b:
+            curves[f"binary P={levels}, frame reset"] = np.array(b["accuracy"])
         if_label = next(k for k in runs if k.startswith("IF"))
         curves[f"IF (QCFS) L={levels}, {if_label.split(', ')[-1]}"] = np.array(runs[if_label]["accuracy"])
     lines += ["", "Per inference at the first complete frame (one-frame networks: every layer processes the image "

@@ -35,8 +35,11 @@ exit codes: 0 success, 1 internal error, 2 bad input (one-line message), 130/143
 
 BACKENDS = ("torch", "lava", "loihi2")
 BACKEND_HELP = ("torch: reference simulator (default); lava: Lava's CPU simulator (bit-accurate fixed_pt for "
-                "quantized networks), one image at a time; loihi2: Intel's Loihi 2 through lava-loihi (INRC only, "
+                "quantized networks), --batch-size images at a time (default 1); loihi2: Intel's Loihi 2 through lava-loihi (INRC only, "
                 "see docs/loihi.md)")
+
+#: Images per batch of the reference simulator when --batch-size is not given.
+TORCH_BATCH_SIZE = 100
 
 
 class UsageError(Exception):
@@ -285,13 +288,17 @@ def _run_file(args):
             check_device(args.device)
         except ValueError as err:
             raise UsageError(f"--device: {err}") from None
-        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, device=args.device,
-                          progress=True)
+        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size or TORCH_BATCH_SIZE,
+                          device=args.device, progress=True)
     else:
         from .lava.run import run_lava
 
+        if args.backend == "loihi2" and args.batch_size not in (None, 1):
+            raise UsageError(f"--batch-size {args.batch_size}: batches are a layout of Lava's CPU simulator; "
+                             "--backend loihi2 runs one image at a time")
         result = run_lava(network, x, y, steps=args.steps, backend="cpu" if args.backend == "lava" else "loihi2",
-                          select_tag="fixed_pt" if network.numeric == "int" else "floating_pt")
+                          select_tag="fixed_pt" if network.numeric == "int" else "floating_pt",
+                          batch_size=args.batch_size or 1)
     return network, x, y, result
 
 
@@ -456,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
         command.add_argument("--steps", type=positive_int, default=128, help="time steps T (default: 128)")
         command.add_argument("--limit", type=positive_int, help="use only the first N images (N >= 1)")
-        command.add_argument("--batch-size", type=positive_int, default=100, help="images per batch (default: 100)")
+        command.add_argument("--batch-size", type=positive_int,
+                             help=f"images per batch (default: {TORCH_BATCH_SIZE} for torch; 1 for lava: the "
+                                  "CPU models then run that many images at once, paying Lava's messaging once)")
         command.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
         command.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
 

@@ -64,21 +64,27 @@ def state_limits(state_bits: int) -> Tuple[int, int]:
     return -(1 << (state_bits - 1)), (1 << (state_bits - 1)) - 1
 
 
-def saturate(v: Any, state_bits: Optional[int]) -> Tuple[Any, Any]:
-    """Clip ``v`` to a signed ``state_bits``-bit range; return ``(v_clipped, n_saturated)``.
+def count_true(mask: Any, per_sample: bool = False) -> Any:
+    """The number of true elements of ``mask``; with ``per_sample``, one count per index of its
+    leading (sample) axis."""
+    return mask.reshape(mask.shape[0], -1).sum(1) if per_sample else mask.sum()
+
+
+def saturate(v: Any, state_bits: Optional[int], per_sample: bool = False) -> Tuple[Any, Any]:
+    """Clip ``v`` to a signed ``state_bits``-bit range; return ``(v_clipped, n_saturated)``
+    (:func:`count_true` of the clipped elements).
 
     ``state_bits=None`` means unbounded (float networks): ``v`` is returned unchanged with count 0.
     """
     if state_bits is None:
         return v, 0
     lo, hi = state_limits(state_bits)
-    n_saturated = ((v < lo) | (v > hi)).sum()
-    return v.clip(lo, hi), n_saturated
+    return v.clip(lo, hi), count_true((v < lo) | (v > hi), per_sample)
 
 
 def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool, fire: bool,
-                  state_bits: Optional[int] = None, restart: Any = None, payload_max: int = 1
-                  ) -> Tuple[Any, Any, Any, Any]:
+                  state_bits: Optional[int] = None, restart: Any = None, payload_max: int = 1,
+                  per_sample: bool = False) -> Tuple[Any, Any, Any, Any]:
     """One step of the gated integrate-and-fire neuron with reset by subtraction.
 
     Args:
@@ -92,6 +98,8 @@ def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool,
             frame reset), else ``None``: ``v`` is set to it (broadcast) before anything else.
         payload_max: 1 for binary spikes (spike where ``v >= threshold``); above 1, graded spikes:
             each neuron sends ``clip(floor(v / threshold), 0, payload_max)`` (0: no spike).
+        per_sample: ``v``'s leading axis indexes samples (a batch of images): the two counts are
+            returned per sample (:func:`count_true`), else in total.
 
     Returns:
         ``(spikes, v, n_lost_input, n_saturated)``: ``spikes`` is a boolean array (binary) or the
@@ -105,9 +113,9 @@ def gated_if_step(v: Any, a_in: Any, bias: Any, threshold: Any, integrate: bool,
         v = v * 0 + restart
     if integrate:
         v = v + bias if a_in is None else v + a_in + bias
-        v, n_saturated = saturate(v, state_bits)
+        v, n_saturated = saturate(v, state_bits, per_sample)
     elif a_in is not None:
-        n_lost_input = (a_in != 0).sum()
+        n_lost_input = count_true(a_in != 0, per_sample)
     spikes = None
     if fire:
         spikes = v >= threshold if payload_max == 1 else (v // threshold).clip(0, payload_max)

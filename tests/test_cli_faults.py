@@ -133,6 +133,21 @@ def test_loihi2_refusal_names_the_lava_backend(digits):
     assert "backend 'cpu'" not in out.stderr
 
 
+def test_lava_batches_give_the_reference_json_and_loihi2_refuses_them(digits, tmp_path):
+    """`--backend lava --batch-size 2` on 5 images (batches of 2, 2, 1 + a blank) writes the JSON the
+    reference simulator writes, timing aside; Loihi 2 takes no batches."""
+    common = ["simulate", digits["net"], "--data", digits["data"], "--steps", "12", "--limit", "5"]
+    for backend, batch in (("torch", "100"), ("lava", "2")):
+        out = bsnn(*common, "--backend", backend, "--batch-size", batch, "--json", tmp_path / f"{backend}.json")
+        assert out.returncode == 0, out.stderr[-2000:]
+    torch_json, lava_json = (json.loads((tmp_path / f"{b}.json").read_text()) for b in ("torch", "lava"))
+    for summary in (torch_json, lava_json):
+        summary.pop("method")
+    assert lava_json == torch_json
+    out = bsnn(*common, "--backend", "loihi2", "--batch-size", "2")
+    assert_one_line_error(out, "--batch-size 2", "--backend loihi2 runs one image at a time")
+
+
 # --- item 7: --factory -------------------------------------------------------------------------------
 
 TINYNETS = """

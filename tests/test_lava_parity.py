@@ -55,9 +55,10 @@ def first_mismatch(ref, lava):
     return None
 
 
-def assert_parity(network, images, labels, steps, select_tag="fixed_pt", dtype=None):
+def assert_parity(network, images, labels, steps, select_tag="fixed_pt", dtype=None, batch_size=1):
     ref = simulate(network, images, labels, steps=steps, method="step", record=True, dtype=dtype)
-    lava = run_lava(network, images, labels, steps=steps, select_tag=select_tag, record=True, progress=False)
+    lava = run_lava(network, images, labels, steps=steps, select_tag=select_tag, record=True, progress=False,
+                    batch_size=batch_size)
     mismatch = first_mismatch(ref, lava)
     assert mismatch is None, f"first mismatch: {mismatch}"
     return ref
@@ -69,7 +70,7 @@ def assert_parity(network, images, labels, steps, select_tag="fixed_pt", dtype=N
 def random_float_networks(draw):
     """Input -> 1..3 conv or dense layers (each maybe with a residual synapse from an earlier layer,
     binary or graded spikes) -> readout; float weights, one neuron mode, random offsets; plus matching
-    uint8 images."""
+    uint8 images (1 to 5) and the Lava batch size (1, 3 or 8: full, padded and capped batches)."""
     seed = draw(st.integers(0, 2 ** 16))
     rng = np.random.default_rng(seed)
     mode = draw(st.sampled_from(["bistable", "if", "warmup"]))
@@ -102,8 +103,9 @@ def random_float_networks(draw):
     classes = draw(st.integers(2, 4))
     synapses = [Synapse(layers[-1].name, Dense(rng.normal(0, 1, (classes, int(np.prod(layers[-1].shape))))))]
     layers.append(Readout("out", (classes,), tuple(synapses), bias=rng.normal(0, 0.2, classes), schedule=schedule()))
-    images = rng.integers(0, 256, size=(2, channels, height, width), dtype=np.uint8)
-    return Network(layers), images, draw(st.integers(0, 6)), draw(st.integers(4, 14))
+    images = rng.integers(0, 256, size=(draw(st.integers(1, 5)), channels, height, width), dtype=np.uint8)
+    return (Network(layers), images, draw(st.integers(0, 6)), draw(st.integers(4, 14)),
+            draw(st.sampled_from([1, 3, 8])))
 
 
 def _residual_fits(source_shape, target_shape) -> bool:
@@ -124,15 +126,17 @@ def _residual_op(rng, source_shape, target_shape):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(random_float_networks())
 def test_random_quantized_graphs_match_the_reference(case):
-    network, images, headroom_bits, steps = case
+    network, images, headroom_bits, steps, batch_size = case
     # half the cases with calibrated rounding: per-neuron biases, error-feedback mantissas
     quantized = quantize(network, "loihi2", headroom_bits=headroom_bits,
                          calibration_images=images if headroom_bits % 2 else None)
-    assert_parity(quantized, images, np.array([0, 1]), steps)
+    assert_parity(quantized, images, np.arange(len(images)) % 2, steps, batch_size=batch_size)
 
 
-def test_saturation_and_lost_input_match_the_reference():
-    """A hand-built integer network with an 8-bit state that saturates, and a schedule that drops input."""
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_saturation_and_lost_input_match_the_reference(batch_size):
+    """A hand-built integer network with an 8-bit state that saturates, and a schedule that drops input;
+    counted per image also when both images run in one batch."""
     x = Input("x", (1, 3, 3), Schedule("if", 0, 1))
     hidden = GatedIF("h", (2, 3, 3), (Synapse("x", Conv2d(np.full((2, 1, 3, 3), 3.0), padding=(1, 1), weight_exp=2)),),
                      threshold=np.array([90.0, 300.0]), bias=np.array([5.0, -7.0]), v_init=np.array([10.0, 0.0]),
@@ -144,7 +148,7 @@ def test_saturation_and_lost_input_match_the_reference():
                   bias=np.array([0.0, 1.0, -1.0]), schedule=Schedule("if", 4, 1))
     network = Network((x, hidden, late, out), numeric="int", provenance={"quantization": {"state_bits": 8}})
     images = np.array([[[[255, 0, 17], [3, 200, 9], [0, 0, 255]]], [[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]], np.uint8)
-    ref = assert_parity(network, images, np.array([2, 0]), steps=16)
+    ref = assert_parity(network, images, np.array([2, 0]), steps=16, batch_size=batch_size)
     assert sum(ref.n_saturated.values()) > 0 and sum(ref.n_lost_input.values()) > 0
 
 
@@ -177,7 +181,7 @@ def test_digits_demo_network_on_ten_test_digits(monkeypatch):
     network = quantize(convert(model, x_train[:200], neuron="bistable", window=2, v_init=0.5), "loihi2",
                        calibration_images=x_train[:200])
     steps = network.readout.schedule.offset_steps + 24
-    ref = assert_parity(network, x_test[:10], y_test[:10], steps)
+    ref = assert_parity(network, x_test[:10], y_test[:10], steps, batch_size=4)  # batches of 4, 4, 2 + 2 blank
     assert ref.n_spikes_per_step.sum() > 0 and ref.accuracy[-1] > 0.5
 
 
@@ -225,11 +229,12 @@ def test_resnet20_on_two_images_until_the_first_predictions():
     assert ref.n_spikes_per_step.sum() > 0
 
 
-def test_graded_resnet20_on_two_images_over_two_frames():  # about 20 s: 42 steps
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_graded_resnet20_on_two_images_over_two_frames(batch_size):  # about 20 s each: 42 steps
     rng = np.random.default_rng(4)
     calibration = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
     network = quantize(convert(randomize_batchnorm(zoo.cifar_resnet(20)), calibration, spikes="graded", levels=8,
                                mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD), "loihi2")
     steps = network.complete_frames(10 ** 4)[1]
-    ref = assert_parity(network, calibration[:2], np.array([3, 7]), steps)
+    ref = assert_parity(network, calibration[:2], np.array([3, 7]), steps, batch_size=batch_size)
     assert ref.n_spikes_per_step.sum() > 0

@@ -127,29 +127,37 @@ def test_a_model_that_fails_to_build_gives_a_value_error_naming_the_layer(monkey
         run_lava(tiny_network(), IMAGES, steps=4, progress=False)
 
 
-def test_counter_vars_and_result_fields_agree_with_the_reference(tmp_path):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_counter_vars_and_result_fields_agree_with_the_reference(tmp_path, batch_size):
     network, steps = tiny_network(), 9
     ref = simulate(network, IMAGES, np.array([1, 2]), steps=steps, method="step")
     path = netx_export.write(network, tmp_path / "tiny.h5")
-    result = run_lava(path, IMAGES, np.array([1, 2]), steps=steps, progress=False)  # from the HDF5 file
+    result = run_lava(path, IMAGES, np.array([1, 2]), steps=steps, progress=False,  # from the HDF5 file
+                      batch_size=batch_size)
     assert result.method == "lava" and result.extras["select_tag"] == "fixed_pt"
-    assert set(result.extras["timing"]) == {"compile_start_s", "run_s", "ms_per_step"}
+    timing = result.extras["timing"]
+    assert set(timing) == {"compile_start_s", "run_s", "ms_per_step", "image_steps_per_s", "batch_size"}
+    assert timing["batch_size"] == batch_size
+    assert timing["image_steps_per_s"] == pytest.approx(2 * steps / timing["run_s"])
     assert result.synapse_names == ref.synapse_names and np.array_equal(result.n_synops_per_step, ref.n_synops_per_step)
     assert result.n_lost_input == ref.n_lost_input and sum(ref.n_lost_input.values()) > 0
     assert np.array_equal(result.accuracy, ref.accuracy) and result.ann_accuracy == ref.ann_accuracy
-    lava_net = build(network, IMAGES, steps)  # without log files: the counters are Vars
+    lava_net = build(network, IMAGES, steps, batch_size=batch_size)  # without log files: the counters are Vars
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
-    try:
-        lava_net.input.run(condition=RunSteps(num_steps=2 * steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+    try:  # both images: two samples of one image, or one of two
+        lava_net.input.run(condition=RunSteps(num_steps=2 // batch_size * steps),
+                           run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         n_spikes = {name: lava_net.layers[name].n_spikes.get() for name in ref.layer_names}
-        n_lost = {name: int(proc.n_lost_input.get()[0]) for name, proc in lava_net.layers.items()}
+        n_lost = {name: proc.n_lost_input.get() for name, proc in lava_net.layers.items()}
     finally:
         lava_net.stop()
-    for name, counts in n_spikes.items():
-        assert np.array_equal(counts, ref.n_spikes_per_neuron[name]), name
-    assert n_lost == ref.n_lost_input
+    for name, counts in n_spikes.items():  # per neuron, with a leading image axis in a batch
+        assert counts.shape == (*(() if batch_size == 1 else (2,)), *network[name].shape)
+        assert np.array_equal(counts.reshape(-1, *network[name].shape).sum(0), ref.n_spikes_per_neuron[name]), name
+    assert all(counts.shape == (batch_size,) for counts in n_lost.values())
+    assert {name: int(counts.sum()) for name, counts in n_lost.items()} == ref.n_lost_input
 
 
 def test_event_count_probe_counts_what_a_layer_sends(tmp_path):

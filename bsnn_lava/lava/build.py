@@ -28,12 +28,14 @@ SELECT_TAGS = {"fixed_pt": "int", "floating_pt": "float"}
 @dataclass(frozen=True, eq=False)
 class LavaNetwork:
     """The built process graph. ``layers`` maps every non-input layer name to its neuron (or readout)
-    process, in IR order; ``synapses`` maps synapse process names to processes."""
+    process, in IR order; ``synapses`` maps synapse process names to processes. A sample is
+    ``batch_size`` images run at once (:mod:`bsnn_lava.lava.procs.process`)."""
     network: Network
     input: object
     layers: Dict[str, object]
     synapses: Dict[str, object]
     steps_per_sample: int
+    batch_size: int = 1
 
     @property
     def readout(self):
@@ -145,17 +147,20 @@ def per_neuron(values: np.ndarray, shape) -> np.ndarray:
 
 
 def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_per_sample: int,
-          select_tag: str = "fixed_pt", log_paths: Optional[Mapping[str, Mapping[str, str]]] = None) -> LavaNetwork:
+          select_tag: str = "fixed_pt", log_paths: Optional[Mapping[str, Mapping[str, str]]] = None,
+          batch_size: int = 1) -> LavaNetwork:
     """Build the process graph of a network for ``images`` shown ``steps_per_sample`` steps each.
 
     Args:
         network_or_path: the IR, or a path to a file written by ``netx_export.write`` (bsnn mode).
-        images: (n_samples, C, H, W) integer pixels 0..255, in the network's input shape.
-        steps_per_sample: steps per image (T); states restart at every image.
+        images: (n_images, C, H, W) integer pixels 0..255, in the network's input shape; ``n_images``
+            a multiple of ``batch_size``.
+        steps_per_sample: steps per sample (T); states restart at every sample.
         select_tag: ``fixed_pt`` (integer networks) or ``floating_pt`` (float networks); checked here
             so that the compiler cannot fail on it later.
         log_paths: per process name (layer names, :func:`synapse_name`), the activity log files of
             that process (see :mod:`bsnn_lava.lava.procs.process`); ``None``: no logs.
+        batch_size: images per sample, run at once (CPU models; every port and Var gets a batch axis).
     Raises:
         ValueError: images of the wrong shape, or a network the models cannot run (names the layer).
     """
@@ -168,7 +173,7 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
         raise ValueError(f"images must be (n_samples, {', '.join(map(str, network.input.shape))}) for input "
                          f"{network.input.name!r}, got {images.shape}")
     log_paths = log_paths or {}
-    common = dict(steps_per_sample=steps_per_sample)
+    common = dict(steps_per_sample=steps_per_sample, batch_size=batch_size)
 
     def schedule(layer):
         s = layer.schedule
@@ -205,4 +210,4 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             synapses[name] = proc
         layers[layer.name] = process
         shapes[layer.name] = layer.shape
-    return LavaNetwork(network, outputs[network.input.name], layers, synapses, int(steps_per_sample))
+    return LavaNetwork(network, outputs[network.input.name], layers, synapses, int(steps_per_sample), int(batch_size))

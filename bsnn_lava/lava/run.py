@@ -1,18 +1,20 @@
 """Run a network in Lava (CPU simulator, or Loihi 2 where Intel's lava-loihi is installed).
 
 :func:`run_lava` builds the process graph once for all images (:func:`bsnn_lava.lava.build.build`),
-then runs ``steps`` steps per image; every process restarts its state on the first step of an image
-(see :mod:`bsnn_lava.lava.procs.process`), so no Var is written between images and nothing is
-recompiled. Per-step activity comes back through the activity log files the models write (memory
-maps, read after each image), the lost-input and saturation counters through ``Var.get`` once at the
-end. It returns the reference simulator's :class:`bsnn_lava.sim.SimResult`, same fields and meanings.
+then runs ``steps`` steps per image, or per batch of ``batch_size`` images run at once on the CPU;
+every process restarts its state on the first step of a sample (see
+:mod:`bsnn_lava.lava.procs.process`), so no Var is written between samples and nothing is
+recompiled. All activity (spikes, synaptic operations, readout potentials, lost input, saturation)
+comes back per image through the activity log files the models write (memory maps, read after each
+sample); the blank images that fill the last batch are left out. It returns the reference
+simulator's :class:`bsnn_lava.sim.SimResult`, same fields and meanings.
 """
 from __future__ import annotations
 
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -41,7 +43,8 @@ class LoihiUnavailableError(LavaNotInstalled):
 
 
 def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: str = "cpu",
-             select_tag: str = "fixed_pt", record: bool = False, progress: bool = True) -> SimResult:
+             select_tag: str = "fixed_pt", record: bool = False, progress: bool = True,
+             batch_size: int = 1) -> SimResult:
     """Run ``network_or_path`` (IR or bsnn netx HDF5 path) on raw uint8 ``images`` in Lava.
 
     Args:
@@ -54,10 +57,15 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
         record: also return every spike and readout potential, as :func:`bsnn_lava.sim.simulate` does:
             ``extras["spikes"][layer]`` (n_steps, n_samples, *shape) bool for every spiking layer,
             ``extras["readout_v"]`` (n_steps, n_samples, classes) float64.
+        batch_size: images run at once, in lockstep, by the CPU models (every port and Var gets a
+            batch axis; Lava's messaging cost per step is paid once per batch); the last batch is
+            filled with blank images whose activity is not counted. 1 (the default) is the layout
+            of one image per core mapping that Loihi 2 runs; ``backend="loihi2"`` takes only 1.
     Returns:
         A :class:`SimResult` (``method="lava"``); ``extras["timing"]`` holds ``compile_start_s`` (compile,
-        worker start-up, model set-up) and ``run_s`` (Lava's run calls, all steps) in seconds, and ``backend``,
-        ``select_tag``.
+        worker start-up, model set-up) and ``run_s`` (Lava's run calls, all steps) in seconds,
+        ``ms_per_step`` (per Lava step, one batch), ``image_steps_per_s`` (of the real images) and
+        ``batch_size``; also ``backend``, ``select_tag``.
     Raises:
         ValueError: bad arguments, or a network the models cannot run (names the layer).
         LoihiUnavailableError: ``backend="loihi2"`` where lava-loihi or chip models are missing.
@@ -66,58 +74,72 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if backend == "loihi2" and batch_size != 1:
+        raise ValueError(f"batch_size {batch_size}: batches are a CPU-simulator layout; backend 'loihi2' runs one "
+                         "image at a time (batch_size 1)")
     network = load_network(network_or_path)
     check_runnable(network, select_tag)
     if backend == "loihi2":
         _require_lava_loihi()
     x, y = network_batch(images, labels, network.input.shape, network.readout.shape[0])
-    steps = int(steps)
+    steps, batch_size = int(steps), min(int(batch_size), len(x))
     tally = _Tally(network, x, y, steps, record)
     with tempfile.TemporaryDirectory(prefix="bsnn-lava-") as folder:
-        logs = ActivityLogs(network, steps, Path(folder), record, integer=select_tag == "fixed_pt")
-        lava_net = build(network, x.numpy(), steps, select_tag, logs.paths)
+        logs = ActivityLogs(network, steps, Path(folder), record, integer=select_tag == "fixed_pt",
+                            batch_size=batch_size)
+        blank = (-len(x)) % batch_size  # images that fill the last batch
+        padded = np.concatenate([x.numpy(), np.zeros((blank, *x.shape[1:]), dtype=np.uint8)])
+        lava_net = build(network, padded, steps, select_tag, logs.paths, batch_size=batch_size)
         finished = False
         try:
             timing = _run_all(lava_net, logs, tally, _run_config(lava_net, backend, select_tag), progress)
-            counters = {key: {name: int(np.sum(getattr(proc, key).get())) for name, proc in lava_net.layers.items()}
-                        for key in ("n_lost_input", "n_saturated")}
             finished = True
         finally:  # an error or an interrupt (Ctrl-C, SIGTERM) kills the workers: they may be mid-step
             lava_net.stop() if finished else lava_net.abort()
-    result = tally.result(logs.synapses, counters)
+    result = tally.result(logs.synapses)
     result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
     return result
 
 
 class ActivityLogs:
-    """The ``.npy`` files the models write (one sample's worth each), and what was read from them.
+    """The ``.npy`` files the models write (one sample's worth each: ``batch_size`` images), and what
+    was read from them.
 
-    Per spiking layer: ``counts`` (steps,) int64, ``totals`` (*shape) int64, ``raster`` (steps, *shape)
-    bool (int32 payloads for graded spikes) when recording; readout: ``v`` (steps, classes), int64 or float64; per synapse, in IR order:
-    ``synops`` (steps,) int64.
+    Per image of the sample, per spiking layer: ``counts`` (steps,) int64, ``totals`` (*shape) int64,
+    ``raster`` (steps, *shape) bool (int32 payloads for graded spikes) when recording; readout: ``v``
+    (steps, classes), int64 or float64; both: ``lost_input`` and ``saturated`` () int64 neuron-steps;
+    per synapse, in IR order: ``synops`` (steps,) int64. The files have a leading batch axis.
     """
 
-    def __init__(self, network: Network, steps: int, folder: Path, record: bool, integer: bool):
+    def __init__(self, network: Network, steps: int, folder: Path, record: bool, integer: bool, batch_size: int = 1):
         fields: Dict[str, Dict[str, tuple]] = {}
         self.synapses = []
+        errors = {"lost_input": ((), np.int64), "saturated": ((), np.int64)}
         for layer in network.layers[1:]:
             if isinstance(layer, GatedIF):
-                fields[layer.name] = {"counts": ((steps,), np.int64), "totals": (layer.shape, np.int64)}
+                fields[layer.name] = {"counts": ((steps,), np.int64), "totals": (layer.shape, np.int64), **errors}
                 if record:
                     fields[layer.name]["raster"] = ((steps, *layer.shape), np.bool_ if layer.payload_max == 1 else np.int32)
             else:
-                fields[layer.name] = {"v": ((steps, *layer.shape), np.int64 if integer else np.float64)}
+                fields[layer.name] = {"v": ((steps, *layer.shape), np.int64 if integer else np.float64), **errors}
             for k, synapse in enumerate(layer.synapses):
                 self.synapses.append(synapse_name(layer.name, synapse.source, k))
                 fields[self.synapses[-1]] = {"synops": ((steps,), np.int64)}
         self.paths = {name: {key: str(folder / f"{index:05d}_{key}.npy") for key in kinds}
                       for index, (name, kinds) in enumerate(fields.items())}
-        self.maps = {name: {key: np.lib.format.open_memmap(self.paths[name][key], mode="w+", dtype=dtype, shape=shape)
+        self.maps = {name: {key: np.lib.format.open_memmap(self.paths[name][key], mode="w+", dtype=dtype,
+                                                           shape=(batch_size, *shape))
                             for key, (shape, dtype) in kinds.items()} for name, kinds in fields.items()}
 
-    def read(self) -> Dict[str, Dict[str, np.ndarray]]:
-        """Copies of the logs of the sample just run (the next sample overwrites the files)."""
-        return {name: {key: np.array(values) for key, values in maps.items()} for name, maps in self.maps.items()}
+    def read(self, n_images: int) -> List[Dict[str, Dict[str, np.ndarray]]]:
+        """Copies of the logs of the first ``n_images`` images of the sample just run (the next sample
+        overwrites the files), one dict per image."""
+        copies = {name: {key: np.array(values[:n_images]) for key, values in maps.items()}
+                  for name, maps in self.maps.items()}
+        return [{name: {key: values[i] for key, values in fields.items()} for name, fields in copies.items()}
+                for i in range(n_images)]
 
 
 class _Tally:
@@ -137,8 +159,9 @@ class _Tally:
         self.records = []
 
     def add(self, sample: Dict[str, Dict[str, np.ndarray]]) -> None:
+        """One image's logs."""
         for name, fields in sample.items():
-            for key in ("counts", "totals", "synops"):
+            for key in ("counts", "totals", "synops", "lost_input", "saturated"):
                 if key in fields:
                     total = self.sums.setdefault(name, {}).get(key)
                     self.sums[name][key] = fields[key] if total is None else total + fields[key]
@@ -163,7 +186,7 @@ class _Tally:
             self.ann_correct += int((ann_predicted == self.y[start:start + len(images)]).sum())
         self.pending_totals = []
 
-    def result(self, synapse_processes, counters: Mapping[str, Mapping[str, int]]) -> SimResult:
+    def result(self, synapse_processes) -> SimResult:
         if self.pending_totals:
             self._compare_with_ann()
         n_samples, y = len(self.predictions_per_step), self.y
@@ -175,7 +198,7 @@ class _Tally:
             n_spikes_per_step=per_step(self.spiking, "counts"),
             synapse_names=tuple(self.kernels.synapse_names), n_synops_per_step=per_step(synapse_processes, "synops"),
             n_spikes_per_neuron={name: self.sums[name]["totals"] for name in self.spiking},
-            n_sin=self.n_sin, n_lost_input=dict(counters["n_lost_input"]), n_saturated=dict(counters["n_saturated"]),
+            n_sin=self.n_sin, n_lost_input=self.counter("lost_input"), n_saturated=self.counter("saturated"),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
             predictions=predictions_per_step[:, -1], predictions_per_step=predictions_per_step.T,
             ann_predictions=np.concatenate(self.ann_predictions),
@@ -186,6 +209,11 @@ class _Tally:
                                        for name in self.spiking}
             result.extras["readout_v"] = np.stack([r[1] for r in self.records], axis=1).astype(np.float64)
         return result
+
+
+    def counter(self, key: str) -> Dict[str, int]:
+        """Per non-input layer, the sum of a per-image count over the images."""
+        return {layer.name: int(self.sums[layer.name][key]) for layer in self.network.layers[1:]}
 
 
 def _run_config(lava_net: LavaNetwork, backend: str, select_tag: str):
@@ -200,8 +228,8 @@ def _run_config(lava_net: LavaNetwork, backend: str, select_tag: str):
 
 
 def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, tally: _Tally, run_cfg, progress: bool) -> Dict[str, float]:
-    """Compile and start once, then ``steps_per_sample`` steps per image; seconds spent in Lava for each
-    (``run_s`` counts Lava's run calls only, not reading the logs or the ANN comparison)."""
+    """Compile and start once, then ``steps_per_sample`` steps per sample (a batch of images); seconds
+    spent in Lava (``run_s`` counts Lava's run calls only, not reading the logs or the ANN comparison)."""
     from lava.magma.core.run_conditions import RunSteps
 
     started = time.perf_counter()
@@ -210,19 +238,25 @@ def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, tally: _Tally, run_cfg, 
     except Exception as err:  # Lava raises AssertionError, NoProcessModelFound, ...; name the layer
         raise _compile_error(lava_net, err) from err
     compile_start_s, run_s = time.perf_counter() - started, 0.0
-    n_images = len(tally.x)
+    n_images, batch_size = len(tally.x), lava_net.batch_size
     done = 0
     try:
-        for done in tqdm(range(n_images), desc="lava", unit="image", disable=not progress):
-            started = time.perf_counter()
-            lava_net.input.run(condition=RunSteps(num_steps=lava_net.steps_per_sample))
-            run_s += time.perf_counter() - started
-            tally.add(logs.read())
+        with tqdm(total=n_images, desc="lava", unit="image", disable=not progress) as bar:
+            while done < n_images:
+                started = time.perf_counter()
+                lava_net.input.run(condition=RunSteps(num_steps=lava_net.steps_per_sample))
+                run_s += time.perf_counter() - started
+                images = logs.read(min(batch_size, n_images - done))
+                for image in images:
+                    tally.add(image)
+                done += len(images)
+                bar.update(len(images))
     except Interrupted as err:
         note_progress(err, done, n_images)
         raise
-    n_steps = len(tally.x) * lava_net.steps_per_sample
-    return {"compile_start_s": compile_start_s, "run_s": run_s, "ms_per_step": 1000.0 * run_s / n_steps}
+    n_lava_steps = -(-n_images // batch_size) * lava_net.steps_per_sample
+    return {"compile_start_s": compile_start_s, "run_s": run_s, "ms_per_step": 1000.0 * run_s / n_lava_steps,
+            "image_steps_per_s": n_images * lava_net.steps_per_sample / run_s, "batch_size": batch_size}
 
 
 def _compile_error(lava_net: LavaNetwork, err: Exception) -> ValueError:

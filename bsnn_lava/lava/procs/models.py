@@ -10,9 +10,13 @@ receives afterwards, so recurrent graphs cannot deadlock). On the first step of 
 zeros, so nothing crosses from one image to the next. Several synapses into one ``a_in`` are summed
 by Lava's InPort (the residual add).
 
+Batches (``batch_size`` B): every model works on arrays with a leading axis of the B images
+(``layout``), reshaped from and to the ports' shapes (unbatched for B = 1), so one code path serves
+both; the images of a batch share the step and therefore the schedule.
+
 Synapses are event-driven: an all-zero input costs one scan for nonzeros and sends a cached zero array;
-otherwise only the columns of the active inputs of a sparse (CSC) matrix, built once when the model
-is created, are touched. The matrix holds ``mantissa * 2**weight_exp`` (exact integers for
+otherwise only the columns of the inputs active in some image of the batch of a sparse (CSC) matrix,
+built once when the model is created, are touched. The matrix holds ``mantissa * 2**weight_exp`` (exact integers for
 ``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
 ``conv(s, mantissa) * 2**weight_exp``.
 
@@ -31,10 +35,12 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from scipy import sparse
 
 from bsnn_lava.dynamics import frame_starts, gated_if_step, phase
-from bsnn_lava.lava.procs.process import EventConv, EventCount, EventDense, GatedIF, PixelInput, Readout
+from bsnn_lava.lava.procs.process import EventConv, EventCount, EventDense, GatedIF, PixelInput, Readout, batched
 
-#: Above this fraction of active inputs a synapse multiplies the whole matrix instead of slicing columns.
-DENSE_INPUT_FRACTION = 0.25
+#: Above this fraction of active inputs (active in some image of the batch) a synapse multiplies the
+#: whole matrix instead of slicing columns: for one image, and for a batch, where slicing costs the
+#: same per column but the product grows with the batch (scipy, ResNet20's 16-channel 3x3 convolution).
+DENSE_INPUT_FRACTION = {"image": 0.25, "batch": 0.75}
 
 
 class _SampleClockModel(PyLoihiProcessModel):
@@ -49,12 +55,14 @@ class _SampleClockModel(PyLoihiProcessModel):
 
 
 class _ScheduledModel(_SampleClockModel):
-    """Also reads the schedule (mode, offset_steps, window_steps) for :func:`phase`."""
+    """Also reads the schedule (mode, offset_steps, window_steps) for :func:`phase`, and the batch size."""
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"],
                          proc_params["frames"])
+        self.batch_size = proc_params["batch_size"]
+        self.io_shape = batched(proc_params["shape"], self.batch_size)  # of the ports and batched Vars
 
 
 def _open_logs(log_paths):
@@ -72,6 +80,21 @@ class _NeuronModel(_ScheduledModel):
         super().__init__(proc_params)
         self.state_bits = proc_params["state_bits"] if self.saturates else None
         self.logs = _open_logs(proc_params["log_paths"])
+        self.layout = (self.batch_size, *proc_params["shape"])
+
+    def start_sample(self) -> None:
+        """Zero the per-sample logs that accumulate over the sample's steps."""
+        for key in ("totals", "lost_input", "saturated"):
+            if key in self.logs:
+                self.logs[key][...] = 0
+
+    def count(self, n_lost, n_saturated) -> None:
+        """Add one step's per-image lost-input and saturation counts to the counters and logs."""
+        self.n_lost_input += n_lost
+        self.n_saturated += n_saturated
+        for key, n in (("lost_input", n_lost), ("saturated", n_saturated)):
+            if key in self.logs:
+                self.logs[key] += n
 
 
 class _GatedIFModel(_NeuronModel):
@@ -79,35 +102,35 @@ class _GatedIFModel(_NeuronModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.silent = np.zeros(proc_params["shape"], dtype=bool)
+        self.silent = np.zeros(self.layout, dtype=bool)
         self.frame_reset = proc_params["frame_reset"]
         self.payload_max = proc_params["payload_max"]
 
     def run_spk(self):
-        a_in = self.a_in.recv()
+        a_in = self.a_in.recv().reshape(self.layout)
         t = self.sample_step()
         if t == 0:
-            self.v = self.v_init.copy()
-            if self.logs:
-                self.logs["totals"][...] = 0
+            self.v = np.broadcast_to(self.v_init, self.v.shape).copy()
+            self.start_sample()
         integrate, fire = phase(t, *self.schedule)
         restart = self.v_init if self.frame_reset and frame_starts(t, *self.schedule) else None
-        spikes, self.v, n_lost, n_saturated = gated_if_step(self.v, a_in, self.bias, self.threshold, integrate, fire,
-                                                             self.state_bits, restart, self.payload_max)
-        self.n_lost_input += n_lost
-        self.n_saturated += n_saturated
+        spikes, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, self.threshold,
+                                                        integrate, fire, self.state_bits, restart, self.payload_max,
+                                                        per_sample=True)
+        self.v = v.reshape(self.v.shape)
+        self.count(n_lost, n_saturated)
         spikes = self.silent if spikes is None else spikes
-        self.s_out.send(spikes)  # binary: 0/1; graded: the payloads
-        n_spikes = int(np.count_nonzero(spikes))  # events: a graded spike is one whatever its payload
-        if n_spikes:
-            events = spikes != 0
-            self.n_spikes += events
+        self.s_out.send(spikes.reshape(self.io_shape))  # binary: 0/1; graded: the payloads
+        events = spikes != 0  # a graded spike is one event whatever its payload
+        per_image = np.count_nonzero(events.reshape(self.batch_size, -1), axis=1)
+        if per_image.any():
+            self.n_spikes += events.reshape(self.n_spikes.shape)
         if self.logs:
-            self.logs["counts"][t] = n_spikes
-            if n_spikes:
+            self.logs["counts"][:, t] = per_image
+            if per_image.any():
                 self.logs["totals"] += events
             if "raster" in self.logs:
-                self.logs["raster"][t] = spikes
+                self.logs["raster"][:, t] = spikes
 
 
 @implements(proc=GatedIF, protocol=LoihiProtocol)
@@ -147,17 +170,18 @@ class _ReadoutModel(_NeuronModel):
     """:func:`gated_if_step` that never fires; logs ``v`` after every step."""
 
     def run_spk(self):
-        a_in = self.a_in.recv()
+        a_in = self.a_in.recv().reshape(self.layout)
         t = self.sample_step()
         if t == 0:
             self.v = np.zeros_like(self.v)
+            self.start_sample()
         integrate, _ = phase(t, *self.schedule)
-        _, self.v, n_lost, n_saturated = gated_if_step(self.v, a_in, self.bias, None, integrate, False,
-                                                       self.state_bits)
-        self.n_lost_input += n_lost
-        self.n_saturated += n_saturated
+        _, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, None, integrate, False,
+                                                  self.state_bits, per_sample=True)
+        self.v = v.reshape(self.v.shape)
+        self.count(n_lost, n_saturated)
         if self.logs:
-            self.logs["v"][t] = self.v
+            self.logs["v"][:, t] = v
 
 
 @implements(proc=Readout, protocol=LoihiProtocol)
@@ -186,17 +210,19 @@ class PyReadoutModelFloat(_ReadoutModel):
 # --- input -------------------------------------------------------------------------------------------
 
 class _PixelInputModel(_ScheduledModel):
-    """Sends sample ``(time_step - 1) // steps_per_sample`` (cyclically) on its fire steps, else zeros."""
+    """Sends sample ``(time_step - 1) // steps_per_sample`` (cyclically; its ``batch_size`` images) on
+    its fire steps, else zeros."""
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.n_samples = proc_params["n_samples"]
-        self.silent = np.zeros(proc_params["shape"], dtype=np.uint8)
+        self.silent = np.zeros(self.io_shape, dtype=np.uint8)
 
     def run_spk(self):
         sample = (self.time_step - 1) // self.steps_per_sample % self.n_samples
         _, fire = phase(self.sample_step(), *self.schedule)
-        self.s_out.send(self.images[sample] if fire else self.silent)
+        images = self.images[sample * self.batch_size:(sample + 1) * self.batch_size]
+        self.s_out.send(images.reshape(self.io_shape) if fire else self.silent)
 
 
 @implements(proc=PixelInput, protocol=LoihiProtocol)
@@ -250,7 +276,9 @@ class _EventSynapseModel(_SampleClockModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.out_shape = proc_params["out_shape"]
+        self.batch_size = proc_params["batch_size"]
+        self.out_shape = batched(proc_params["out_shape"], self.batch_size)  # of a_out
+        self.dense_fraction = DENSE_INPUT_FRACTION["image" if self.batch_size == 1 else "batch"]
         self.silent = np.zeros(self.out_shape, dtype=self.dtype)
         self.pending = self.silent
         matrix = self.weight_matrix(proc_params).tocsc()
@@ -275,16 +303,19 @@ class _EventSynapseModel(_SampleClockModel):
     def run_spk(self):
         t = self.sample_step()
         self.a_out.send(self.pending if t else self.silent)
-        s = self.s_in.recv().reshape(-1)
-        active = np.flatnonzero(s)
+        s = self.s_in.recv().reshape(self.batch_size, -1)
+        nonzero = s != 0
         if self.logs:
-            self.logs["synops"][t] = self.fan_out[active].sum()
+            self.logs["synops"][:, t] = nonzero @ self.fan_out
+        active = np.flatnonzero(nonzero.any(axis=0))
         if active.size == 0:
             self.pending = self.silent
-        elif active.size >= DENSE_INPUT_FRACTION * s.size:
-            self.pending = (self.matrix @ s.astype(self.compute_dtype)).reshape(self.out_shape)
+            return
+        if active.size >= self.dense_fraction * s.shape[1]:
+            product = self.matrix @ s.T.astype(self.compute_dtype)
         else:
-            self.pending = (self.matrix[:, active] @ s[active].astype(self.compute_dtype)).reshape(self.out_shape)
+            product = self.matrix[:, active] @ s[:, active].T.astype(self.compute_dtype)
+        self.pending = np.ascontiguousarray(product.T).reshape(self.out_shape)
 
 
 class _EventDenseModel(_EventSynapseModel):

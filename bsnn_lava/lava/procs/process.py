@@ -10,14 +10,22 @@ step of a sample every neuron restarts from ``v_init`` (the readout from 0), eve
 nothing (no spike is in flight across samples), and the input shows the next image. Schedules
 (:func:`bsnn_lava.dynamics.phase`) use the step index within the sample.
 
+Batches (CPU models only): with ``batch_size`` B > 1 a run presents B images at once, in lockstep,
+and every port and every per-neuron Var gets a leading batch axis, (B, C, H, W); the counters
+``n_lost_input`` and ``n_saturated`` have shape (B,). Sample k is then the k-th batch of B images, and
+Lava's messaging cost per step is paid once for all of them. B = 1 (the default) keeps the unbatched
+shapes, the layout of one image per core that a Loihi 2 mapping has.
+
 Activity logs: a process may get ``log_paths``, ``.npy`` files created by the caller (see
 :func:`bsnn_lava.lava.run.run_lava`) that the model writes during the run, because ``Var.get``
-transfers one element per message: ``counts`` (steps_per_sample,) spikes of the layer per step,
-``totals`` (*shape) spikes per neuron, ``raster`` (steps_per_sample, *shape) bool, optional; the
-readout's ``v`` (steps_per_sample, classes) holds its potential after every step; a synapse's
-``synops`` (steps_per_sample,) counts the synaptic operations (nonzero weights of the active inputs)
-of the events it received on each step. Each file holds the current sample and is overwritten by
-the next.
+transfers one element per message. Every log has a leading axis of the B images of the current
+sample (length 1 without batches): ``counts`` (B, steps_per_sample) spike events of the layer per
+step, ``totals`` (B, *shape) events per neuron, ``raster`` (B, steps_per_sample, *shape) bool (the
+payloads for graded spikes), optional; ``lost_input`` and ``saturated`` (B,) the neuron-steps of
+the sample's images that lost input or saturated, optional; the readout's ``v`` (B,
+steps_per_sample, classes) holds its potential after every step; a synapse's ``synops`` (B,
+steps_per_sample) counts the synaptic operations (nonzero weights of the active inputs) of the
+events it received on each step. Each file holds the current sample and is overwritten by the next.
 """
 from __future__ import annotations
 
@@ -31,7 +39,8 @@ from lava.magma.core.process.variable import Var
 from bsnn_lava.dynamics import MODES
 
 #: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
-LOG_FIELDS = {"gated_if": ("counts", "totals", "raster"), "readout": ("v",), "synapse": ("synops",),
+LOG_FIELDS = {"gated_if": ("counts", "totals", "raster", "lost_input", "saturated"),
+              "readout": ("v", "lost_input", "saturated"), "synapse": ("synops",),
               "event_count": ("counts",)}
 REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "synapse": ("synops",),
                        "event_count": ("counts",)}
@@ -58,6 +67,12 @@ def _integer_at_least(value, field_name: str, low: int = 1) -> int:
     if isinstance(value, bool) or int(value) != value or value < low:
         raise ValueError(f"{field_name} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def batched(shape: ty.Tuple[int, ...], batch_size: int) -> ty.Tuple[int, ...]:
+    """The port and Var shape of a layer of ``shape`` for ``batch_size`` images: ``shape`` itself for
+    one image, else ``(batch_size, *shape)``."""
+    return tuple(shape) if batch_size == 1 else (batch_size, *shape)
 
 
 def _state_bits(state_bits: ty.Optional[int]) -> ty.Optional[int]:
@@ -108,83 +123,94 @@ class GatedIF(AbstractProcess):
             only; :func:`bsnn_lava.dynamics.frame_starts`).
         payload_max: 1 for binary spikes, else the largest payload of a graded spike.
         state_bits: signed width of ``v`` in ``fixed_pt`` (``None``: unbounded).
+        batch_size: images run at once (module docstring).
         log_paths: activity log files (module docstring), or ``None``.
 
-    Vars: ``v``, ``threshold``, ``bias``, ``v_init``; counters over the whole run ``n_spikes``
-    (spike events per neuron; a graded spike is one), ``n_lost_input`` and ``n_saturated``
-    (neuron-steps, shape (1,)). Ports: ``a_in`` (synaptic input, several synapses are summed),
-    ``s_out`` (0/1 spikes, or graded payloads).
+    Vars: ``v`` (batched), ``threshold``, ``bias``, ``v_init`` (one value per neuron, shared by the
+    batch); counters over the whole run ``n_spikes`` (spike events per neuron, batched; a graded
+    spike is one), ``n_lost_input`` and ``n_saturated`` (neuron-steps, shape (B,)). Ports (batched):
+    ``a_in`` (synaptic input, several synapses are summed), ``s_out`` (0/1 spikes, or graded payloads).
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], threshold, bias, v_init, mode: str, offset_steps: int,
                  window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None, frame_reset: bool = False,
-                 payload_max: int = 1, state_bits: ty.Optional[int] = None,
+                 payload_max: int = 1, state_bits: ty.Optional[int] = None, batch_size: int = 1,
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
+        batch_size = _integer_at_least(batch_size, "batch_size")
         super().__init__(shape=shape, name=name)
         if frame_reset and mode != "bistable":
             raise ValueError(f"frame_reset needs mode 'bistable', got {mode!r}")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
                     frame_reset=bool(frame_reset), payload_max=_integer_at_least(payload_max, "payload_max"),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+                    batch_size=batch_size, **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
             raise ValueError("threshold must be > 0")
         v_init = _full(v_init, shape, "v_init")
-        self.a_in = InPort(shape=shape)
-        self.s_out = OutPort(shape=shape)
-        self.v = Var(shape=shape, init=v_init)
+        io_shape = batched(shape, batch_size)
+        self.a_in = InPort(shape=io_shape)
+        self.s_out = OutPort(shape=io_shape)
+        self.v = Var(shape=io_shape, init=np.broadcast_to(v_init, io_shape).copy())
         self.threshold = Var(shape=shape, init=threshold)
         self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
         self.v_init = Var(shape=shape, init=v_init)
-        self.n_spikes = Var(shape=shape, init=0)
-        self.n_lost_input = Var(shape=(1,), init=0)
-        self.n_saturated = Var(shape=(1,), init=0)
+        self.n_spikes = Var(shape=io_shape, init=0)
+        self.n_lost_input = Var(shape=(batch_size,), init=0)
+        self.n_saturated = Var(shape=(batch_size,), init=0)
 
 
 class Readout(AbstractProcess):
     """Non-spiking accumulator: ``v += a_in + bias`` on the steps its schedule integrates.
 
     The prediction after a step is ``argmax(v)`` (first index on ties). Arguments as for
-    :class:`GatedIF` (``shape`` is (classes,)); Vars ``v``, ``bias``, ``n_lost_input``,
-    ``n_saturated``; port ``a_in`` only.
+    :class:`GatedIF` (``shape`` is (classes,)); Vars ``v`` (batched), ``bias``, ``n_lost_input``,
+    ``n_saturated``; port ``a_in`` (batched) only.
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], bias, mode: str, offset_steps: int, window_steps: int,
                  steps_per_sample: int, frames: ty.Optional[int] = None, state_bits: ty.Optional[int] = None,
-                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
+                 batch_size: int = 1, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
+                 name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
+        batch_size = _integer_at_least(batch_size, "batch_size")
         super().__init__(shape=shape, name=name)
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("readout", log_paths),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
-        self.a_in = InPort(shape=shape)
-        self.v = Var(shape=shape, init=0)
+                    batch_size=batch_size, **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+        io_shape = batched(shape, batch_size)
+        self.a_in = InPort(shape=io_shape)
+        self.v = Var(shape=io_shape, init=0)
         self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
-        self.n_lost_input = Var(shape=(1,), init=0)
-        self.n_saturated = Var(shape=(1,), init=0)
+        self.n_lost_input = Var(shape=(batch_size,), init=0)
+        self.n_saturated = Var(shape=(batch_size,), init=0)
 
 
 class PixelInput(AbstractProcess):
-    """The pixel source: sends sample ``k``'s raw image as graded values (0..255) on every step of
-    sample ``k`` on which its schedule fires, and nothing (zeros) on the others.
+    """The pixel source: sends sample ``k``'s raw images as graded values (0..255) on every step of
+    sample ``k`` on which its schedule fires, and nothing (zeros) on the others; a sample is one
+    image, or ``batch_size`` consecutive images.
 
     Args:
-        images: (n_samples, C, H, W) integer pixels in 0..255; ``s_out`` has shape (C, H, W).
-        mode, offset_steps, window_steps, steps_per_sample, frames: as for :class:`GatedIF`.
+        images: (n_images, C, H, W) integer pixels in 0..255, ``n_images`` a multiple of
+            ``batch_size``; ``s_out`` has shape (C, H, W), batched (module docstring).
+        mode, offset_steps, window_steps, steps_per_sample, frames, batch_size: as for :class:`GatedIF`.
     """
 
     def __init__(self, *, images: np.ndarray, mode: str, offset_steps: int, window_steps: int,
-                 steps_per_sample: int, frames: ty.Optional[int] = None, name: ty.Optional[str] = None):
+                 steps_per_sample: int, frames: ty.Optional[int] = None, batch_size: int = 1,
+                 name: ty.Optional[str] = None):
         images = np.asarray(images)
         shape = tuple(int(s) for s in images.shape[1:])
+        batch_size = _integer_at_least(batch_size, "batch_size")
         super().__init__(shape=shape, name=name)
-        if images.ndim != 4 or images.shape[0] < 1:
-            raise ValueError(f"images must be (n_samples, C, H, W) with n_samples >= 1, got {images.shape}")
+        if images.ndim != 4 or images.shape[0] < 1 or images.shape[0] % batch_size:
+            raise ValueError(f"images must be (n_images, C, H, W) with n_images a positive multiple of batch_size "
+                             f"{batch_size}, got {images.shape}")
         if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 255:
             raise ValueError("images must hold integer pixel values in 0..255 (8-bit graded spikes)")
-        _add_params(self, n_samples=int(images.shape[0]),
+        _add_params(self, n_samples=int(images.shape[0]) // batch_size, batch_size=batch_size,
                     **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
-        self.s_out = OutPort(shape=shape)
+        self.s_out = OutPort(shape=batched(shape, batch_size))
         self.images = Var(shape=images.shape, init=images.astype(np.uint8))
 
 
@@ -192,7 +218,7 @@ class _Synapse(AbstractProcess):
     """Common ports, checks and proc_params of the event-driven synapses; subclasses check their op."""
 
     def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, steps_per_sample: int, max_input: int,
-                 log_paths: ty.Optional[ty.Mapping[str, str]], name: ty.Optional[str], **op_params):
+                 batch_size: int, log_paths: ty.Optional[ty.Mapping[str, str]], name: ty.Optional[str], **op_params):
         super().__init__(name=name)
         weight, in_shape = np.asarray(weight, dtype=np.float64), tuple(int(s) for s in in_shape)
         if not np.all(np.isfinite(weight)):
@@ -201,12 +227,13 @@ class _Synapse(AbstractProcess):
             raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
         steps_per_sample = _integer_at_least(steps_per_sample, "steps_per_sample")
         max_input = _integer_at_least(max_input, "max_input")
+        batch_size = _integer_at_least(batch_size, "batch_size")
         out_shape, op_params = self.checked_op(weight, in_shape, **op_params)
         _add_params(self, weight=weight, weight_exp=int(weight_exp), in_shape=in_shape, out_shape=out_shape,
-                    steps_per_sample=steps_per_sample, max_input=max_input,
+                    steps_per_sample=steps_per_sample, max_input=max_input, batch_size=batch_size,
                     log_paths=_log_paths("synapse", log_paths), **op_params)
-        self.s_in = InPort(shape=in_shape)
-        self.a_out = OutPort(shape=out_shape)
+        self.s_in = InPort(shape=batched(in_shape, batch_size))
+        self.a_out = OutPort(shape=batched(out_shape, batch_size))
 
     @staticmethod
     def checked_op(weight: np.ndarray, in_shape: ty.Tuple[int, ...], **op_params) -> ty.Tuple[tuple, dict]:
@@ -227,14 +254,15 @@ class EventDense(_Synapse):
         steps_per_sample: steps per image; nothing is delivered on a sample's first step.
         max_input: the largest value the source sends (255 for pixels, 1 for binary spikes, the
             largest payload for graded spikes).
+        batch_size: images run at once; ``s_in`` and ``a_out`` are batched (module docstring).
         log_paths: ``{"synops": path}`` (module docstring), or ``None``.
     """
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, weight_exp: int = 0,
-                 max_input: int = 255, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
+                 max_input: int = 255, batch_size: int = 1, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
                  name: ty.Optional[str] = None):
         super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
-                         max_input=max_input, log_paths=log_paths, name=name)
+                         max_input=max_input, batch_size=batch_size, log_paths=log_paths, name=name)
 
     @staticmethod
     def checked_op(weight, in_shape, **op_params):
@@ -250,15 +278,16 @@ class EventConv(_Synapse):
         weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
         in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
         stride, padding: (h, w) in pixels.
-        weight_exp, steps_per_sample, max_input, log_paths: as for :class:`EventDense` (same one-step
-            delivery).
+        weight_exp, steps_per_sample, max_input, batch_size, log_paths: as for :class:`EventDense`
+            (same one-step delivery).
     """
 
     def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, stride=(1, 1), padding=(0, 0),
-                 weight_exp: int = 0, max_input: int = 255, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
-                 name: ty.Optional[str] = None):
+                 weight_exp: int = 0, max_input: int = 255, batch_size: int = 1,
+                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
-                         max_input=max_input, log_paths=log_paths, name=name, stride=stride, padding=padding)
+                         max_input=max_input, batch_size=batch_size, log_paths=log_paths, name=name, stride=stride,
+                         padding=padding)
 
     @staticmethod
     def checked_op(weight, in_shape, stride=(1, 1), padding=(0, 0)):
