@@ -87,7 +87,6 @@ def main() -> None:
             equal = bool(np.array_equal(lava.predictions_per_step, ref.predictions_per_step)
                          and np.array_equal(lava.n_spikes_per_step, ref.n_spikes_per_step))
             runs.append({"network": label, "batch_size": batch_size, "images": n, "steps": steps,
-                         "n_lava_processes": 1 + sum(1 + len(l.synapses) for l in network.layers[1:]),
                          **lava.extras["timing"], "spikes_per_image": int(lava.n_spikes_per_step.sum()) // n,
                          "equal_to_reference": equal})
             print(f"{label} B={batch_size}: {lava.extras['timing']['ms_per_step']:.1f} ms per step, "
@@ -170,7 +169,7 @@ def run_stock(network: Network, image_hwc: np.ndarray, steps: int, channel_slots
 
 def markdown(p: dict) -> str:
     stock = p["stock"]
-    rows = [f"| {r['network']} | {r['n_lava_processes']} | {r['batch_size']} | {r['images']} x {r['steps']} | "
+    rows = [f"| {r['network']} | {r['n_processes']} | {r['batch_size']} | {r['images']} x {r['steps']} | "
             f"{r['compile_start_s']:.1f} | {r['ms_per_step']:.1f} | {r['image_steps_per_s']:.0f} | "
             f"**{r['vs_stock']:.1f}x** | {'yes' if r['equal_to_reference'] else 'NO'} |" for r in p["ours"]]
     stock_rows = [f"| stock ({name.replace('_', ' ')}) | {stock['n_layers']} netx layers | {run['compile_start_s']:.1f} | "

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 import netx_export
 from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
+from bsnn_lava.ir.nodes import replace
 from bsnn_lava.lava import run as lava_run
 from bsnn_lava.lava.build import build
-from bsnn_lava.lava.procs import (EventConv, EventCount, EventDense, GatedIF as GatedIFProcess, PixelInput,
-                                  Readout as ReadoutProcess)
-from bsnn_lava.lava.procs.models import conv_matrix
+from bsnn_lava.lava.procs import (EventCount, GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess,
+                                  conv_synapse, dense_synapse)
+from bsnn_lava.lava.procs.models import conv_matrix, synapse_fan_out
 from bsnn_lava.lava.run import LoihiUnavailableError, run_lava
 from bsnn_lava.sim import simulate
 
@@ -53,29 +54,44 @@ def test_conv_matrix_is_torch_conv2d(out_ch, in_ch, kernel, size, stride, paddin
     weight = rng.integers(-5, 6, (out_ch, in_ch, *kernel)).astype(float)
     x = rng.integers(0, 3, (in_ch, *size)).astype(float)
     expected = F.conv2d(torch.tensor(x)[None], torch.tensor(weight), None, stride, padding)[0].numpy()
-    assert np.array_equal(conv_matrix(weight, (in_ch, *size), stride, padding) @ x.ravel(), expected.ravel())
+    matrix = conv_matrix(weight, (in_ch, *size), stride, padding)
+    assert np.array_equal(matrix @ x.ravel(), expected.ravel())
+    weight[0, 0] = 0  # some zero weights: the fan-out counts nonzero ones only
+    spec = conv_synapse(weight, (in_ch, *size), stride, padding)
+    assert np.array_equal(synapse_fan_out(spec), conv_matrix(weight, (in_ch, *size), stride, padding).getnnz(axis=0))
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: GatedIFProcess(shape=(2,), threshold=1, bias=0, v_init=0, mode="lif", offset_steps=0, window_steps=1,
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=0, v_init=0, mode="lif", offset_steps=0, window_steps=1,
                             steps_per_sample=4), "mode must be one of"),
-    (lambda: GatedIFProcess(shape=(2,), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0, window_steps=0,
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0, window_steps=0,
                             steps_per_sample=4), "window_steps must be an integer >= 1"),
-    (lambda: GatedIFProcess(shape=(2,), threshold=[1, 0], bias=0, v_init=0, mode="if", offset_steps=0,
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=[1, 0], bias=0, v_init=0, mode="if", offset_steps=0,
                             window_steps=1, steps_per_sample=4), "threshold must be > 0"),
-    (lambda: GatedIFProcess(shape=(2,), threshold=1, bias=[1, 2, 3], v_init=0, mode="if", offset_steps=0,
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=[1, 2, 3], v_init=0, mode="if", offset_steps=0,
                             window_steps=1, steps_per_sample=4), r"bias must be a scalar or have shape \(2,\)"),
-    (lambda: GatedIFProcess(shape=(2,), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0, window_steps=1,
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0, window_steps=1,
                             steps_per_sample=4, state_bits=1), "state_bits must be None"),
-    (lambda: GatedIFProcess(shape=(2,), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0, window_steps=1,
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0, window_steps=1,
                             steps_per_sample=4, log_paths={"counts": "a"}), r"missing \['totals'\]"),
-    (lambda: ReadoutProcess(shape=(2,), bias=0, mode="if", offset_steps=0.5, window_steps=1, steps_per_sample=4),
+    (lambda: ReadoutProcess(shape=(2,), synapses=(), bias=0, mode="if", offset_steps=0.5, window_steps=1, steps_per_sample=4),
      "offset_steps must be an integer"),
     (lambda: PixelInput(images=np.full((1, 1, 2, 2), 256), mode="if", offset_steps=0, window_steps=1,
                         steps_per_sample=4), "0..255"),
-    (lambda: EventConv(weight=np.ones((2, 3, 3, 3)), in_shape=(2, 4, 4), steps_per_sample=4), "does not fit"),
-    (lambda: EventDense(weight=np.ones((2, 5)), in_shape=(2, 2), steps_per_sample=4), r"\(out_features, 4\)"),
-    (lambda: EventDense(weight=np.ones((2, 4)), in_shape=(4,), steps_per_sample=4, weight_exp=0.5), "weight_exp"),
+    (lambda: PixelInput(images=np.zeros((3, 1, 2, 2)), mode="if", offset_steps=0, window_steps=1,
+                        steps_per_sample=4, batch_size=2), "multiple of batch_size 2"),
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0,
+                            window_steps=1, steps_per_sample=4, batch_size=0), "batch_size must be an integer >= 1"),
+    (lambda: conv_synapse(np.ones((2, 3, 3, 3)), in_shape=(2, 4, 4)), "does not fit"),
+    (lambda: dense_synapse(np.ones((2, 5)), in_shape=(2, 2)), r"\(out_features, 4\)"),
+    (lambda: dense_synapse(np.ones((2, 4)), in_shape=(4,), weight_exp=0.5), "weight_exp"),
+    (lambda: dense_synapse(np.ones((2, 4)), in_shape=(4,), max_input=0), "max_input must be an integer >= 1"),
+    (lambda: ReadoutProcess(shape=(3,), synapses=[dense_synapse(np.ones((2, 4)), (4,))], bias=0, mode="if",
+                            offset_steps=0, window_steps=1, steps_per_sample=4), r"delivers shape \(2,\)"),
+    (lambda: ReadoutProcess(shape=(2,), synapses=[dense_synapse(np.ones((2, 4)), (4,))] * 5, bias=0, mode="if",
+                            offset_steps=0, window_steps=1, steps_per_sample=4), "at most 4 incoming synapses"),
+    (lambda: GatedIFProcess(shape=(2,), synapses=(), threshold=1, bias=0, v_init=0, mode="if", offset_steps=0,
+                            window_steps=1, steps_per_sample=4, fan_outs=[np.ones(3)]), "every fan-out must hold 2"),
 ])
 def test_processes_validate_their_parameters(make, message):
     with pytest.raises(ValueError, match=message):
@@ -97,6 +113,10 @@ def test_runner_refuses_what_the_models_cannot_run_exactly():
         run_lava(tiny_network(), np.zeros((1, 4, 4), np.uint8), steps=4, progress=False)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         run_lava(tiny_network(), IMAGES, steps=0, progress=False)
+    network = tiny_network()
+    crowded = replace(network["out"], synapses=network["out"].synapses * 5)
+    with pytest.raises(ValueError, match="layer 'out' has 5 incoming synapses; the Lava layer processes take at most 4"):
+        run_lava(network.with_layers((*network.layers[:3], crowded)), IMAGES, steps=4, progress=False)
 
 
 def test_loihi2_without_lava_loihi_says_what_is_missing(monkeypatch):
@@ -112,18 +132,22 @@ def test_loihi2_with_lava_loihi_still_needs_chip_models(monkeypatch):
 
     monkeypatch.setattr(loihi, "is_installed", lambda *args: True)
     with pytest.raises(LoihiUnavailableError,
-                       match="EventConv, EventDense, GatedIF, PixelInput, Readout.*not on the chip"):
+                       match="GatedIF, PixelInput, Readout.*not on the chip"):
         run_lava(tiny_network(), IMAGES, steps=4, backend="loihi2", progress=False)
 
 
 def test_a_model_that_fails_to_build_gives_a_value_error_naming_the_layer(monkeypatch):
     from bsnn_lava.lava.procs import models
 
-    def fail(self, proc_params):
-        raise RuntimeError(f"process {proc_params['name']!r}: cannot build")
+    build_synapses = models.SynapticInput.__init__
 
-    monkeypatch.setattr(models.PyEventConvModelFixed, "weight_matrix", fail)  # inherited by the forked workers
-    with pytest.raises(ValueError, match=r"Lava could not compile or start layer 'c': process 'c<-x#0'"):
+    def fail(self, synapses, batch_size, integer, layer):
+        if layer == "c":
+            raise RuntimeError(f"process {layer!r}: cannot build its synapses")
+        build_synapses(self, synapses, batch_size, integer, layer)
+
+    monkeypatch.setattr(models.SynapticInput, "__init__", fail)  # inherited by the forked workers
+    with pytest.raises(ValueError, match=r"Lava could not compile or start layer 'c': process 'c': cannot build"):
         run_lava(tiny_network(), IMAGES, steps=4, progress=False)
 
 
@@ -136,7 +160,8 @@ def test_counter_vars_and_result_fields_agree_with_the_reference(tmp_path, batch
                       batch_size=batch_size)
     assert result.method == "lava" and result.extras["select_tag"] == "fixed_pt"
     timing = result.extras["timing"]
-    assert set(timing) == {"compile_start_s", "run_s", "ms_per_step", "image_steps_per_s", "batch_size"}
+    assert set(timing) == {"compile_start_s", "run_s", "ms_per_step", "image_steps_per_s", "batch_size", "n_processes"}
+    assert timing["n_processes"] == 4  # one per layer
     assert timing["batch_size"] == batch_size
     assert timing["image_steps_per_s"] == pytest.approx(2 * steps / timing["run_s"])
     assert result.synapse_names == ref.synapse_names and np.array_equal(result.n_synops_per_step, ref.n_synops_per_step)
@@ -176,13 +201,15 @@ def test_event_count_probe_counts_what_a_layer_sends(tmp_path):
     finally:
         lava_net.stop()
     expected = (ref.extras["spikes"]["c"][:, 0] != 0).reshape(steps, -1).sum(axis=1)
-    assert expected.sum() > 0 and np.array_equal(np.load(log), expected)
+    # a layer sends each step's spikes at the start of the next step (nothing on a sample's first step)
+    assert expected.sum() > 0 and np.array_equal(np.load(log), np.concatenate([[0], expected[:-1]]))
     with pytest.raises(ValueError, match="missing \\['counts'\\]"):
         EventCount(shape=(2,), steps_per_sample=3, log_paths={})
 
 
 def test_wide_weights_multiply_in_int64_and_stay_exact():
-    """|weight| row sum 8 * 2**21 times a pixel of 255 exceeds int32: the conv falls back to int64."""
+    """|weight| row sum 8 * 2**21 times a pixel of 255 exceeds float32's exact integers (2**24): the conv
+    multiplies in int64."""
     network = tiny_network(weight_exp=21).replace(provenance={"quantization": {"state_bits": 40}})
     ref = simulate(network, IMAGES, steps=7, method="step", record=True)
     result = run_lava(network, IMAGES, steps=7, record=True, progress=False)
@@ -192,8 +219,8 @@ def test_wide_weights_multiply_in_int64_and_stay_exact():
     assert np.array_equal(result.extras["readout_v"], ref.extras["readout_v"])
 
 
-def test_compile_error_message_names_the_layer_of_a_synapse():
+def test_compile_error_message_names_the_layer():
     lava_net = build(tiny_network(), IMAGES, 4)
-    err = lava_run._compile_error(lava_net, AssertionError("No ProcessModels found for Process d<-c#0::EventDense."))
+    err = lava_run._compile_error(lava_net, AssertionError("No ProcessModels found for Process d::GatedIF."))
     assert str(err).startswith("Lava could not compile or start layer 'd':")
     assert "the network" in str(lava_run._compile_error(lava_net, AssertionError("something else")))

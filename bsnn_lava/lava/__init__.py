@@ -1,7 +1,7 @@
 """Lava integration.
 
 - ``compat``: import-time compatibility fixes (call ``ensure_lava_importable()`` before ``import lava``).
-- ``procs``: the Lava Processes (``GatedIF``, ``Readout``, ``PixelInput``, ``EventConv``, ``EventDense``)
+- ``procs``: the Lava Processes (``GatedIF`` and ``Readout`` with their incoming synapses, ``PixelInput``, ``EventCount``)
   and their ``fixed_pt`` / ``floating_pt`` CPU models; nothing else lives in that package.
 - ``build``: network IR or bsnn netx HDF5 file -> Lava process graph.
 - ``run``: ``run_lava(...)`` -> ``bsnn_lava.sim.SimResult``, spike-exact with the reference simulator on

@@ -1,25 +1,26 @@
 """Network IR (or a bsnn netx HDF5 file) -> Lava process graph of :mod:`bsnn_lava.lava.procs`.
 
-One :class:`~bsnn_lava.lava.procs.PixelInput` for the input layer, one
-:class:`~bsnn_lava.lava.procs.GatedIF` per spiking layer (neurons and relays alike), one
-:class:`~bsnn_lava.lava.procs.Readout`, and one synapse process (:class:`EventConv` or
-:class:`EventDense`) per IR synapse, wired source ``s_out`` -> synapse ``s_in``, synapse ``a_out`` ->
-target ``a_in``; the synapses into one layer are summed by its ``a_in`` (the residual add). Every
-port and Var keeps the IR's torch (C, H, W) order; nothing is transposed to Lava's (W, H, C).
+One process per layer: a :class:`~bsnn_lava.lava.procs.PixelInput` for the input layer, one
+:class:`~bsnn_lava.lava.procs.GatedIF` per spiking layer (neurons and relays alike) and one
+:class:`~bsnn_lava.lava.procs.Readout`, each holding its incoming IR synapses
+(:func:`~bsnn_lava.lava.procs.conv_synapse`, :func:`~bsnn_lava.lava.procs.dense_synapse`): synapse k
+of a layer is wired source ``s_out`` -> layer ``s_in<k>``, and the layer sums what its synapses
+deliver (the residual add). Every port and Var keeps the IR's torch (C, H, W) order; nothing is
+transposed to Lava's (W, H, C).
 
-Process names are the layer names, and :func:`synapse_name` for the k-th synapse of a layer, so
-Lava's messages name the layer.
+Process names are the layer names, so Lava's messages name the layer; :func:`synapse_name` names the
+k-th synapse of a layer in the activity counts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
 from bsnn_lava.interrupts import children_shielded
-from bsnn_lava.ir import Conv2d, GatedIF, Network
+from bsnn_lava.ir import Conv2d, GatedIF, Network, Readout
 
 #: Process model tags of :mod:`bsnn_lava.lava.procs.models`, and the network numeric each one runs.
 SELECT_TAGS = {"fixed_pt": "int", "floating_pt": "float"}
@@ -28,12 +29,11 @@ SELECT_TAGS = {"fixed_pt": "int", "floating_pt": "float"}
 @dataclass(frozen=True, eq=False)
 class LavaNetwork:
     """The built process graph. ``layers`` maps every non-input layer name to its neuron (or readout)
-    process, in IR order; ``synapses`` maps synapse process names to processes. A sample is
-    ``batch_size`` images run at once (:mod:`bsnn_lava.lava.procs.process`)."""
+    process, in IR order. A sample is ``batch_size`` images run at once
+    (:mod:`bsnn_lava.lava.procs.process`)."""
     network: Network
     input: object
     layers: Dict[str, object]
-    synapses: Dict[str, object]
     steps_per_sample: int
     batch_size: int = 1
 
@@ -41,13 +41,9 @@ class LavaNetwork:
     def readout(self):
         return self.layers[self.network.readout.name]
 
-    def layer_of(self, process_name: str) -> Optional[str]:
-        """The layer a process belongs to (its own name, or the target of a synapse)."""
-        if process_name in self.layers or process_name == self.network.input.name:
-            return process_name
-        if process_name in self.synapses:
-            return process_name.split("<-", 1)[0]
-        return None
+    @property
+    def n_processes(self) -> int:
+        return 1 + len(self.layers)
 
     def start(self, run_cfg, compile_config: Optional[Mapping] = None) -> None:
         """Compile the graph for ``run_cfg`` and start Lava's runtime (its worker processes).
@@ -107,8 +103,18 @@ class LavaNetwork:
 
 
 def synapse_name(layer_name: str, source: str, k: int) -> str:
-    """Name of the process of synapse ``k`` of a layer: ``"<layer><-<source>#<k>"``."""
+    """Name of synapse ``k`` of a layer: ``"<layer><-<source>#<k>"``."""
     return f"{layer_name}<-{source}#{k}"
+
+
+def outgoing_synapses(network: Network) -> Dict[str, List[str]]:
+    """Per sending layer (the input, every spiking layer), the :func:`synapse_name` of the synapses it
+    feeds, in IR order: the columns of its ``synops`` log."""
+    outgoing: Dict[str, List[str]] = {layer.name: [] for layer in network.layers if not isinstance(layer, Readout)}
+    for layer in network.layers[1:]:
+        for k, synapse in enumerate(layer.synapses):
+            outgoing[synapse.source].append(synapse_name(layer.name, synapse.source, k))
+    return outgoing
 
 
 def load_network(network_or_path: Union[Network, str, Path]) -> Network:
@@ -122,6 +128,12 @@ def load_network(network_or_path: Union[Network, str, Path]) -> Network:
 
 def check_runnable(network: Network, select_tag: str) -> None:
     """``ValueError`` (naming the layer) for what the ``select_tag`` models cannot run exactly."""
+    from bsnn_lava.lava.procs import MAX_INPUTS
+
+    for layer in network.layers[1:]:
+        if len(layer.synapses) > MAX_INPUTS:
+            raise ValueError(f"layer {layer.name!r} has {len(layer.synapses)} incoming synapses; the Lava layer "
+                             f"processes take at most {MAX_INPUTS}")
     if select_tag not in SELECT_TAGS:
         raise ValueError(f"select_tag must be one of {', '.join(SELECT_TAGS)}, got {select_tag!r}")
     if network.numeric != SELECT_TAGS[select_tag]:
@@ -158,13 +170,16 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
         steps_per_sample: steps per sample (T); states restart at every sample.
         select_tag: ``fixed_pt`` (integer networks) or ``floating_pt`` (float networks); checked here
             so that the compiler cannot fail on it later.
-        log_paths: per process name (layer names, :func:`synapse_name`), the activity log files of
-            that process (see :mod:`bsnn_lava.lava.procs.process`); ``None``: no logs.
+        log_paths: per layer name, the activity log files of its process (see
+            :mod:`bsnn_lava.lava.procs.process`; ``synops`` columns: :func:`outgoing_synapses`);
+            ``None``: no logs.
         batch_size: images per sample, run at once (CPU models; every port and Var gets a batch axis).
     Raises:
         ValueError: images of the wrong shape, or a network the models cannot run (names the layer).
     """
-    from bsnn_lava.lava.procs import EventConv, EventDense, GatedIF as GatedIFProcess, PixelInput, Readout
+    from bsnn_lava.lava.procs import GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess
+    from bsnn_lava.lava.procs import conv_synapse, dense_synapse
+    from bsnn_lava.lava.procs.models import synapse_fan_out
 
     network = load_network(network_or_path)
     check_runnable(network, select_tag)
@@ -173,41 +188,40 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
         raise ValueError(f"images must be (n_samples, {', '.join(map(str, network.input.shape))}) for input "
                          f"{network.input.name!r}, got {images.shape}")
     log_paths = log_paths or {}
-    common = dict(steps_per_sample=steps_per_sample, batch_size=batch_size)
-
-    def schedule(layer):
-        s = layer.schedule
-        return dict(mode=s.mode, offset_steps=s.offset_steps, window_steps=s.window_steps, frames=s.frames, **common)
-
     source = network.input
-    outputs = {source.name: PixelInput(images=images, name=source.name, **schedule(source))}
-    shapes = {source.name: source.shape}
-    layers, synapses = {}, {}
+    incoming: Dict[str, list] = {}
+    fan_outs: Dict[str, list] = {layer.name: [] for layer in network.layers}
+    for layer in network.layers[1:]:  # the synapses, and each sender's fan-outs in outgoing_synapses order
+        incoming[layer.name] = []
+        for synapse in layer.synapses:
+            op, in_shape = synapse.op, network[synapse.source].shape
+            max_input = 255 if synapse.source == source.name else network[synapse.source].payload_max
+            spec = (conv_synapse(op.weight, in_shape, op.stride, op.padding, op.weight_exp, max_input)
+                    if isinstance(op, Conv2d) else dense_synapse(op.weight, in_shape, op.weight_exp, max_input))
+            incoming[layer.name].append(spec)
+            fan_outs[synapse.source].append(synapse_fan_out(spec))
+
+    def common(layer):
+        s = layer.schedule
+        return dict(mode=s.mode, offset_steps=s.offset_steps, window_steps=s.window_steps, frames=s.frames,
+                    steps_per_sample=steps_per_sample, batch_size=batch_size, log_paths=log_paths.get(layer.name),
+                    name=layer.name)
+
+    processes = {source.name: PixelInput(images=images, fan_outs=fan_outs[source.name], **common(source))}
     for layer in network.layers[1:]:
         if isinstance(layer, GatedIF):
-            process = GatedIFProcess(shape=layer.shape, threshold=per_neuron(layer.threshold, layer.shape),
+            process = GatedIFProcess(shape=layer.shape, synapses=incoming[layer.name],
+                                     threshold=per_neuron(layer.threshold, layer.shape),
                                      bias=per_neuron(layer.bias, layer.shape),
                                      v_init=per_neuron(layer.v_init, layer.shape), frame_reset=layer.frame_reset,
-                                     payload_max=layer.payload_max,
-                                     state_bits=network.state_bits,
-                                     log_paths=log_paths.get(layer.name), name=layer.name, **schedule(layer))
-            outputs[layer.name] = process
+                                     payload_max=layer.payload_max, state_bits=network.state_bits,
+                                     fan_outs=fan_outs[layer.name], **common(layer))
         else:
-            process = Readout(shape=layer.shape, bias=per_neuron(layer.bias, layer.shape),
-                              state_bits=network.state_bits, log_paths=log_paths.get(layer.name), name=layer.name,
-                              **schedule(layer))
+            process = ReadoutProcess(shape=layer.shape, synapses=incoming[layer.name],
+                                     bias=per_neuron(layer.bias, layer.shape), state_bits=network.state_bits,
+                                     **common(layer))
         for k, synapse in enumerate(layer.synapses):
-            name = synapse_name(layer.name, synapse.source, k)
-            op, in_shape = synapse.op, shapes[synapse.source]
-            sent = dict(max_input=255 if synapse.source == source.name else network[synapse.source].payload_max,
-                        weight_exp=op.weight_exp, log_paths=log_paths.get(name), name=name, **common)
-            if isinstance(op, Conv2d):
-                proc = EventConv(weight=op.weight, in_shape=in_shape, stride=op.stride, padding=op.padding, **sent)
-            else:
-                proc = EventDense(weight=op.weight, in_shape=in_shape, **sent)
-            outputs[synapse.source].s_out.connect(proc.s_in)
-            proc.a_out.connect(process.a_in)
-            synapses[name] = proc
-        layers[layer.name] = process
-        shapes[layer.name] = layer.shape
-    return LavaNetwork(network, outputs[network.input.name], layers, synapses, int(steps_per_sample), int(batch_size))
+            processes[synapse.source].s_out.connect(getattr(process, f"s_in{k}"))
+        processes[layer.name] = process
+    layers = {name: process for name, process in processes.items() if name != source.name}
+    return LavaNetwork(network, processes[source.name], layers, int(steps_per_sample), int(batch_size))

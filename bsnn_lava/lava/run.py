@@ -25,7 +25,7 @@ from bsnn_lava.interrupts import Interrupted, note_progress
 from bsnn_lava.ir import GatedIF, Network
 from bsnn_lava.lava.compat import LavaNotInstalled
 from bsnn_lava.lava.compat import ensure_lava_importable
-from bsnn_lava.lava.build import LavaNetwork, build, check_runnable, load_network, synapse_name
+from bsnn_lava.lava.build import LavaNetwork, build, check_runnable, load_network, outgoing_synapses, synapse_name
 from bsnn_lava.sim import SimResult, ann_forward
 from bsnn_lava.sim.kernels import NetworkKernels
 
@@ -64,8 +64,8 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
     Returns:
         A :class:`SimResult` (``method="lava"``); ``extras["timing"]`` holds ``compile_start_s`` (compile,
         worker start-up, model set-up) and ``run_s`` (Lava's run calls, all steps) in seconds,
-        ``ms_per_step`` (per Lava step, one batch), ``image_steps_per_s`` (of the real images) and
-        ``batch_size``; also ``backend``, ``select_tag``.
+        ``ms_per_step`` (per Lava step, one batch), ``image_steps_per_s`` (of the real images),
+        ``batch_size`` and ``n_processes`` (Lava processes); also ``backend``, ``select_tag``.
     Raises:
         ValueError: bad arguments, or a network the models cannot run (names the layer).
         LoihiUnavailableError: ``backend="loihi2"`` where lava-loihi or chip models are missing.
@@ -98,7 +98,8 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
             finished = True
         finally:  # an error or an interrupt (Ctrl-C, SIGTERM) kills the workers: they may be mid-step
             lava_net.stop() if finished else lava_net.abort()
-    result = tally.result(logs.synapses)
+    result = tally.result(logs.synapse_columns)
+    timing["n_processes"] = lava_net.n_processes
     result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
     return result
 
@@ -110,23 +111,26 @@ class ActivityLogs:
     Per image of the sample, per spiking layer: ``counts`` (steps,) int64, ``totals`` (*shape) int64,
     ``raster`` (steps, *shape) bool (int32 payloads for graded spikes) when recording; readout: ``v``
     (steps, classes), int64 or float64; both: ``lost_input`` and ``saturated`` () int64 neuron-steps;
-    per synapse, in IR order: ``synops`` (steps,) int64. The files have a leading batch axis.
+    per sending layer (the input too): ``synops`` (steps, its outgoing synapses) int64. The files have
+    a leading batch axis. ``synapse_columns``: per synapse in IR order, its (sender, column).
     """
 
     def __init__(self, network: Network, steps: int, folder: Path, record: bool, integer: bool, batch_size: int = 1):
         fields: Dict[str, Dict[str, tuple]] = {}
-        self.synapses = []
         errors = {"lost_input": ((), np.int64), "saturated": ((), np.int64)}
-        for layer in network.layers[1:]:
+        outgoing = outgoing_synapses(network)
+        column = {name: (sender, j) for sender, names in outgoing.items() for j, name in enumerate(names)}
+        self.synapse_columns = [column[synapse_name(layer.name, synapse.source, k)]
+                                for layer in network.layers[1:] for k, synapse in enumerate(layer.synapses)]
+        for layer in network.layers:
             if isinstance(layer, GatedIF):
                 fields[layer.name] = {"counts": ((steps,), np.int64), "totals": (layer.shape, np.int64), **errors}
                 if record:
                     fields[layer.name]["raster"] = ((steps, *layer.shape), np.bool_ if layer.payload_max == 1 else np.int32)
-            else:
+            elif layer is network.readout:
                 fields[layer.name] = {"v": ((steps, *layer.shape), np.int64 if integer else np.float64), **errors}
-            for k, synapse in enumerate(layer.synapses):
-                self.synapses.append(synapse_name(layer.name, synapse.source, k))
-                fields[self.synapses[-1]] = {"synops": ((steps,), np.int64)}
+            if outgoing.get(layer.name):
+                fields.setdefault(layer.name, {})["synops"] = ((steps, len(outgoing[layer.name])), np.int64)
         self.paths = {name: {key: str(folder / f"{index:05d}_{key}.npy") for key in kinds}
                       for index, (name, kinds) in enumerate(fields.items())}
         self.maps = {name: {key: np.lib.format.open_memmap(self.paths[name][key], mode="w+", dtype=dtype,
@@ -186,7 +190,7 @@ class _Tally:
             self.ann_correct += int((ann_predicted == self.y[start:start + len(images)]).sum())
         self.pending_totals = []
 
-    def result(self, synapse_processes) -> SimResult:
+    def result(self, synapse_columns) -> SimResult:
         if self.pending_totals:
             self._compare_with_ann()
         n_samples, y = len(self.predictions_per_step), self.y
@@ -196,7 +200,9 @@ class _Tally:
         result = SimResult(
             n_steps=self.steps, n_samples=n_samples, layer_names=tuple(self.spiking),
             n_spikes_per_step=per_step(self.spiking, "counts"),
-            synapse_names=tuple(self.kernels.synapse_names), n_synops_per_step=per_step(synapse_processes, "synops"),
+            synapse_names=tuple(self.kernels.synapse_names),
+            n_synops_per_step=np.stack([self.sums[sender]["synops"][:, j] for sender, j in synapse_columns], axis=1)
+            if synapse_columns else np.zeros((self.steps, 0), dtype=np.int64),
             n_spikes_per_neuron={name: self.sums[name]["totals"] for name in self.spiking},
             n_sin=self.n_sin, n_lost_input=self.counter("lost_input"), n_saturated=self.counter("saturated"),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
@@ -262,11 +268,10 @@ def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, tally: _Tally, run_cfg, 
 def _compile_error(lava_net: LavaNetwork, err: Exception) -> ValueError:
     """A ValueError naming the layer whose process Lava's message names (as ``'name'`` or ``name::``)."""
     message = " ".join(str(err).split()) or type(err).__name__
-    names = [*lava_net.layers, *lava_net.synapses, lava_net.network.input.name]
+    names = [*lava_net.layers, lava_net.network.input.name]
     named = [name for name in names if f"'{name}'" in message or f"{name}::" in message]
     if named:
-        layer = lava_net.layer_of(max(named, key=len))
-        return ValueError(f"Lava could not compile or start layer {layer!r}: {message}")
+        return ValueError(f"Lava could not compile or start layer {max(named, key=len)!r}: {message}")
     return ValueError(f"Lava could not compile or start the network: {message}")
 
 
@@ -288,7 +293,7 @@ def _require_chip_models(lava_net: LavaNetwork) -> None:
     from lava.magma.compiler.compiler_graphs import ProcGroupDiGraphs
     from lava.magma.core.resources import Loihi2NeuroCore, NeuroCore
 
-    processes = {type(p).__name__: p for p in [lava_net.input, *lava_net.layers.values(), *lava_net.synapses.values()]}
+    processes = {type(p).__name__: p for p in [lava_net.input, *lava_net.layers.values()]}
     missing = [name for name, proc in sorted(processes.items())
                if not any({NeuroCore, Loihi2NeuroCore} & set(model.required_resources)
                           for model in ProcGroupDiGraphs._find_proc_models(proc))]

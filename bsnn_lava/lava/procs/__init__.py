@@ -8,7 +8,7 @@ from bsnn_lava.lava.compat import ensure_lava_importable
 
 ensure_lava_importable()
 
-from bsnn_lava.lava.procs.process import (EventConv, EventCount, EventDense, GatedIF, PixelInput,  # noqa: E402
-                                          Readout)
+from bsnn_lava.lava.procs.process import (MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout,  # noqa: E402
+                                          conv_synapse, dense_synapse)
 
-__all__ = ["GatedIF", "Readout", "PixelInput", "EventConv", "EventDense", "EventCount"]
+__all__ = ["GatedIF", "Readout", "PixelInput", "EventCount", "conv_synapse", "dense_synapse", "MAX_INPUTS"]

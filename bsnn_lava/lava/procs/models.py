@@ -4,26 +4,29 @@ Every neuron update is :func:`bsnn_lava.dynamics.gated_if_step` with the gates o
 :func:`bsnn_lava.dynamics.phase`, exactly as in the torch reference simulator; ``fixed_pt`` saturates
 the state at the layer's ``state_bits``, ``floating_pt`` never (``state_bits=None``).
 
-Timing (the reference simulator assumes the same): a synapse sends, on step t + 1, what the spikes
-(or pixels) it received on step t produce, like Lava's Dense and Conv (it sends its buffer first and
-receives afterwards, so recurrent graphs cannot deadlock). On the first step of every sample it sends
-zeros, so nothing crosses from one image to the next. Several synapses into one ``a_in`` are summed
-by Lava's InPort (the residual add).
+Timing (the reference simulator assumes the same): every sending model first sends what it computed
+on the previous step (zeros on the first step of a sample, so nothing crosses from one sample to the
+next), then receives and computes this step. A layer's synapses therefore deliver on step t what its
+sources' spikes (or pixels) of step t - 1 produce, like Lava's Dense and Conv, and no model waits for
+another within a step. The outputs of a layer's synapses are summed (the residual add).
 
 Batches (``batch_size`` B): every model works on arrays with a leading axis of the B images
 (``layout``), reshaped from and to the ports' shapes (unbatched for B = 1), so one code path serves
 both; the images of a batch share the step and therefore the schedule.
 
-Synapses are event-driven: an all-zero input costs one scan for nonzeros and sends a cached zero array;
+Synapses (:class:`SynapticInput`) are event-driven: an all-zero input costs one scan for nonzeros;
 otherwise only the columns of the inputs active in some image of the batch of a sparse (CSC) matrix,
-built once when the model is created, are touched. The matrix holds ``mantissa * 2**weight_exp`` (exact integers for
-``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
-``conv(s, mantissa) * 2**weight_exp``.
+built once when the model is created, are touched. The matrix holds ``mantissa * 2**weight_exp``
+(exact integers for ``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
+``conv(s, mantissa) * 2**weight_exp``. The synaptic operations of what a model sends are counted by
+the sender, from the fan-outs of its outgoing synapses (:func:`synapse_fan_out`).
 
 This module must never import torch (torch hangs in Lava's forked workers); Lava's compiler executes
 it on its own, so it uses absolute imports only.
 """
 from __future__ import annotations
+
+import typing as ty
 
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -35,210 +38,12 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from scipy import sparse
 
 from bsnn_lava.dynamics import frame_starts, gated_if_step, phase
-from bsnn_lava.lava.procs.process import EventConv, EventCount, EventDense, GatedIF, PixelInput, Readout, batched
+from bsnn_lava.lava.procs.process import MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout, batched
 
 #: Above this fraction of active inputs (active in some image of the batch) a synapse multiplies the
 #: whole matrix instead of slicing columns: for one image, and for a batch, where slicing costs the
 #: same per column but the product grows with the batch (scipy, ResNet20's 16-channel 3x3 convolution).
 DENSE_INPUT_FRACTION = {"image": 0.25, "batch": 0.75}
-
-
-class _SampleClockModel(PyLoihiProcessModel):
-    """``sample_step()``: the 0-based step within the current sample (image) of ``steps_per_sample``."""
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.steps_per_sample = proc_params["steps_per_sample"]
-
-    def sample_step(self) -> int:
-        return (self.time_step - 1) % self.steps_per_sample  # Lava's time_step is 1 on the first step
-
-
-class _ScheduledModel(_SampleClockModel):
-    """Also reads the schedule (mode, offset_steps, window_steps) for :func:`phase`, and the batch size."""
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"],
-                         proc_params["frames"])
-        self.batch_size = proc_params["batch_size"]
-        self.io_shape = batched(proc_params["shape"], self.batch_size)  # of the ports and batched Vars
-
-
-def _open_logs(log_paths):
-    """The activity log files as writable memory maps (``{}`` without logs)."""
-    return {key: np.load(path, mmap_mode="r+") for key, path in (log_paths or {}).items()}
-
-
-# --- neurons -----------------------------------------------------------------------------------------
-
-class _NeuronModel(_ScheduledModel):
-    """State width (``state_bits`` where the model ``saturates``, else unbounded) and activity logs."""
-    saturates = True
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.state_bits = proc_params["state_bits"] if self.saturates else None
-        self.logs = _open_logs(proc_params["log_paths"])
-        self.layout = (self.batch_size, *proc_params["shape"])
-
-    def start_sample(self) -> None:
-        """Zero the per-sample logs that accumulate over the sample's steps."""
-        for key in ("totals", "lost_input", "saturated"):
-            if key in self.logs:
-                self.logs[key][...] = 0
-
-    def count(self, n_lost, n_saturated) -> None:
-        """Add one step's per-image lost-input and saturation counts to the counters and logs."""
-        self.n_lost_input += n_lost
-        self.n_saturated += n_saturated
-        for key, n in (("lost_input", n_lost), ("saturated", n_saturated)):
-            if key in self.logs:
-                self.logs[key] += n
-
-
-class _GatedIFModel(_NeuronModel):
-    """One :func:`gated_if_step` per step; counters and logs updated in place."""
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.silent = np.zeros(self.layout, dtype=bool)
-        self.frame_reset = proc_params["frame_reset"]
-        self.payload_max = proc_params["payload_max"]
-
-    def run_spk(self):
-        a_in = self.a_in.recv().reshape(self.layout)
-        t = self.sample_step()
-        if t == 0:
-            self.v = np.broadcast_to(self.v_init, self.v.shape).copy()
-            self.start_sample()
-        integrate, fire = phase(t, *self.schedule)
-        restart = self.v_init if self.frame_reset and frame_starts(t, *self.schedule) else None
-        spikes, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, self.threshold,
-                                                        integrate, fire, self.state_bits, restart, self.payload_max,
-                                                        per_sample=True)
-        self.v = v.reshape(self.v.shape)
-        self.count(n_lost, n_saturated)
-        spikes = self.silent if spikes is None else spikes
-        self.s_out.send(spikes.reshape(self.io_shape))  # binary: 0/1; graded: the payloads
-        events = spikes != 0  # a graded spike is one event whatever its payload
-        per_image = np.count_nonzero(events.reshape(self.batch_size, -1), axis=1)
-        if per_image.any():
-            self.n_spikes += events.reshape(self.n_spikes.shape)
-        if self.logs:
-            self.logs["counts"][:, t] = per_image
-            if per_image.any():
-                self.logs["totals"] += events
-            if "raster" in self.logs:
-                self.logs["raster"][:, t] = spikes
-
-
-@implements(proc=GatedIF, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyGatedIFModelFixed(_GatedIFModel):
-    """Bit-accurate: int64 state saturated to ``state_bits``."""
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)  # 0/1, or graded payloads
-    v: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    threshold: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    v_init: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_spikes: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
-
-
-@implements(proc=GatedIF, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyGatedIFModelFloat(_GatedIFModel):
-    """float64 state, unbounded."""
-    saturates = False
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)  # 0/1, or graded payloads
-    v: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    threshold: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    v_init: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    n_spikes: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
-
-
-class _ReadoutModel(_NeuronModel):
-    """:func:`gated_if_step` that never fires; logs ``v`` after every step."""
-
-    def run_spk(self):
-        a_in = self.a_in.recv().reshape(self.layout)
-        t = self.sample_step()
-        if t == 0:
-            self.v = np.zeros_like(self.v)
-            self.start_sample()
-        integrate, _ = phase(t, *self.schedule)
-        _, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, None, integrate, False,
-                                                  self.state_bits, per_sample=True)
-        self.v = v.reshape(self.v.shape)
-        self.count(n_lost, n_saturated)
-        if self.logs:
-            self.logs["v"][:, t] = v
-
-
-@implements(proc=Readout, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyReadoutModelFixed(_ReadoutModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64)
-    v: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
-
-
-@implements(proc=Readout, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyReadoutModelFloat(_ReadoutModel):
-    saturates = False
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    v: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
-    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
-    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
-
-
-# --- input -------------------------------------------------------------------------------------------
-
-class _PixelInputModel(_ScheduledModel):
-    """Sends sample ``(time_step - 1) // steps_per_sample`` (cyclically; its ``batch_size`` images) on
-    its fire steps, else zeros."""
-
-    def __init__(self, proc_params):
-        super().__init__(proc_params)
-        self.n_samples = proc_params["n_samples"]
-        self.silent = np.zeros(self.io_shape, dtype=np.uint8)
-
-    def run_spk(self):
-        sample = (self.time_step - 1) // self.steps_per_sample % self.n_samples
-        _, fire = phase(self.sample_step(), *self.schedule)
-        images = self.images[sample * self.batch_size:(sample + 1) * self.batch_size]
-        self.s_out.send(images.reshape(self.io_shape) if fire else self.silent)
-
-
-@implements(proc=PixelInput, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
-class PyPixelInputModelFixed(_PixelInputModel):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=8)  # graded 8-bit spikes
-    images: np.ndarray = LavaPyType(np.ndarray, np.uint8, precision=8)
-
-
-@implements(proc=PixelInput, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyPixelInputModelFloat(_PixelInputModel):
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
-    images: np.ndarray = LavaPyType(np.ndarray, np.uint8, precision=8)
 
 
 # --- synapses ----------------------------------------------------------------------------------------
@@ -265,102 +70,316 @@ def conv_matrix(weight: np.ndarray, in_shape, stride, padding) -> sparse.csc_mat
     return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
 
 
-class _EventSynapseModel(_SampleClockModel):
-    """Sends last step's product, then computes this step's from the active inputs only.
+def synapse_fan_out(synapse: dict) -> np.ndarray:
+    """The nonzero weights each input of a synapse (:func:`~bsnn_lava.lava.procs.conv_synapse`,
+    :func:`~bsnn_lava.lava.procs.dense_synapse`) drives, flat in (C, H, W) order, int64: the
+    synaptic operations of one event on that input (the column counts of its matrix)."""
+    weight = synapse["weight"]
+    if synapse["kind"] == "dense":
+        return np.count_nonzero(weight, axis=0).astype(np.int64)
+    _, height, width = synapse["in_shape"]
+    (sy, sx), (py, px), (_, out_h, out_w) = synapse["stride"], synapse["padding"], synapse["out_shape"]
+    counts = np.zeros(synapse["in_shape"], dtype=np.int64)
+    for ky in range(weight.shape[2]):
+        rows = np.arange(height) + py - ky  # = output row * stride where valid
+        valid_y = (rows % sy == 0) & (rows >= 0) & (rows // sy < out_h)
+        for kx in range(weight.shape[3]):
+            cols = np.arange(width) + px - kx
+            valid_x = (cols % sx == 0) & (cols >= 0) & (cols // sx < out_w)
+            nonzero = np.count_nonzero(weight[:, :, ky, kx], axis=0)  # (C_in,): output channels it drives
+            counts += nonzero[:, None, None] * (valid_y[:, None] & valid_x[None, :])
+    return counts.reshape(-1)
 
-    ``fixed_pt`` multiplies in int32 where no output can exceed it (``max_input``, the largest value
-    the source sends, times the largest row sum of ``|weight|`` below 2**31; the channel widens to
-    int64), else in int64: exact either way.
+
+class SynapticInput:
+    """A layer's incoming synapses: what they deliver from the messages their sources sent.
+
+    ``fixed_pt`` (``integer``) multiplies in float32 where every partial sum is an integer float32
+    holds exactly (``max_input``, the largest value its source sends, times the largest row sum of
+    ``|weight|`` below 2**24; scipy's float32 product is 2-3x faster than its int32 or int64 one),
+    else in int64, and sums in int64: exact either way. ``floating_pt`` computes in float64.
     """
-    dtype = np.int64
+
+    def __init__(self, synapses: ty.Sequence[dict], batch_size: int, integer: bool, layer: str):
+        self.dtype = np.int64 if integer else np.float64
+        self.batch_size = batch_size
+        self.dense_fraction = DENSE_INPUT_FRACTION["image" if batch_size == 1 else "batch"]
+        self.matrices = []
+        for k, synapse in enumerate(synapses):
+            weight, weight_exp = synapse["weight"], synapse["weight_exp"]
+            if integer and (weight_exp < 0 or not np.array_equal(weight, np.round(weight))):
+                raise ValueError(f"process {layer!r}, synapse {k}: fixed_pt needs integer weight mantissas and "
+                                 f"weight_exp >= 0, got weight_exp {weight_exp}")
+            effective = weight * 2.0 ** weight_exp
+            matrix = (conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"])
+                      if synapse["kind"] == "conv" else sparse.csc_matrix(effective))
+            row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
+            narrow = integer and synapse["max_input"] * row_sum < 2 ** 24
+            self.matrices.append(matrix.tocsc().astype(np.float32 if narrow else self.dtype))
+
+    def deliver(self, received: ty.Sequence[np.ndarray]) -> ty.Optional[np.ndarray]:
+        """The summed input (B, n_out) of the messages ``received`` (one per synapse), or ``None``
+        when every message was all zeros."""
+        total = None
+        for matrix, message in zip(self.matrices, received):
+            s = message.reshape(self.batch_size, -1)
+            active = np.flatnonzero((s != 0).any(axis=0))
+            if active.size == 0:
+                continue
+            if active.size >= self.dense_fraction * s.shape[1]:
+                product = matrix @ s.T.astype(matrix.dtype)
+            else:
+                product = matrix[:, active] @ s[:, active].T.astype(matrix.dtype)
+            product = product.astype(self.dtype, copy=False)  # exact: integer-valued where float32
+            total = product if total is None else total + product
+        return None if total is None else total.T
+
+
+# --- common parts ------------------------------------------------------------------------------------
+
+def _open_logs(log_paths):
+    """The activity log files as writable memory maps (``{}`` without logs)."""
+    return {key: np.load(path, mmap_mode="r+") for key, path in (log_paths or {}).items()}
+
+
+class _SampleClockModel(PyLoihiProcessModel):
+    """``sample_step()``: the 0-based step within the current sample of ``steps_per_sample``."""
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
+        self.steps_per_sample = proc_params["steps_per_sample"]
+
+    def sample_step(self) -> int:
+        return (self.time_step - 1) % self.steps_per_sample  # Lava's time_step is 1 on the first step
+
+
+class _ScheduledModel(_SampleClockModel):
+    """Also reads the schedule (mode, offset_steps, window_steps) for :func:`phase`, the batch size
+    and the logs."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"],
+                         proc_params["frames"])
         self.batch_size = proc_params["batch_size"]
-        self.out_shape = batched(proc_params["out_shape"], self.batch_size)  # of a_out
-        self.dense_fraction = DENSE_INPUT_FRACTION["image" if self.batch_size == 1 else "batch"]
-        self.silent = np.zeros(self.out_shape, dtype=self.dtype)
-        self.pending = self.silent
-        matrix = self.weight_matrix(proc_params).tocsc()
-        row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
-        narrow = self.dtype == np.int64 and proc_params["max_input"] * row_sum < 2 ** 31
-        self.compute_dtype = np.int32 if narrow else self.dtype
-        self.matrix = matrix.astype(self.compute_dtype)
-        self.fan_out = np.diff(self.matrix.indptr)  # nonzero weights of each input (synaptic operations)
+        self.io_shape = batched(proc_params["shape"], self.batch_size)  # of the ports and batched Vars
+        self.layout = (self.batch_size, *proc_params["shape"])
         self.logs = _open_logs(proc_params["log_paths"])
 
-    def weight_matrix(self, proc_params) -> sparse.spmatrix:
-        raise NotImplementedError
 
-    def effective_weight(self, proc_params) -> np.ndarray:
-        """``mantissa * 2**weight_exp``; ``ValueError`` where ``fixed_pt`` could not be exact."""
-        weight, weight_exp = proc_params["weight"], proc_params["weight_exp"]
-        if self.dtype == np.int64 and (weight_exp < 0 or not np.array_equal(weight, np.round(weight))):
-            raise ValueError(f"process {proc_params['name']!r}: fixed_pt needs integer weight mantissas and "
-                             f"weight_exp >= 0, got weight_exp {weight_exp}")
-        return weight * 2.0 ** weight_exp
+class _SenderModel(_ScheduledModel):
+    """Sends, at the start of each step, what it computed on the previous one (:meth:`send_previous`),
+    and counts the synaptic operations of what it computes (:meth:`keep`)."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.fan_outs = np.stack(proc_params["fan_outs"], axis=1) if proc_params["fan_outs"] else None
+        self.silent = np.zeros(self.io_shape, dtype=self.message_dtype)
+        self.outgoing = self.silent
+
+    def send_previous(self, t: int) -> None:
+        self.s_out.send(self.outgoing if t else self.silent)
+
+    def keep(self, t: int, message: np.ndarray) -> None:
+        """``message`` (``layout``) goes out on the next step; its synaptic operations into the log."""
+        self.outgoing = message.reshape(self.io_shape)
+        if "synops" in self.logs and self.fan_outs is not None:
+            self.logs["synops"][:, t] = (message.reshape(self.batch_size, -1) != 0) @ self.fan_outs
+
+
+class _LayerModel(_ScheduledModel):
+    """State width (``state_bits`` where the model ``saturates``, else unbounded), the synapses, the
+    per-sample logs and counters."""
+    saturates = True
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.state_bits = proc_params["state_bits"] if self.saturates else None
+        self.synapses = SynapticInput(proc_params["synapses"], self.batch_size, self.saturates, proc_params["name"])
+        self.input_ports = [f"s_in{k}" for k in range(len(proc_params["synapses"]))]
+
+    def synaptic_input(self) -> ty.Optional[np.ndarray]:
+        """This step's input (``layout``), or ``None`` when nothing arrived."""
+        total = self.synapses.deliver([getattr(self, port).recv() for port in self.input_ports])
+        return None if total is None else total.reshape(self.layout)
+
+    def start_sample(self) -> None:
+        """Zero the per-sample logs that accumulate over the sample's steps."""
+        for key in ("totals", "lost_input", "saturated"):
+            if key in self.logs:
+                self.logs[key][...] = 0
+
+    def count(self, n_lost, n_saturated) -> None:
+        """Add one step's per-image lost-input and saturation counts to the counters and logs."""
+        self.n_lost_input += n_lost
+        self.n_saturated += n_saturated
+        for key, n in (("lost_input", n_lost), ("saturated", n_saturated)):
+            if key in self.logs:
+                self.logs[key] += n
+
+
+def _with_inputs(port_type: LavaPyType):
+    """Class decorator: the model's ``s_in0`` .. ``s_in<MAX_INPUTS - 1>`` ports, all of ``port_type``."""
+    def decorate(cls):
+        for k in range(MAX_INPUTS):
+            setattr(cls, f"s_in{k}", port_type)
+        return cls
+    return decorate
+
+
+FIXED_INPUT = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)  # pixels, spikes or payloads
+FLOAT_INPUT = LavaPyType(PyInPort.VEC_DENSE, np.float64)
+
+
+# --- neurons -----------------------------------------------------------------------------------------
+
+class _GatedIFModel(_LayerModel, _SenderModel):
+    """One :func:`gated_if_step` per step; counters and logs updated in place."""
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.frame_reset = proc_params["frame_reset"]
+        self.payload_max = proc_params["payload_max"]
+        self.no_spikes = np.zeros(self.layout, dtype=bool)
 
     def run_spk(self):
         t = self.sample_step()
-        self.a_out.send(self.pending if t else self.silent)
-        s = self.s_in.recv().reshape(self.batch_size, -1)
-        nonzero = s != 0
-        if self.logs:
-            self.logs["synops"][:, t] = nonzero @ self.fan_out
-        active = np.flatnonzero(nonzero.any(axis=0))
-        if active.size == 0:
-            self.pending = self.silent
-            return
-        if active.size >= self.dense_fraction * s.shape[1]:
-            product = self.matrix @ s.T.astype(self.compute_dtype)
-        else:
-            product = self.matrix[:, active] @ s[:, active].T.astype(self.compute_dtype)
-        self.pending = np.ascontiguousarray(product.T).reshape(self.out_shape)
+        self.send_previous(t)
+        a_in = self.synaptic_input()
+        if t == 0:
+            self.v = np.broadcast_to(self.v_init, self.v.shape).copy()
+            self.start_sample()
+        integrate, fire = phase(t, *self.schedule)
+        restart = self.v_init if self.frame_reset and frame_starts(t, *self.schedule) else None
+        spikes, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, self.threshold,
+                                                        integrate, fire, self.state_bits, restart, self.payload_max,
+                                                        per_sample=True)
+        self.v = v.reshape(self.v.shape)
+        self.count(n_lost, n_saturated)
+        spikes = self.no_spikes if spikes is None else spikes
+        self.keep(t, spikes)  # binary: 0/1; graded: the payloads
+        events = spikes != 0  # a graded spike is one event whatever its payload
+        per_image = np.count_nonzero(events.reshape(self.batch_size, -1), axis=1)
+        if per_image.any():
+            self.n_spikes += events.reshape(self.n_spikes.shape)
+        if "counts" in self.logs:
+            self.logs["counts"][:, t] = per_image
+            if per_image.any():
+                self.logs["totals"] += events
+        if "raster" in self.logs:
+            self.logs["raster"][:, t] = spikes
 
 
-class _EventDenseModel(_EventSynapseModel):
-    def weight_matrix(self, proc_params):
-        return sparse.csc_matrix(self.effective_weight(proc_params))
-
-
-class _EventConvModel(_EventSynapseModel):
-    def weight_matrix(self, proc_params):
-        return conv_matrix(self.effective_weight(proc_params), proc_params["in_shape"], proc_params["stride"],
-                           proc_params["padding"])
-
-
-@implements(proc=EventDense, protocol=LoihiProtocol)
+@implements(proc=GatedIF, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyEventDenseModelFixed(_EventDenseModel):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)  # pixels, spikes or payloads
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64)
+@_with_inputs(FIXED_INPUT)
+class PyGatedIFModelFixed(_GatedIFModel):
+    """Bit-accurate: int64 state saturated to ``state_bits``."""
+    message_dtype = np.int32
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)  # 0/1, or graded payloads
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    threshold: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_spikes: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
 
 
-@implements(proc=EventDense, protocol=LoihiProtocol)
+@implements(proc=GatedIF, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyEventDenseModelFloat(_EventDenseModel):
-    dtype = np.float64
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+@_with_inputs(FLOAT_INPUT)
+class PyGatedIFModelFloat(_GatedIFModel):
+    """float64 state, unbounded."""
+    saturates = False
+    message_dtype = np.float64
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)  # 0/1, or graded payloads
+    v: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    threshold: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    n_spikes: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
 
 
-@implements(proc=EventConv, protocol=LoihiProtocol)
+class _ReadoutModel(_LayerModel):
+    """:func:`gated_if_step` that never fires; logs ``v`` after every step."""
+
+    def run_spk(self):
+        t = self.sample_step()
+        a_in = self.synaptic_input()
+        if t == 0:
+            self.v = np.zeros_like(self.v)
+            self.start_sample()
+        integrate, _ = phase(t, *self.schedule)
+        _, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, None, integrate, False,
+                                                  self.state_bits, per_sample=True)
+        self.v = v.reshape(self.v.shape)
+        self.count(n_lost, n_saturated)
+        if "v" in self.logs:
+            self.logs["v"][:, t] = v
+
+
+@implements(proc=Readout, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PyEventConvModelFixed(_EventConvModel):
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)  # pixels, spikes or payloads
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64)
+@_with_inputs(FIXED_INPUT)
+class PyReadoutModelFixed(_ReadoutModel):
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
 
 
-@implements(proc=EventConv, protocol=LoihiProtocol)
+@implements(proc=Readout, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyEventConvModelFloat(_EventConvModel):
-    dtype = np.float64
-    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.float64)
-    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+@_with_inputs(FLOAT_INPUT)
+class PyReadoutModelFloat(_ReadoutModel):
+    saturates = False
+    v: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.float64)
+    n_lost_input: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    n_saturated: np.ndarray = LavaPyType(np.ndarray, np.int64)
+
+
+# --- input -------------------------------------------------------------------------------------------
+
+class _PixelInputModel(_SenderModel):
+    """Shows sample ``(time_step - 1) // steps_per_sample`` (cyclically; its ``batch_size`` images)
+    on its fire steps, else zeros (sent one step later, as every sender)."""
+    message_dtype = np.uint8
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.n_samples = proc_params["n_samples"]
+
+    def run_spk(self):
+        t = self.sample_step()
+        self.send_previous(t)
+        sample = (self.time_step - 1) // self.steps_per_sample % self.n_samples
+        _, fire = phase(t, *self.schedule)
+        images = self.images[sample * self.batch_size:(sample + 1) * self.batch_size]
+        self.keep(t, images if fire else self.silent)
+
+
+@implements(proc=PixelInput, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyPixelInputModelFixed(_PixelInputModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=8)  # graded 8-bit spikes
+    images: np.ndarray = LavaPyType(np.ndarray, np.uint8, precision=8)
+
+
+@implements(proc=PixelInput, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyPixelInputModelFloat(_PixelInputModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.float64)
+    images: np.ndarray = LavaPyType(np.ndarray, np.uint8, precision=8)
 
 
 # --- probes ------------------------------------------------------------------------------------------

@@ -5,9 +5,18 @@ Every Process keeps the IR's torch order: a layer of shape (C, H, W) has ports a
 The behaviour lives in :mod:`bsnn_lava.lava.procs.models`, and the neuron arithmetic in
 :mod:`bsnn_lava.dynamics`.
 
-A run presents ``n_samples`` images one after another, ``steps_per_sample`` steps each: on the first
-step of a sample every neuron restarts from ``v_init`` (the readout from 0), every synapse delivers
-nothing (no spike is in flight across samples), and the input shows the next image. Schedules
+One process per layer: a :class:`GatedIF` or :class:`Readout` process holds the layer's incoming
+synapses (:func:`conv_synapse`, :func:`dense_synapse`), one input port ``s_in<k>`` per synapse, wired
+to the source's ``s_out``; the synapses' outputs are summed (the residual add). Lava's cost per step
+is mostly per-process messaging, so a layer is one process, not one per synapse and one for the
+neurons. Timing: a process sends, at the start of step t, what it computed at step t - 1 (nothing on
+a sample's first step), so its targets integrate on step t the spikes (or pixels) of step t - 1: the
+one-step synaptic delay of Lava's Dense and Conv (:data:`bsnn_lava.dynamics.SYNAPSE_DELAY_STEPS`),
+and since every process sends before it receives, no process waits for another within a step.
+
+A run presents ``n_samples`` samples one after another, ``steps_per_sample`` steps each: on the first
+step of a sample every neuron restarts from ``v_init`` (the readout from 0), nothing from the last
+sample is delivered, and the input shows the next image. Schedules
 (:func:`bsnn_lava.dynamics.phase`) use the step index within the sample.
 
 Batches (CPU models only): with ``batch_size`` B > 1 a run presents B images at once, in lockstep,
@@ -18,14 +27,16 @@ shapes, the layout of one image per core that a Loihi 2 mapping has.
 
 Activity logs: a process may get ``log_paths``, ``.npy`` files created by the caller (see
 :func:`bsnn_lava.lava.run.run_lava`) that the model writes during the run, because ``Var.get``
-transfers one element per message. Every log has a leading axis of the B images of the current
-sample (length 1 without batches): ``counts`` (B, steps_per_sample) spike events of the layer per
-step, ``totals`` (B, *shape) events per neuron, ``raster`` (B, steps_per_sample, *shape) bool (the
-payloads for graded spikes), optional; ``lost_input`` and ``saturated`` (B,) the neuron-steps of
-the sample's images that lost input or saturated, optional; the readout's ``v`` (B,
-steps_per_sample, classes) holds its potential after every step; a synapse's ``synops`` (B,
-steps_per_sample) counts the synaptic operations (nonzero weights of the active inputs) of the
-events it received on each step. Each file holds the current sample and is overwritten by the next.
+transfers one element per message. Every log of a layer or the input has a leading axis of the B
+images of the current sample (length 1 without batches): ``counts`` (B, steps_per_sample) spike
+events of the layer per step, ``totals`` (B, *shape) events per neuron, ``raster`` (B,
+steps_per_sample, *shape) bool (the payloads for graded spikes), optional; ``lost_input`` and
+``saturated`` (B,) the neuron-steps of the sample's images that lost input or saturated, optional;
+the readout's ``v`` (B, steps_per_sample, classes) holds its potential after every step; ``synops``
+(B, steps_per_sample, n_outgoing) of a sending process (the input, a layer) counts, per outgoing
+synapse, the synaptic operations (nonzero weights of the active inputs) of what it sent on each
+step (its ``fan_outs``, in the order given). Each file holds the current sample and is overwritten
+by the next.
 """
 from __future__ import annotations
 
@@ -39,11 +50,13 @@ from lava.magma.core.process.variable import Var
 from bsnn_lava.dynamics import MODES
 
 #: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
-LOG_FIELDS = {"gated_if": ("counts", "totals", "raster", "lost_input", "saturated"),
-              "readout": ("v", "lost_input", "saturated"), "synapse": ("synops",),
-              "event_count": ("counts",)}
-REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "synapse": ("synops",),
+LOG_FIELDS = {"gated_if": ("counts", "totals", "raster", "lost_input", "saturated", "synops"),
+              "readout": ("v", "lost_input", "saturated"), "pixel_input": ("synops",), "event_count": ("counts",)}
+REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "pixel_input": (),
                        "event_count": ("counts",)}
+#: Input ports of a layer process: ``s_in0`` .. ``s_in<MAX_INPUTS - 1>``, one per incoming synapse;
+#: the ports of a layer with fewer synapses stay unconnected (shape (1,), never read).
+MAX_INPUTS = 4
 
 
 def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int,
@@ -106,50 +119,136 @@ def _full(value, shape: ty.Tuple[int, ...], field_name: str) -> np.ndarray:
     return np.broadcast_to(arr, shape).copy()
 
 
-class GatedIF(AbstractProcess):
-    """Layer of gated integrate-and-fire neurons with reset by subtraction (bistable, relay, IF, warm-up).
+def _weight(weight, weight_exp) -> ty.Tuple[np.ndarray, int]:
+    weight = np.asarray(weight, dtype=np.float64)
+    if not np.all(np.isfinite(weight)):
+        raise ValueError("weight has NaN or infinite values")
+    if isinstance(weight_exp, bool) or int(weight_exp) != weight_exp:
+        raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
+    return weight, int(weight_exp)
 
-    Per step (:func:`bsnn_lava.dynamics.gated_if_step`): when integrating, ``v += a_in + bias``
-    (saturated to ``state_bits``); when firing, spike on ``v >= threshold`` and subtract it (graded,
+
+def dense_synapse(weight, in_shape, weight_exp: int = 0, max_input: int = 255) -> dict:
+    """A fully connected synapse on the source flattened in (C, H, W) order, as a layer process's
+    ``synapses`` entry: it delivers ``(weight * 2**weight_exp) @ s`` of what the source sent.
+
+    Args:
+        weight: (out_features, in_features) mantissas (integers for ``fixed_pt``).
+        in_shape: the source's shape (its product is ``in_features``).
+        weight_exp: power-of-two exponent of the weights (>= 0 for ``fixed_pt``).
+        max_input: the largest value the source sends (255 for pixels, 1 for binary spikes, the
+            largest payload for graded spikes).
+    Raises:
+        ValueError: a weight that does not fit ``in_shape``, or bad values.
+    """
+    weight, weight_exp = _weight(weight, weight_exp)
+    in_shape = tuple(int(s) for s in in_shape)
+    if weight.ndim != 2 or weight.shape[1] != int(np.prod(in_shape)):
+        raise ValueError(f"weight must be (out_features, {int(np.prod(in_shape))}), got {weight.shape}")
+    return dict(kind="dense", weight=weight, weight_exp=weight_exp, in_shape=in_shape, out_shape=(weight.shape[0],),
+                max_input=_integer_at_least(max_input, "max_input"))
+
+
+def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: int = 0, max_input: int = 255) -> dict:
+    """A 2-D cross-correlation synapse (torch semantics: zero padding, groups = 1) as a layer
+    process's ``synapses`` entry.
+
+    Args:
+        weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
+        in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
+        stride, padding: (h, w) in pixels.
+        weight_exp, max_input: as for :func:`dense_synapse`.
+    """
+    weight, weight_exp = _weight(weight, weight_exp)
+    in_shape = tuple(int(s) for s in in_shape)
+    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
+    if weight.ndim != 4 or len(in_shape) != 3 or weight.shape[1] != in_shape[0]:
+        raise ValueError(f"weight (out, in, kh, kw) {weight.shape} does not fit input (C, H, W) {in_shape}")
+    if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
+        raise ValueError(f"stride must be two integers >= 1 and padding two integers >= 0, got {stride}, {padding}")
+    out_hw = [(in_shape[1 + i] + 2 * padding[i] - weight.shape[2 + i]) // stride[i] + 1 for i in range(2)]
+    if min(out_hw) < 1:
+        raise ValueError(f"kernel {weight.shape[2:]} does not fit input {in_shape} with padding {padding}")
+    return dict(kind="conv", weight=weight, weight_exp=weight_exp, in_shape=in_shape,
+                out_shape=(weight.shape[0], *out_hw), stride=stride, padding=padding,
+                max_input=_integer_at_least(max_input, "max_input"))
+
+
+def _add_inputs(process: AbstractProcess, synapses: ty.Sequence[dict], shape: ty.Tuple[int, ...],
+                batch_size: int) -> None:
+    """The input ports ``s_in<k>`` of a layer process for its incoming ``synapses``, into proc_params."""
+    synapses = list(synapses)
+    if len(synapses) > MAX_INPUTS:
+        raise ValueError(f"a layer process takes at most {MAX_INPUTS} incoming synapses, got {len(synapses)}")
+    for k, synapse in enumerate(synapses):
+        if tuple(synapse["out_shape"]) != tuple(shape):
+            raise ValueError(f"synapse {k} delivers shape {tuple(synapse['out_shape'])} to a layer of shape {shape}")
+    for k in range(MAX_INPUTS):
+        port_shape = batched(synapses[k]["in_shape"], batch_size) if k < len(synapses) else (1,)
+        setattr(process, f"s_in{k}", InPort(shape=port_shape))
+    process.proc_params["synapses"] = synapses
+
+
+def _fan_outs(fan_outs: ty.Sequence[np.ndarray], shape: ty.Tuple[int, ...]) -> ty.List[np.ndarray]:
+    """Per outgoing synapse, the nonzero weights each of the ``shape`` sources drives (int64, flat)."""
+    size = int(np.prod(shape))
+    checked = [np.asarray(f, dtype=np.int64).reshape(-1) for f in fan_outs]
+    if any(f.size != size or (f < 0).any() for f in checked):
+        raise ValueError(f"every fan-out must hold {size} non-negative counts")
+    return checked
+
+
+class GatedIF(AbstractProcess):
+    """Layer of gated integrate-and-fire neurons with reset by subtraction (bistable, relay, IF, warm-up),
+    with its incoming synapses.
+
+    Per step (:func:`bsnn_lava.dynamics.gated_if_step`): the synapses deliver what the sources sent
+    (module docstring: the one-step delay); when integrating, ``v += input + bias`` (saturated to
+    ``state_bits``); when firing, spike on ``v >= threshold`` and subtract it (graded,
     ``payload_max > 1``: send ``p = clip(floor(v / threshold), 0, payload_max)`` and subtract ``p``
     thresholds); input that arrives while not integrating is discarded and counted.
 
     Args:
         shape: (C, H, W) or (N,).
+        synapses: the incoming synapses (:func:`conv_synapse`, :func:`dense_synapse`), at most
+            :data:`MAX_INPUTS`; synapse k's source connects to ``s_in<k>``.
         threshold, bias, v_init: scalars or arrays of ``shape`` (integer scale for ``fixed_pt``).
         mode, offset_steps, window_steps, frames: the schedule (see :func:`bsnn_lava.dynamics.phase`).
-        steps_per_sample: steps per image; the neurons restart from ``v_init`` every this many steps.
+        steps_per_sample: steps per sample; the neurons restart from ``v_init`` every this many steps.
         frame_reset: also restart from ``v_init`` at the start of every integrate window (bistable
             only; :func:`bsnn_lava.dynamics.frame_starts`).
         payload_max: 1 for binary spikes, else the largest payload of a graded spike.
         state_bits: signed width of ``v`` in ``fixed_pt`` (``None``: unbounded).
         batch_size: images run at once (module docstring).
+        fan_outs: per outgoing synapse, the nonzero weights each neuron drives (for the ``synops`` log).
         log_paths: activity log files (module docstring), or ``None``.
 
     Vars: ``v`` (batched), ``threshold``, ``bias``, ``v_init`` (one value per neuron, shared by the
     batch); counters over the whole run ``n_spikes`` (spike events per neuron, batched; a graded
     spike is one), ``n_lost_input`` and ``n_saturated`` (neuron-steps, shape (B,)). Ports (batched):
-    ``a_in`` (synaptic input, several synapses are summed), ``s_out`` (0/1 spikes, or graded payloads).
+    ``s_in<k>``, ``s_out`` (0/1 spikes, or graded payloads).
     """
 
-    def __init__(self, *, shape: ty.Tuple[int, ...], threshold, bias, v_init, mode: str, offset_steps: int,
-                 window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None, frame_reset: bool = False,
-                 payload_max: int = 1, state_bits: ty.Optional[int] = None, batch_size: int = 1,
+    def __init__(self, *, shape: ty.Tuple[int, ...], synapses: ty.Sequence[dict], threshold, bias, v_init, mode: str,
+                 offset_steps: int, window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None,
+                 frame_reset: bool = False, payload_max: int = 1, state_bits: ty.Optional[int] = None,
+                 batch_size: int = 1, fan_outs: ty.Sequence[np.ndarray] = (),
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
-        batch_size = _integer_at_least(batch_size, "batch_size")
         super().__init__(shape=shape, name=name)
+        batch_size = _integer_at_least(batch_size, "batch_size")
         if frame_reset and mode != "bistable":
             raise ValueError(f"frame_reset needs mode 'bistable', got {mode!r}")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
                     frame_reset=bool(frame_reset), payload_max=_integer_at_least(payload_max, "payload_max"),
-                    batch_size=batch_size, **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+                    batch_size=batch_size, fan_outs=_fan_outs(fan_outs, shape),
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
             raise ValueError("threshold must be > 0")
         v_init = _full(v_init, shape, "v_init")
         io_shape = batched(shape, batch_size)
-        self.a_in = InPort(shape=io_shape)
+        _add_inputs(self, synapses, shape, batch_size)
         self.s_out = OutPort(shape=io_shape)
         self.v = Var(shape=io_shape, init=np.broadcast_to(v_init, io_shape).copy())
         self.threshold = Var(shape=shape, init=threshold)
@@ -161,24 +260,25 @@ class GatedIF(AbstractProcess):
 
 
 class Readout(AbstractProcess):
-    """Non-spiking accumulator: ``v += a_in + bias`` on the steps its schedule integrates.
+    """Non-spiking accumulator with its incoming synapses: ``v += input + bias`` on the steps its
+    schedule integrates.
 
     The prediction after a step is ``argmax(v)`` (first index on ties). Arguments as for
     :class:`GatedIF` (``shape`` is (classes,)); Vars ``v`` (batched), ``bias``, ``n_lost_input``,
-    ``n_saturated``; port ``a_in`` (batched) only.
+    ``n_saturated``; ports ``s_in<k>`` only.
     """
 
-    def __init__(self, *, shape: ty.Tuple[int, ...], bias, mode: str, offset_steps: int, window_steps: int,
-                 steps_per_sample: int, frames: ty.Optional[int] = None, state_bits: ty.Optional[int] = None,
-                 batch_size: int = 1, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
-                 name: ty.Optional[str] = None):
+    def __init__(self, *, shape: ty.Tuple[int, ...], synapses: ty.Sequence[dict], bias, mode: str, offset_steps: int,
+                 window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None,
+                 state_bits: ty.Optional[int] = None, batch_size: int = 1,
+                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
-        batch_size = _integer_at_least(batch_size, "batch_size")
         super().__init__(shape=shape, name=name)
+        batch_size = _integer_at_least(batch_size, "batch_size")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("readout", log_paths),
                     batch_size=batch_size, **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         io_shape = batched(shape, batch_size)
-        self.a_in = InPort(shape=io_shape)
+        _add_inputs(self, synapses, shape, batch_size)
         self.v = Var(shape=io_shape, init=0)
         self.bias = Var(shape=shape, init=_full(bias, shape, "bias"))
         self.n_lost_input = Var(shape=(batch_size,), init=0)
@@ -186,120 +286,35 @@ class Readout(AbstractProcess):
 
 
 class PixelInput(AbstractProcess):
-    """The pixel source: sends sample ``k``'s raw images as graded values (0..255) on every step of
-    sample ``k`` on which its schedule fires, and nothing (zeros) on the others; a sample is one
-    image, or ``batch_size`` consecutive images.
+    """The pixel source: sends sample ``k``'s raw images as graded values (0..255) for every step of
+    sample ``k`` on which its schedule fires, and nothing (zeros) for the others (one step later,
+    module docstring); a sample is one image, or ``batch_size`` consecutive images.
 
     Args:
         images: (n_images, C, H, W) integer pixels in 0..255, ``n_images`` a multiple of
             ``batch_size``; ``s_out`` has shape (C, H, W), batched (module docstring).
-        mode, offset_steps, window_steps, steps_per_sample, frames, batch_size: as for :class:`GatedIF`.
+        mode, offset_steps, window_steps, steps_per_sample, frames, batch_size, fan_outs, log_paths:
+            as for :class:`GatedIF` (logs: ``synops`` only).
     """
 
     def __init__(self, *, images: np.ndarray, mode: str, offset_steps: int, window_steps: int,
                  steps_per_sample: int, frames: ty.Optional[int] = None, batch_size: int = 1,
+                 fan_outs: ty.Sequence[np.ndarray] = (), log_paths: ty.Optional[ty.Mapping[str, str]] = None,
                  name: ty.Optional[str] = None):
         images = np.asarray(images)
         shape = tuple(int(s) for s in images.shape[1:])
-        batch_size = _integer_at_least(batch_size, "batch_size")
         super().__init__(shape=shape, name=name)
+        batch_size = _integer_at_least(batch_size, "batch_size")
         if images.ndim != 4 or images.shape[0] < 1 or images.shape[0] % batch_size:
             raise ValueError(f"images must be (n_images, C, H, W) with n_images a positive multiple of batch_size "
                              f"{batch_size}, got {images.shape}")
         if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 255:
             raise ValueError("images must hold integer pixel values in 0..255 (8-bit graded spikes)")
         _add_params(self, n_samples=int(images.shape[0]) // batch_size, batch_size=batch_size,
+                    fan_outs=_fan_outs(fan_outs, shape), log_paths=_log_paths("pixel_input", log_paths),
                     **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
         self.s_out = OutPort(shape=batched(shape, batch_size))
         self.images = Var(shape=images.shape, init=images.astype(np.uint8))
-
-
-class _Synapse(AbstractProcess):
-    """Common ports, checks and proc_params of the event-driven synapses; subclasses check their op."""
-
-    def __init__(self, *, weight: np.ndarray, weight_exp: int, in_shape, steps_per_sample: int, max_input: int,
-                 batch_size: int, log_paths: ty.Optional[ty.Mapping[str, str]], name: ty.Optional[str], **op_params):
-        super().__init__(name=name)
-        weight, in_shape = np.asarray(weight, dtype=np.float64), tuple(int(s) for s in in_shape)
-        if not np.all(np.isfinite(weight)):
-            raise ValueError("weight has NaN or infinite values")
-        if isinstance(weight_exp, bool) or int(weight_exp) != weight_exp:
-            raise ValueError(f"weight_exp must be an integer, got {weight_exp!r}")
-        steps_per_sample = _integer_at_least(steps_per_sample, "steps_per_sample")
-        max_input = _integer_at_least(max_input, "max_input")
-        batch_size = _integer_at_least(batch_size, "batch_size")
-        out_shape, op_params = self.checked_op(weight, in_shape, **op_params)
-        _add_params(self, weight=weight, weight_exp=int(weight_exp), in_shape=in_shape, out_shape=out_shape,
-                    steps_per_sample=steps_per_sample, max_input=max_input, batch_size=batch_size,
-                    log_paths=_log_paths("synapse", log_paths), **op_params)
-        self.s_in = InPort(shape=batched(in_shape, batch_size))
-        self.a_out = OutPort(shape=batched(out_shape, batch_size))
-
-    @staticmethod
-    def checked_op(weight: np.ndarray, in_shape: ty.Tuple[int, ...], **op_params) -> ty.Tuple[tuple, dict]:
-        """``(out_shape, normalised op_params)``; ``ValueError`` if the op does not fit ``in_shape``."""
-        raise NotImplementedError
-
-
-class EventDense(_Synapse):
-    """Fully connected synapse on the source flattened in (C, H, W) order, event-driven.
-
-    Delivers ``(weight * 2**weight_exp) @ s`` of the spikes (or pixels) ``s`` received at step t on
-    step t + 1, as Lava's Dense does (:data:`bsnn_lava.dynamics.SYNAPSE_DELAY_STEPS`).
-
-    Args:
-        weight: (out_features, in_features) mantissas (integers for ``fixed_pt``).
-        weight_exp: power-of-two exponent of the weights (>= 0 for ``fixed_pt``).
-        in_shape: the source's shape (its product is ``in_features``); ``s_in`` has this shape.
-        steps_per_sample: steps per image; nothing is delivered on a sample's first step.
-        max_input: the largest value the source sends (255 for pixels, 1 for binary spikes, the
-            largest payload for graded spikes).
-        batch_size: images run at once; ``s_in`` and ``a_out`` are batched (module docstring).
-        log_paths: ``{"synops": path}`` (module docstring), or ``None``.
-    """
-
-    def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, weight_exp: int = 0,
-                 max_input: int = 255, batch_size: int = 1, log_paths: ty.Optional[ty.Mapping[str, str]] = None,
-                 name: ty.Optional[str] = None):
-        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
-                         max_input=max_input, batch_size=batch_size, log_paths=log_paths, name=name)
-
-    @staticmethod
-    def checked_op(weight, in_shape, **op_params):
-        if weight.ndim != 2 or weight.shape[1] != int(np.prod(in_shape)):
-            raise ValueError(f"weight must be (out_features, {int(np.prod(in_shape))}), got {weight.shape}")
-        return (weight.shape[0],), {}
-
-
-class EventConv(_Synapse):
-    """2-D cross-correlation synapse (torch semantics: zero padding, groups = 1), event-driven.
-
-    Args:
-        weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
-        in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
-        stride, padding: (h, w) in pixels.
-        weight_exp, steps_per_sample, max_input, batch_size, log_paths: as for :class:`EventDense`
-            (same one-step delivery).
-    """
-
-    def __init__(self, *, weight: np.ndarray, in_shape, steps_per_sample: int, stride=(1, 1), padding=(0, 0),
-                 weight_exp: int = 0, max_input: int = 255, batch_size: int = 1,
-                 log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
-        super().__init__(weight=weight, weight_exp=weight_exp, in_shape=in_shape, steps_per_sample=steps_per_sample,
-                         max_input=max_input, batch_size=batch_size, log_paths=log_paths, name=name, stride=stride,
-                         padding=padding)
-
-    @staticmethod
-    def checked_op(weight, in_shape, stride=(1, 1), padding=(0, 0)):
-        stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
-        if weight.ndim != 4 or len(in_shape) != 3 or weight.shape[1] != in_shape[0]:
-            raise ValueError(f"weight (out, in, kh, kw) {weight.shape} does not fit input (C, H, W) {in_shape}")
-        if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
-            raise ValueError(f"stride must be two integers >= 1 and padding two integers >= 0, got {stride}, {padding}")
-        out_hw = [(in_shape[1 + i] + 2 * padding[i] - weight.shape[2 + i]) // stride[i] + 1 for i in range(2)]
-        if min(out_hw) < 1:
-            raise ValueError(f"kernel {weight.shape[2:]} does not fit input {in_shape} with padding {padding}")
-        return (weight.shape[0], *out_hw), dict(stride=stride, padding=padding)
 
 
 class EventCount(AbstractProcess):
