@@ -69,11 +69,26 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="keep the levels (and the SDNN anchor) of an existing <name>.json that this run does "
                              "not recompute")
+    parser.add_argument("--lava-only", action="store_true",
+                        help="rerun only the Lava CPU timings of --lava-levels into the existing <name>.json")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.channelwise = False  # the checkpoint names of finetune.py
     if args.report_only:
         write_report(args, json.loads((args.out / f"{args.name}.json").read_text()))
+        return
+    if args.lava_only:
+        payload = json.loads((args.out / f"{args.name}.json").read_text())
+        x_train, y_train = load_npz(args.calib_data)
+        x_test, _ = load_npz(args.test_data)
+        base = zoo.load_checkpoint(args.model)
+        for levels in args.lava_levels:
+            model = finetune_bench.trained(args, base, levels, x_train, y_train)
+            entry = payload["levels"][str(levels)]
+            entry["lava_cpu"] = lava_cpu(model, levels, x_train[:300], x_test[0])
+            entry["lava_cpu_rerun"] = {"command": command_line(), "machine": machine()}
+        write_json(args.out / f"{args.name}.json", payload)
+        write_report(args, payload)
         return
     torch.manual_seed(0)
     args.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -129,6 +144,18 @@ def lava_ms_per_step(network, image, steps: int) -> dict:
     timing = result.extras["timing"]
     return {"steps": steps, "ms_per_step": timing["ms_per_step"], "compile_start_s": timing["compile_start_s"],
             "run_s": timing["run_s"], "n_processes": timing["n_processes"]}
+
+
+def lava_cpu(model, levels: int, calib, image) -> dict:
+    """Lava CPU ms per step of the graded and the binary one-frame fixed-point networks on one image,
+    over its first frame."""
+    runs = {}
+    for kind, spikes in (("graded fixed point, one frame", "graded"),
+                         (f"binary P={levels} fixed point, one frame", "binary")):
+        network = quantize(convert(model, calib, mean=MEAN, std=STD, spikes=spikes, frames=1), "loihi2",
+                           calibration_images=calib)
+        runs[kind] = lava_ms_per_step(network, image, network.complete_frames(10 ** 6)[0])
+    return runs
 
 
 def he_twin(network) -> "Network":
@@ -274,10 +301,7 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
         f"binary P={levels} float, one frame": finetune_bench.energy_at(once["binary"], x_test[:n], y_test[:n],
                                                                         first["binary"])}
     if levels in args.lava_levels:
-        entry["lava_cpu"] = {
-            "graded fixed point, one frame": lava_ms_per_step(fixed_once, x_test[0], first["graded"]),
-            f"binary P={levels} fixed point, one frame": lava_ms_per_step(
-                quantize(once["binary"], "loihi2", calibration_images=calib), x_test[0], first["binary"])}
+        entry["lava_cpu"] = lava_cpu(model, levels, calib, x_test[0])
         print(f"L={levels} Lava: {entry['lava_cpu']}", flush=True)
     entry["wall_s"] = time.perf_counter() - started
     return entry
@@ -348,6 +372,11 @@ def write_report(args, payload) -> None:
                 lines.append(f"| {levels} | {kind} | {r['n_processes']} | {r['steps']} | {r['ms_per_step']:.1f} | "
                              f"{r['run_s']:.1f} | {r['compile_start_s']:.1f} |")
         lines.append("")
+        for levels, e in payload["levels"].items():
+            if "lava_cpu_rerun" in e:
+                rerun = e["lava_cpu_rerun"]
+                lines += [f"L={levels}: Lava timings rerun with `{rerun['command']}` "
+                          f"({rerun['machine']['date_utc']} UTC).", ""]
     anchor = payload.get("sdnn_anchor")
     if anchor:
         lines += [f"Stock anchor, in Lava on one image ({anchor['network']}; the image sent once, as a delta "

@@ -320,7 +320,9 @@ class PixelInput(AbstractProcess):
 class EventCount(AbstractProcess):
     """A probe: counts the nonzero messages (spikes, graded spikes, deltas) it receives on each step
     into its ``counts`` log, ``(steps_per_sample,)`` int64. Connect any process's output port to
-    ``s_in`` (an output port may feed several inputs) to count its events without changing it.
+    ``s_in`` (an output port may feed several inputs) to count its events without changing it. The
+    processes of this package send a step's spikes at the start of the next step (module docstring),
+    so their counts appear one step later than the spikes.
 
     Args:
         shape: the shape of the port it listens to.
