@@ -14,7 +14,7 @@ from bsnn_lava.lava import run as lava_run
 from bsnn_lava.lava.build import build
 from bsnn_lava.lava.procs import (EventCount, GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess,
                                   conv_synapse, dense_synapse)
-from bsnn_lava.lava.procs.models import conv_matrix, synapse_fan_out
+from bsnn_lava.lava.procs.models import conv_matrix
 from bsnn_lava.lava.run import LoihiUnavailableError, run_lava
 from bsnn_lava.sim import simulate
 
@@ -57,8 +57,9 @@ def test_conv_matrix_is_torch_conv2d(out_ch, in_ch, kernel, size, stride, paddin
     matrix = conv_matrix(weight, (in_ch, *size), stride, padding)
     assert np.array_equal(matrix @ x.ravel(), expected.ravel())
     weight[0, 0] = 0  # some zero weights: the fan-out counts nonzero ones only
-    spec = conv_synapse(weight, (in_ch, *size), stride, padding)
-    assert np.array_equal(synapse_fan_out(spec), conv_matrix(weight, (in_ch, *size), stride, padding).getnnz(axis=0))
+    # the senders count synaptic operations with the IR's fan-out: it must be the matrix's column counts
+    fan_out = Conv2d(weight, stride=stride, padding=padding).fan_out((in_ch, *size))
+    assert np.array_equal(fan_out.ravel(), conv_matrix(weight, (in_ch, *size), stride, padding).getnnz(axis=0))
 
 
 @pytest.mark.parametrize("make, message", [

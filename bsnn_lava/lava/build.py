@@ -179,7 +179,6 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
     """
     from bsnn_lava.lava.procs import GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess
     from bsnn_lava.lava.procs import conv_synapse, dense_synapse
-    from bsnn_lava.lava.procs.models import synapse_fan_out
 
     network = load_network(network_or_path)
     check_runnable(network, select_tag)
@@ -199,7 +198,7 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             spec = (conv_synapse(op.weight, in_shape, op.stride, op.padding, op.weight_exp, max_input)
                     if isinstance(op, Conv2d) else dense_synapse(op.weight, in_shape, op.weight_exp, max_input))
             incoming[layer.name].append(spec)
-            fan_outs[synapse.source].append(synapse_fan_out(spec))
+            fan_outs[synapse.source].append(op.fan_out(in_shape))
 
     def common(layer):
         s = layer.schedule

@@ -19,7 +19,7 @@ otherwise only the columns of the inputs active in some image of the batch of a 
 built once when the model is created, are touched. The matrix holds ``mantissa * 2**weight_exp``
 (exact integers for ``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
 ``conv(s, mantissa) * 2**weight_exp``. The synaptic operations of what a model sends are counted by
-the sender, from the fan-outs of its outgoing synapses (:func:`synapse_fan_out`).
+the sender, from the fan-outs of its outgoing synapses (the IR's ``Conv2d.fan_out``/``Dense.fan_out``).
 
 This module must never import torch (torch hangs in Lava's forked workers); Lava's compiler executes
 it on its own, so it uses absolute imports only.
@@ -68,27 +68,6 @@ def conv_matrix(weight: np.ndarray, in_shape, stride, padding) -> sparse.csc_mat
     cols = np.broadcast_to((c * height + iy) * width + ix, shape6)[keep]
     shape = (n_out_ch * out_h * out_w, n_in_ch * height * width)
     return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
-
-
-def synapse_fan_out(synapse: dict) -> np.ndarray:
-    """The nonzero weights each input of a synapse (:func:`~bsnn_lava.lava.procs.conv_synapse`,
-    :func:`~bsnn_lava.lava.procs.dense_synapse`) drives, flat in (C, H, W) order, int64: the
-    synaptic operations of one event on that input (the column counts of its matrix)."""
-    weight = synapse["weight"]
-    if synapse["kind"] == "dense":
-        return np.count_nonzero(weight, axis=0).astype(np.int64)
-    _, height, width = synapse["in_shape"]
-    (sy, sx), (py, px), (_, out_h, out_w) = synapse["stride"], synapse["padding"], synapse["out_shape"]
-    counts = np.zeros(synapse["in_shape"], dtype=np.int64)
-    for ky in range(weight.shape[2]):
-        rows = np.arange(height) + py - ky  # = output row * stride where valid
-        valid_y = (rows % sy == 0) & (rows >= 0) & (rows // sy < out_h)
-        for kx in range(weight.shape[3]):
-            cols = np.arange(width) + px - kx
-            valid_x = (cols % sx == 0) & (cols >= 0) & (cols // sx < out_w)
-            nonzero = np.count_nonzero(weight[:, :, ky, kx], axis=0)  # (C_in,): output channels it drives
-            counts += nonzero[:, None, None] * (valid_y[:, None] & valid_x[None, :])
-    return counts.reshape(-1)
 
 
 class SynapticInput:
