@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.bsnn-installed
 
-.PHONY: demo test test-all install bench clean
+.PHONY: demo test test-all install peer bench clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh $(VENV)
@@ -15,6 +15,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+peer: $(STAMP)
+	bash scripts/install_peer.sh $(VENV)
 
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "slow or not slow"

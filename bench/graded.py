@@ -55,6 +55,12 @@ def main() -> None:
     parser.add_argument("--n-energy", type=int, default=1000, help="test images for the energy profiles")
     parser.add_argument("--frames", type=int, default=4, help="complete frames of the graded networks")
     parser.add_argument("--no-reset-runs", action="store_true", help="also run the graded networks without frame reset")
+    parser.add_argument("--one-frame-accuracy", type=int, default=None, metavar="N_CHECK",
+                        help="with --frames 1: run the accuracy on the test images with the one-frame networks "
+                             "(convert(..., frames=1): every layer computes the image once, not once per 2 steps "
+                             "while the pipeline fills; about depth / 2 times less work), after checking on the "
+                             "first N_CHECK images that their predictions equal those of the networks that run on, "
+                             "at every step up to the first complete frame")
     parser.add_argument("--lava-levels", type=int, nargs="*", default=[8],
                         help="levels timed in Lava (none: no Lava runs, no SDNN anchor)")
     parser.add_argument("--sdnn-steps", type=int, default=30, help="steps of the stock SDNN anchor in Lava")
@@ -73,6 +79,8 @@ def main() -> None:
                         help="rerun only the Lava CPU timings of --lava-levels into the existing <name>.json")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    if args.one_frame_accuracy is not None and args.frames != 1:
+        parser.error("--one-frame-accuracy needs --frames 1 (a one-frame network has one complete frame)")
     args.channelwise = False  # the checkpoint names of finetune.py
     if args.report_only:
         write_report(args, json.loads((args.out / f"{args.name}.json").read_text()))
@@ -246,6 +254,20 @@ def sdnn_anchor(network, image, steps: int) -> dict:
             "compile_start_s": compiled - started}
 
 
+def same_first_frame(pairs: dict, images) -> dict:
+    """Check that each one-frame network predicts what its running-on twin predicts at every step up
+    to its first complete frame on ``images`` (``pairs``: label -> (running on, one frame, T));
+    ``RuntimeError`` otherwise."""
+    for label, (running_on, once, steps) in pairs.items():
+        a = simulate(running_on, images, steps=steps).predictions_per_step
+        b = simulate(once, images, steps=steps).predictions_per_step
+        if not np.array_equal(a, b):
+            raise RuntimeError(f"{label}: the one-frame network differs from the one that runs on at steps "
+                               f"{np.flatnonzero((a != b).any(axis=1)) + 1}")
+    return {"n_images": int(len(images)), "equal_predictions_every_step": True,
+            "networks": {label: steps for label, (_, _, steps) in pairs.items()}}
+
+
 def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> dict:
     started = time.perf_counter()
     model = finetune_bench.trained(args, base, levels, x_train, y_train)
@@ -264,6 +286,15 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     frame = torch.cat([frame_forward(graded, images[i:i + 500])[0] for i in range(0, len(images), 500)])
     entry["frame_vs_ann_max_abs"] = float((frame - logits).abs().max())
     fixed = quantize(graded, "loihi2", calibration_images=calib)
+    once = {"graded": convert(model, calib, mean=MEAN, std=STD, spikes="graded", frames=1),
+            "binary": convert(model, calib, mean=MEAN, std=STD, frames=1)}
+    fixed_once = quantize(once["graded"], "loihi2", calibration_images=calib)
+    if args.one_frame_accuracy is not None:
+        pairs = {"graded float": (graded, once["graded"], steps), "graded fixed point": (fixed, fixed_once, steps)}
+        if not args.no_binary:
+            pairs[f"binary P={levels} float"] = (binary, once["binary"], entry["first_frame_T"]["binary"])
+        entry["one_frame_accuracy_check"] = same_first_frame(pairs, x_test[:args.one_frame_accuracy])
+        graded, fixed, binary = once["graded"], fixed_once, once["binary"]
     variants = [("graded float, frame reset", graded, steps), ("graded fixed point (Loihi 2), frame reset", fixed, steps)]
     if not args.no_binary:
         variants.append((f"binary P={levels} float, frame reset", binary, entry["first_frame_T"]["binary"]))
@@ -291,9 +322,6 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
         "accuracy": [float(a) for a in result.accuracy], "wall_s": time.perf_counter() - t0,
         "T_within_1.0_of_original": first_crossing(result.accuracy, payload["ann_original"] - 0.01)}
     n = min(args.n_energy, len(x_test))
-    once = {"graded": convert(model, calib, mean=MEAN, std=STD, spikes="graded", frames=1),
-            "binary": convert(model, calib, mean=MEAN, std=STD, frames=1)}
-    fixed_once = quantize(once["graded"], "loihi2", calibration_images=calib)
     first = entry["first_frame_T"]
     entry["per_inference_first_frame"] = {
         "graded float, one frame": finetune_bench.energy_at(once["graded"], x_test[:n], y_test[:n], first["graded"]),
@@ -348,6 +376,13 @@ def write_report(args, payload) -> None:
             curves[f"binary P={levels}, frame reset"] = np.array(b["accuracy"])
         if_label = next(k for k in runs if k.startswith("IF"))
         curves[f"IF (QCFS) L={levels}, {if_label.split(', ')[-1]}"] = np.array(runs[if_label]["accuracy"])
+    for levels, e in payload["levels"].items():
+        check = e.get("one_frame_accuracy_check")
+        if check:
+            lines.append(f"L={levels}: the accuracy runs use the one-frame networks (`convert(..., frames=1)`, "
+                         f"`--one-frame-accuracy`); on the first {check['n_images']} test images they predict what "
+                         "the networks that run on predict at every step up to their first complete frame ("
+                         + ", ".join(f"{k}: T={t}" for k, t in check["networks"].items()) + "; checked in the run).")
     lines += ["", "Per inference at the first complete frame (one-frame networks: every layer processes the image "
               "once), Loihi 2 profile (estimates, not published figures: " + ", ".join(
                   next(iter(next(iter(payload["levels"].values()))["per_inference_first_frame"].values()))[

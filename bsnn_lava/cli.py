@@ -14,6 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .distributed import data_parallel_session, is_main_process
 from .interrupts import Interrupted, signals_raise_interrupted
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -86,15 +87,21 @@ def _load_hw(spec: str, flag: str = "--hw"):
         raise UsageError(f"{flag}: {err}") from None
 
 
-def _load_data(spec: str, flag: str, limit=None, split: str = "test"):
-    """``(x, y)`` of a data spec, cut to ``limit`` images; errors name the flag."""
+def _load_data(spec: str, flag: str, limit=None, split: str = "test", image_size: int = 224, streamed: bool = False):
+    """``(x, y)`` of a data spec, cut to ``limit`` images; errors name the flag. A folder of images
+    gives ``image_size`` crops, left undecoded (an ImageFolder) when ``streamed``, else decoded."""
+    import numpy as np
+
     from .datasets import DataError, load_dataset
 
     try:
-        x, y = load_dataset(spec, split=split)
+        x, y = load_dataset(spec, split=split, image_size=image_size)
+        x, y = (x[:limit], y[:limit]) if limit else (x, y)
+        if not streamed:
+            x = np.asarray(x)
     except DataError as err:
         raise UsageError(f"{flag}: {err}") from None
-    return (x[:limit], y[:limit]) if limit else (x, y)
+    return x, y
 
 
 def _write_json(path, payload) -> None:
@@ -273,14 +280,14 @@ def _cmd_check(args) -> int:
 def _run_file(args):
     """Read ``args.net`` and ``args.data`` (first ``args.limit`` images), check that they fit, and
     simulate ``args.steps`` steps; returns ``(network, images, labels, result)``."""
-    from .data import network_batch
+    from .data import check_images
     from .sim import simulate
     from .sim.reference import check_device
 
     network = _read_network(args.net)
-    x, y = _load_data(args.data, "--data", args.limit)
+    x, y = _load_data(args.data, "--data", args.limit, image_size=network.input.shape[-1], streamed=True)
     try:
-        network_batch(x, y, network.input.shape, network.readout.shape[0])
+        check_images(x, y, network.input.shape, network.readout.shape[0])
     except ValueError as err:
         raise UsageError(f"--data {args.data}: {err} ({args.net})") from None
     if args.backend == "torch":
@@ -305,6 +312,8 @@ def _run_file(args):
 def _cmd_simulate(args) -> int:
     _check_outputs(args, "--json")
     _, _, y, result = _run_file(args)
+    if not is_main_process():  # under torchrun: rank 0 reports and writes
+        return EXIT_OK
     print(f"{result.n_samples} images, {result.n_steps} steps ({result.method} path): ANN {100 * result.ann_accuracy:.2f}%, "
           f"SNN {100 * result.accuracy[-1]:.2f}% after {result.n_steps} steps")
     for points in (2.0, 1.0, 0.5):
@@ -324,6 +333,8 @@ def _cmd_profile(args) -> int:
     _check_outputs(args, "--json", "--html")
     hw = _load_hw(args.hw)
     network, x, y, result = _run_file(args)
+    if not is_main_process():
+        return EXIT_OK
     profile = profile_run(network, result, hw)
     print(format_profile(profile))
     if args.json:
@@ -331,7 +342,7 @@ def _cmd_profile(args) -> int:
     if args.html:
         from .report import raster_layers, write_html_report
 
-        one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True)
+        one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True, distributed=False)
         rasters = {l.name: one.extras["spikes"][l.name].reshape(args.steps, -1) for l in raster_layers(network)}
         path = write_html_report(args.html, profile, f"bsnn profile: {args.net}", rasters,
                                  n_spiking_layers=len(network.spiking_layers))
@@ -385,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "train.npz --out vgg.h5\n\n--factory looks for the module in the current folder first, "
                           f"then in installed packages.\n{OUTPUT_RULE}.", formatter_class=raw)
     add_model_arguments(conv, "convert")
-    conv.add_argument("--calib", required=True, help="calibration data: digits[:train|test] or a .npz (x uint8, y)")
+    conv.add_argument("--calib", required=True, help="calibration data: digits[:train|test], a .npz (x uint8, y), "
+                      "or a folder of class subfolders of images (224x224 centre crops, ImageNet models)")
     conv.add_argument("--n-calib", type=positive_int, default=300, help="calibration images (default: 300)")
     conv.add_argument("--out", required=True, help="output .h5 file (its folder must exist)")
     conv.add_argument("--neuron", choices=("bistable", "if", "warmup"), default="bistable")
@@ -460,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_run_arguments(command):
         command.add_argument("net", help="a netx HDF5 file written by bsnn convert")
-        command.add_argument("--data", required=True, help="digits[:train|test] or a .npz (x uint8, y)")
+        command.add_argument("--data", required=True, help="digits[:train|test], a .npz (x uint8, y), or a folder "
+                             "of class subfolders of images (ImageNet layout; centre crops of the network's input "
+                             "size, decoded one batch at a time)")
         command.add_argument("--steps", type=positive_int, default=128, help="time steps T (default: 128)")
         command.add_argument("--limit", type=positive_int, help="use only the first N images (N >= 1)")
         command.add_argument("--batch-size", type=positive_int,
@@ -504,7 +518,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        with signals_raise_interrupted():
+        with signals_raise_interrupted(), data_parallel_session():
             return args.handler(args)
     except Interrupted as err:
         print(f"bsnn {args.command}: {err.describe()}", file=sys.stderr)

@@ -33,6 +33,8 @@ def network_batch(images, labels, input_shape, n_classes: int):
     ``ValueError`` with a one-line message naming the shapes, or the first bad label's index.
     """
     input_shape = tuple(int(s) for s in input_shape)
+    if is_streamed(images):
+        images = np.asarray(images)  # an unreadable file raises DataError (naming it) here
     try:
         x = as_nchw(images, input_shape[0])
     except ValueError:
@@ -43,11 +45,17 @@ def network_batch(images, labels, input_shape, n_classes: int):
                          "(give (N, H, W, C) or (N, C, H, W) raw pixels of that size)")
     if x.shape[0] == 0:
         raise ValueError("no images: the image array is empty")
+    return x, check_labels(labels, x.shape[0], n_classes)
+
+
+def check_labels(labels, n_images: int, n_classes: int):
+    """``labels`` as a (N,) int64 array of class indices in ``[0, n_classes)`` (``None`` stays ``None``);
+    ``ValueError`` naming the first bad label."""
     if labels is None:
-        return x, None
+        return None
     y = np.asarray(labels)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{x.shape[0]} images but labels of shape {y.shape}")
+    if y.shape != (n_images,):
+        raise ValueError(f"{n_images} images but labels of shape {y.shape}")
     if y.size and not (np.issubdtype(y.dtype, np.integer) or np.array_equal(y, np.round(y))):
         bad = int(np.flatnonzero(y != np.round(y))[0])
         raise ValueError(f"labels must be integer class indices; label {bad} is {y[bad]!r}")
@@ -56,4 +64,22 @@ def network_batch(images, labels, input_shape, n_classes: int):
     if outside.size:
         raise ValueError(f"labels must be class indices in [0, {n_classes}) for this network's {n_classes} classes; "
                          f"label {int(outside[0])} is {int(y[outside[0]])} ({outside.size} of {y.size} outside)")
-    return x, y
+    return y
+
+
+def is_streamed(images) -> bool:
+    """True for image sources decoded a batch at a time (:class:`bsnn_lava.datasets.ImageFolder`)."""
+    from .datasets import ImageFolder
+
+    return isinstance(images, ImageFolder)
+
+
+def check_images(images, labels, input_shape, n_classes: int) -> None:
+    """:func:`network_batch`'s checks; a streamed source has only its first image decoded."""
+    if is_streamed(images):
+        if len(images) == 0:
+            raise ValueError("no images: the image folder is empty")
+        network_batch(images[:1], None, input_shape, n_classes)
+        check_labels(labels, len(images), n_classes)
+    else:
+        network_batch(images, labels, input_shape, n_classes)

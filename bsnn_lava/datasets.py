@@ -1,9 +1,10 @@
-"""Image data sets as raw uint8 pixels: scikit-learn's bundled digits and ``.npz`` files."""
+"""Image data sets as raw uint8 pixels: scikit-learn's bundled digits, ``.npz`` files, and
+ImageNet-style folders of image files (decoded a batch at a time, never loaded whole)."""
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -55,11 +56,77 @@ def load_npz(path) -> Tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def load_dataset(spec: str, split: str = "test") -> Tuple[np.ndarray, np.ndarray]:
+#: File name endings :class:`ImageFolder` reads (case-insensitive), as torchvision's ImageFolder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class ImageFolder:
+    """Images in class subfolders (``root/<class>/<image>``, the ImageNet / torchvision layout):
+    classes are the subfolder names in sorted order (label = index), images sorted by path.
+
+    Nothing is decoded up front. ``folder[a:b]`` is a view of images a..b-1; ``np.asarray(view)``
+    decodes it to uint8 (n, size, size, 3): RGB, the shorter side resized to ``size * 256 / 224``
+    (bilinear), then the centre ``size x size`` crop (torchvision's ImageNet evaluation transform,
+    without the normalisation, which the converted network does on raw pixels). The simulators
+    decode one batch at a time. ``labels``: (N,) int64.
+    """
+
+    def __init__(self, root: Union[str, Path], size: int = 224, files: Optional[Sequence[Path]] = None,
+                 labels: Optional[np.ndarray] = None, classes: Optional[List[str]] = None):
+        self.root, self.size = Path(root), int(size)
+        if files is None:
+            if not self.root.is_dir():
+                raise DataError(f"{self.root}: no such folder")
+            classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+            files, label_list = [], []
+            for index, name in enumerate(classes):
+                found = sorted(f for f in (self.root / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+                files += found
+                label_list += [index] * len(found)
+            if not files:
+                raise DataError(f"{self.root}: no images in class subfolders (<folder>/<class>/<image>, endings "
+                                f"{', '.join(IMAGE_SUFFIXES)})")
+            labels = np.asarray(label_list, dtype=np.int64)
+        self.files, self.labels, self.classes = list(files), labels, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: slice) -> "ImageFolder":
+        if not isinstance(index, slice):
+            raise TypeError("an ImageFolder is indexed by slices (folder[a:b]); np.asarray(folder) decodes it")
+        return ImageFolder(self.root, self.size, self.files[index], self.labels[index], self.classes)
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """(N, size, size, 3): the shape :meth:`__array__` returns."""
+        return len(self.files), self.size, self.size, 3
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = np.stack([self._decode(f) for f in self.files]) if self.files else np.zeros(self.shape, np.uint8)
+        return images if dtype is None else images.astype(dtype)
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                scale = self.size * 256 / 224 / min(image.size)
+                width, height = (max(self.size, round(s * scale)) for s in image.size)
+                image = image.resize((width, height), Image.BILINEAR)
+                left, top = (width - self.size) // 2, (height - self.size) // 2
+                return np.asarray(image.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
+        except OSError as err:
+            raise DataError(f"{path}: not a readable image ({err})") from None
+
+
+def load_dataset(spec: str, split: str = "test", image_size: int = 224) -> Tuple[Union[np.ndarray, ImageFolder], np.ndarray]:
     """``(x, y)`` raw uint8 images and labels from a data spec.
 
-    ``digits`` (scikit-learn's bundled digits; ``digits:train`` for the training split) or a path to
-    an ``.npz`` file with arrays ``x`` and ``y``.
+    ``digits`` (scikit-learn's bundled digits; ``digits:train`` for the training split), a path to
+    an ``.npz`` file with arrays ``x`` and ``y``, or a folder of class subfolders of image files
+    (an :class:`ImageFolder` of ``image_size`` crops, decoded batch by batch; ``y`` its labels).
     """
     name, _, part = spec.partition(":")
     if name == "digits":
@@ -69,6 +136,10 @@ def load_dataset(spec: str, split: str = "test") -> Tuple[np.ndarray, np.ndarray
             raise DataError(f"{spec}: the digits split must be 'train' or 'test'")
         return (x_train, y_train) if part == "train" else (x_test, y_test)
     path = Path(spec)
+    if path.is_dir():
+        folder = ImageFolder(path, image_size)
+        return folder, folder.labels
     if path.suffix == ".npz" or path.is_file():
         return load_npz(path)
-    raise DataError(f"{spec}: not a data set (use 'digits', 'digits:train' or a .npz file with x and y)")
+    raise DataError(f"{spec}: not a data set (use 'digits', 'digits:train', a .npz file with x and y, or a folder "
+                    "of class subfolders of images)")

@@ -1,10 +1,15 @@
-"""CIFAR ResNets (He et al. 2016, section 4.2) with parameter-free option-A shortcuts.
+"""ResNets: CIFAR ResNets with option-A shortcuts, and ImageNet-size ResNet-18/34 with option-B shortcuts.
 
-Written from the architecture description: a 3x3 conv stem (16 channels), three stages of n
-BasicBlocks (16, 32, 64 channels; the first block of stages 2 and 3 has stride 2), global average
-pooling and a linear classifier; depth = 6n + 2 (20, 32, 44, 56, 110). The key names match
-checkpoints of the common CIFAR ResNet implementations (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
-``linear``), so their state dicts load directly.
+CIFAR (He et al. 2016, section 4.2), written from the architecture description: a 3x3 conv stem (16
+channels), three stages of n BasicBlocks (16, 32, 64 channels; the first block of stages 2 and 3
+has stride 2), global average pooling and a linear classifier; depth = 6n + 2 (20, 32, 44, 56, 110).
+The key names match checkpoints of the common CIFAR ResNet implementations (``conv1``, ``bn1``,
+``layer1.0.conv1``, ..., ``linear``), so their state dicts load directly.
+
+ImageNet (:func:`imagenet_resnet`): torchvision's layout and key names (``conv1``, ``layer1.0.conv1``,
+``layer2.0.downsample.0``, ``fc``), with the stem's 3x3/2 max pooling (padding 1) replaced by 2x2/2
+average pooling, which gives the same 56x56 output: max pooling cannot be rate-coded, and a padded
+pooling followed by the first block's padded convolution cannot be folded into one exact synapse.
 """
 from __future__ import annotations
 
@@ -155,3 +160,69 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], source: str, 
                  if keys]
         raise ValueError(f"{source}: weights do not fit {target}: " + ("; ".join(parts) or "load_state_dict refused them")
                          ) from None
+
+
+class TorchvisionBasicBlock(nn.Module):
+    """torchvision's BasicBlock as torchvision writes it (one ``nn.ReLU`` module applied twice, an
+    in-place add): two 3x3 convs, and ``downsample`` (an option-B 1x1 conv with stride + BN, or
+    ``None``) on the shortcut."""
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+#: BasicBlocks per stage of the ImageNet ResNets.
+IMAGENET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+class ImageNetResNet(nn.Module):
+    """ResNet-18/34 for 224x224 images: 7x7/2 conv stem (64 channels), 2x2/2 average pooling, four
+    stages of BasicBlocks (64, 128, 256, 512 channels; stages 2-4 start with stride 2), global average
+    pooling and a linear classifier."""
+
+    def __init__(self, depth: int = 34, num_classes: int = 1000, width: int = 64):
+        super().__init__()
+        if depth not in IMAGENET_BLOCKS:
+            raise ValueError(f"ImageNet ResNet depth must be one of {sorted(IMAGENET_BLOCKS)}, got {depth}")
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.pool = nn.AvgPool2d(2)
+        in_planes, stages = width, []
+        for i, n in enumerate(IMAGENET_BLOCKS[depth]):
+            planes = width * 2 ** i
+            stride = 1 if i == 0 else 2
+            down = (nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                    if stride != 1 or in_planes != planes else None)
+            stages.append(nn.Sequential(TorchvisionBasicBlock(in_planes, planes, stride, down),
+                                        *[TorchvisionBasicBlock(planes, planes) for _ in range(n - 1)]))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+        out = self.pool(F.relu(self.bn1(self.conv1(x))))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def imagenet_resnet(depth: int = 34, num_classes: int = 1000, width: int = 64) -> ImageNetResNet:
+    """An untrained torchvision-style ResNet-18/34 (``width``: the stem's channels, 64 in torchvision;
+    smaller for tests)."""
+    return ImageNetResNet(depth, num_classes, width)

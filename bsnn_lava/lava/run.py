@@ -14,13 +14,14 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bsnn_lava.data import network_batch
+from bsnn_lava.data import check_images, check_labels, is_streamed, network_batch
+from bsnn_lava.distributed import run_sharded, use_ranks
 from bsnn_lava.interrupts import Interrupted, note_progress
 from bsnn_lava.ir import GatedIF, Network
 from bsnn_lava.lava.compat import LavaNotInstalled
@@ -44,7 +45,7 @@ class LoihiUnavailableError(LavaNotInstalled):
 
 def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: str = "cpu",
              select_tag: str = "fixed_pt", record: bool = False, progress: bool = True,
-             batch_size: int = 1) -> SimResult:
+             batch_size: int = 1, distributed: Optional[bool] = None) -> SimResult:
     """Run ``network_or_path`` (IR or bsnn netx HDF5 path) on raw uint8 ``images`` in Lava.
 
     Args:
@@ -61,6 +62,10 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
             batch axis; Lava's messaging cost per step is paid once per batch); the last batch is
             filled with blank images whose activity is not counted. 1 (the default) is the layout
             of one image per core mapping that Loihi 2 runs; ``backend="loihi2"`` takes only 1.
+        distributed: shard the images over the ranks of a ``torchrun`` launch, one Lava runtime per
+            rank, and return the merged result on every rank (:mod:`bsnn_lava.distributed`; Lava's
+            ``timing`` per rank in ``extras["timing_per_rank"]``). Default: when this process was
+            launched as one of several ranks.
     Returns:
         A :class:`SimResult` (``method="lava"``); ``extras["timing"]`` holds ``compile_start_s`` (compile,
         worker start-up, model set-up) and ``run_s`` (Lava's run calls, all steps) in seconds,
@@ -83,6 +88,14 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
     check_runnable(network, select_tag)
     if backend == "loihi2":
         _require_lava_loihi()
+    if use_ranks(distributed):
+        check_images(images, labels, network.input.shape, network.readout.shape[0])
+        y = check_labels(labels, len(images), network.readout.shape[0])
+        return run_sharded(lambda part, show: run_lava(
+            network, images[part], None if y is None else y[part], steps, backend, select_tag, record,
+            progress and show, batch_size, distributed=False), len(images), y)
+    if is_streamed(images):  # Lava's input process holds every image: decoded here, all at once
+        images = np.asarray(images)
     x, y = network_batch(images, labels, network.input.shape, network.readout.shape[0])
     steps, batch_size = int(steps), min(int(batch_size), len(x))
     tally = _Tally(network, x, y, steps, record)

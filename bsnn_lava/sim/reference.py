@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import network_batch
+from ..data import check_images, check_labels, is_streamed, network_batch
+from ..distributed import rank_device, run_sharded, use_ranks
 from ..dynamics import SYNAPSE_DELAY_STEPS, frame_starts, gated_if_step, phase, window_payload, window_spike_count
 from ..interrupts import Interrupted, note_progress
 from ..ir import GatedIF, Network
@@ -33,11 +34,12 @@ from .result import SimResult
 
 def simulate(network: Network, images, labels=None, steps: int = 128, batch_size: int = 100,
              device: str = "cpu", method: str = "auto", dtype: Optional[torch.dtype] = None,
-             record: bool = False, progress: bool = False) -> SimResult:
+             record: bool = False, progress: bool = False, distributed: Optional[bool] = None) -> SimResult:
     """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps.
 
     Args:
-        images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels.
+        images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels, or an
+            :class:`~bsnn_lava.datasets.ImageFolder` (decoded one batch at a time).
         labels: (N,) class indices; enables ``accuracy`` (one value per step) and ``ann_accuracy``.
         method: ``step``, ``window`` (bistable only) or ``auto`` (window where it applies).
         record: keep every spike and the readout potential of every step (step path only; memory
@@ -51,6 +53,10 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
             ANN rates and the windows integrated step by step stay float64. ``result.extras`` then
             says ``window_arithmetic`` and ``n_windows_stepwise`` (layer-windows integrated step by
             step because their partial sums could saturate).
+        distributed: shard the images over the ranks of a ``torchrun`` launch and return the merged
+            result, equal to a one-process run's, on every rank (:mod:`bsnn_lava.distributed`;
+            progress on rank 0 only; ``device="cuda"`` means each rank's ``cuda:LOCAL_RANK``).
+            Default: when this process was launched as one of several ranks.
     Returns:
         A :class:`SimResult`; ``result.predictions_per_step[t, i]`` is the class predicted for image
         ``i`` after ``t + 1`` steps.
@@ -69,9 +75,19 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_device(device)
-    x_all, y_all = network_batch(images, labels, network.input.shape, network.readout.shape[0])
-    y_all = None if y_all is None else torch.as_tensor(y_all)
+    streamed = is_streamed(images)
+    if streamed:  # decoded batch by batch below
+        check_images(images, labels, network.input.shape, network.readout.shape[0])
+        x_all, y_all = images, check_labels(labels, len(images), network.readout.shape[0])
+    else:
+        x_all, y_all = network_batch(images, labels, network.input.shape, network.readout.shape[0])
     requested_dtype = dtype
+    if use_ranks(distributed):
+        device = rank_device(device)
+        return run_sharded(lambda part, show: simulate(
+            network, x_all[part], None if y_all is None else y_all[part], steps, batch_size, device, method,
+            requested_dtype, record, progress and show, distributed=False), x_all.shape[0], y_all, device)
+    y_all = None if y_all is None else torch.as_tensor(y_all)
     dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
     state_bits = network.state_bits
     kernels = NetworkKernels(network, dtype, device)
@@ -86,7 +102,10 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
         start = 0
         try:
             for start in range(0, n_images, batch_size):
-                x = x_all[start:start + batch_size].to(device=device)
+                x = x_all[start:start + batch_size]
+                if streamed:
+                    x = network_batch(x, None, network.input.shape, network.readout.shape[0])[0]
+                x = x.to(device=device)
                 y = None if y_all is None else y_all[start:start + batch_size].to(device)
                 run.on_steps = _advance(bar, start, x.shape[0], int(steps))
                 (run.window_batch if method == "window" else run.step_batch)(x, y)

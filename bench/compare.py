@@ -1,0 +1,419 @@
+"""Whole-test-set comparison: this project's conversions against SpikingJelly 2.0.0's ``ann2snn``.
+
+For one CIFAR ResNet checkpoint, on the same test images and the same T axis (1..``--steps``):
+
+- ``bsnn_layer`` / ``bsnn_channel``: post-training BSNN (P=2, V(0)=theta/2, 99.9th-percentile
+  thresholds per layer / per channel), float, the reference simulator;
+- ``if``: plain IF neurons (reset by subtraction, layer-wise 99.9th-percentile thresholds);
+- ``bsnn_finetuned``: the window-aware fine-tuned BSNN (bench/finetune.py checkpoints, frame reset);
+- ``spikingjelly``: SpikingJelly 2.0.0 ``ann2snn.Converter`` with its ``RateCodingRecipe`` in
+  99.9% percentile mode and its other defaults (soft-reset IF neurons, threshold 1 with voltage
+  scalers), calibrated on the same training images, the normalised image as constant input on
+  every step, the prediction after t steps the argmax of the summed outputs (SpikingJelly's own
+  evaluation). Its synaptic operations are counted by hooks on its Conv2d/Linear modules: nonzero
+  inputs times their nonzero weights that reach an output (its own graph: BN fused, pooling
+  unfused).
+
+Each run is cached (``--cache``: accuracy after every step, per-image correctness at the fixed T
+values, synaptic operations per inference there), so a comparison that takes hours on a small
+machine can be done a run at a time (``--runs``), by several sessions or machines, and reported
+when complete. Speed: each simulator's image-steps per second on the same ``--speed-images`` x
+``--speed-steps`` in this run (BSNN: window path; IF: step path; SpikingJelly: its step-by-step
+forward without the counting hooks).
+
+Writes ``<out>/<name>.{json,md,png}``; ``--results-doc`` regenerates ``docs/results.md`` from every
+``compare_*.json`` in ``<out>``.
+
+    python bench/compare.py --runs bsnn_layer bsnn_channel           # a part; the cache keeps it
+    python bench/compare.py --model ../shared/models/akamaster_resnet56-4bfd9763.th --name compare_resnet56 \\
+        --finetuned-window 8 --finetuned-epochs 4 --finetuned-lr 0.005
+    python bench/compare.py --report-only --results-doc
+
+SpikingJelly is an optional extra, never a dependency of the toolkit: ``make peer``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import add_resnet20_data_args, command_line, machine, write_json
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = ("bsnn_layer", "bsnn_channel", "if", "bsnn_finetuned", "spikingjelly")
+LABELS = {"bsnn_layer": "BSNN post-training, layer-wise", "bsnn_channel": "BSNN post-training, channel-wise",
+          "if": "IF (reset by subtraction)", "bsnn_finetuned": "BSNN fine-tuned, frame reset",
+          "spikingjelly": "SpikingJelly 2.0.0 ann2snn (99.9%)"}
+FIXED_T = (32, 64, 96, 128, 192, 256, 384, 512)
+PEER_VERSION = "2.0.0"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_resnet20_data_args(parser)
+    parser.add_argument("--name", default="compare_resnet20")
+    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="runs to compute (cached)")
+    parser.add_argument("--n-test", type=int, default=10000)
+    parser.add_argument("--n-calib", type=int, default=300, help="calibration images (training set), every method")
+    parser.add_argument("--steps", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--finetuned-window", type=int, default=4)
+    parser.add_argument("--finetuned-epochs", type=int, default=6)
+    parser.add_argument("--finetuned-lr", type=float, default=0.01)
+    parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bsnn-finetune"))
+    parser.add_argument("--cache", type=Path, default=Path(__file__).parent / "cache",
+                        help="one compressed .npz per finished run (kept in the repository: runs take hours)")
+    parser.add_argument("--speed-images", type=int, default=200)
+    parser.add_argument("--speed-steps", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="report the cached runs, compute nothing")
+    parser.add_argument("--results-doc", action="store_true", help="also regenerate docs/results.md")
+    args = parser.parse_args()
+    args.fixed_t = [t for t in FIXED_T if t <= args.steps]
+
+    from bsnn_lava import zoo
+    from bsnn_lava.datasets import load_npz
+
+    x_test, y_test = load_npz(args.test_data)
+    x_test, y_test = x_test[:args.n_test], y_test[:args.n_test]
+    x_calib = load_npz(args.calib_data)[0][:args.n_calib]
+    base = zoo.load_checkpoint(args.model)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for run in args.runs:
+            if cache_path(args, run).exists():
+                print(f"{run}: cached in {cache_path(args, run)}", flush=True)
+                continue
+            started = time.perf_counter()
+            entry = compute_run(args, run, base, x_calib, x_test, y_test)
+            entry["wall_s"] = time.perf_counter() - started
+            entry["command"], entry["machine"] = command_line(), machine()
+            save_run(cache_path(args, run), entry)
+            print(f"{run}: {100 * entry['accuracy'][-1]:.2f}% after {args.steps} steps ({entry['wall_s']:.0f} s)",
+                  flush=True)
+    runs = {run: load_run(cache_path(args, run)) for run in RUNS if cache_path(args, run).exists()}
+    previous = args.out / f"{args.name}.json"
+    speed = json.loads(previous.read_text()).get("speed") if previous.exists() else None
+    if not args.report_only and args.speed_images:
+        speed = measure_speed(args, base, x_calib, x_test, y_test)
+    payload = report_payload(args, runs, y_test, speed)
+    write_json(previous, payload)
+    write_report(args, payload)
+    if args.results_doc:
+        write_results_doc(args.out)
+
+
+def cache_path(args, run: str) -> Path:
+    return args.cache / f"{Path(args.model).stem}_{run}_n{args.n_test}_T{args.steps}_c{args.n_calib}.npz"
+
+
+def save_run(path: Path, entry: dict) -> None:
+    arrays = {k: np.asarray(v) for k, v in entry.items() if isinstance(v, np.ndarray)}
+    meta = {k: v for k, v in entry.items() if not isinstance(v, np.ndarray)}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    tmp.replace(path)
+
+
+def load_run(path: Path) -> dict:
+    with np.load(path) as data:
+        entry = json.loads(str(data["meta"]))
+        entry.update({k: data[k] for k in data.files if k != "meta"})
+    return entry
+
+
+# --- the runs --------------------------------------------------------------------------------------
+
+def networks(args, run, base, x_calib):
+    from bsnn_lava import convert, zoo
+
+    norm = dict(mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD)
+    if run == "bsnn_layer":
+        return convert(base, x_calib, window=2, **norm)
+    if run == "bsnn_channel":
+        return convert(base, x_calib, window=2, channelwise=True, **norm)
+    if run == "if":
+        return convert(base, x_calib, neuron="if", **norm)
+    if run == "bsnn_finetuned":
+        import finetune as finetune_bench
+        from bsnn_lava.datasets import load_npz
+
+        x_train, y_train = load_npz(args.calib_data)
+        ft_args = argparse.Namespace(model=args.model, epochs=args.finetuned_epochs, lr=args.finetuned_lr,
+                                     checkpoints=args.checkpoints, channelwise=False)
+        model = finetune_bench.trained(ft_args, base, args.finetuned_window, x_train, y_train)
+        return convert(model, x_calib, **norm)
+    raise ValueError(run)
+
+
+def compute_run(args, run, base, x_calib, x_test, y_test) -> dict:
+    if run == "spikingjelly":
+        return peer_run(args, base, x_calib, x_test, y_test)
+    from bsnn_lava import simulate
+
+    network = networks(args, run, base, x_calib)
+    result = simulate(network, x_test, y_test, steps=args.steps, batch_size=args.batch_size, progress=True)
+    synops = np.cumsum(result.n_synops_per_step.sum(axis=1)) / result.n_samples
+    correct = result.predictions_per_step == y_test
+    return {"accuracy": np.asarray(result.accuracy), "ann_accuracy": result.ann_accuracy,
+            "correct_at": correct[[t - 1 for t in args.fixed_t]], "synops_at": synops[[t - 1 for t in args.fixed_t]],
+            "method": result.method}
+
+
+def peer_model(base, x_calib, batch_size: int):
+    """The checkpoint converted by SpikingJelly's ann2snn (rate coding, 99.9% percentile mode)."""
+    import copy
+
+    from spikingjelly.activation_based.ann2snn import Converter, RateCodingRecipe
+
+    calib = normalised(x_calib)
+    loader = [calib[i:i + batch_size] for i in range(0, len(calib), batch_size)]
+    model = option_a_as_convolutions(copy.deepcopy(base))
+    return Converter(RateCodingRecipe(dataloader=loader, mode="99.9%")).convert(as_modules(model))
+
+
+def option_a_as_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """Every option-A shortcut (``F.pad`` of the strided input, which SpikingJelly's rate coding
+    refuses) replaced by the same function as a bias-free 1x1 stride-2 convolution: weight 1 from
+    input channel c to output channel c + pad, 0 elsewhere."""
+    from bsnn_lava.zoo import OptionAShortcut
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OptionAShortcut):
+                conv = parent.conv1  # the block's first convolution: its input and output channels
+                shortcut = torch.nn.Conv2d(conv.in_channels, conv.in_channels + 2 * child.pad, 1, 2, bias=False)
+                shortcut.weight.data.zero_()
+                for c in range(conv.in_channels):
+                    shortcut.weight.data[c + child.pad, c] = 1.0
+                setattr(parent, name, shortcut)
+    return model
+
+
+def as_modules(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` traced with torch.fx, its functional ReLUs, adaptive average pooling and flatten
+    made modules (``nn.ReLU``, ``nn.AdaptiveAvgPool2d``, ``nn.Flatten``): SpikingJelly's rate-coding
+    recipe replaces ``nn.ReLU`` modules only and refuses those function calls."""
+    import torch.nn.functional as F
+    from torch import fx
+
+    graph = fx.symbolic_trace(model.eval())
+    for k, node in enumerate(list(graph.graph.nodes)):
+        module = None
+        if node.op == "call_function" and node.target in (F.relu, torch.relu):
+            module = torch.nn.ReLU()
+        elif node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            module = torch.nn.AdaptiveAvgPool2d(node.args[1] if len(node.args) > 1 else node.kwargs["output_size"])
+        elif (node.op == "call_method" and node.target == "flatten") or (
+                node.op == "call_function" and node.target is torch.flatten):
+            module = torch.nn.Flatten(node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
+        if module is None:
+            continue
+        name = f"{type(module).__name__.lower()}_{k}"
+        graph.add_submodule(name, module)
+        with graph.graph.inserting_after(node):
+            replacement = graph.graph.call_module(name, args=(node.args[0],))
+        node.replace_all_uses_with(replacement)
+        graph.graph.erase_node(node)
+    graph.recompile()
+    return graph
+
+
+def normalised(images: np.ndarray) -> torch.Tensor:
+    from bsnn_lava import zoo
+
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(zoo.CIFAR_RESNET_MEAN).view(1, 3, 1, 1)
+    return (x - mean) / torch.tensor(zoo.CIFAR_RESNET_STD).view(1, 3, 1, 1)
+
+
+class SynopCounter:
+    """Forward hooks on every Conv2d/Linear: nonzero inputs x nonzero weights reaching an output."""
+
+    def __init__(self, model):
+        self.total = 0.0
+        self.handles = [m.register_forward_hook(self.hook) for m in model.modules()
+                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+    def hook(self, module, inputs, output):
+        active, mask = (inputs[0] != 0).float(), (module.weight != 0).float()
+        if isinstance(module, torch.nn.Conv2d):
+            hits = torch.nn.functional.conv2d(active, mask, None, module.stride, module.padding, module.dilation,
+                                              module.groups)
+        else:
+            hits = active @ mask.T
+        self.total += float(hits.sum())
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def peer_run(args, base, x_calib, x_test, y_test) -> dict:
+    from spikingjelly.activation_based import functional
+    from tqdm.auto import tqdm
+
+    model = peer_model(base, x_calib, args.batch_size)
+    counter = SynopCounter(model)
+    correct = np.zeros((args.steps, len(x_test)), dtype=bool)
+    synops = np.zeros(args.steps)
+    ann_correct = 0
+    with tqdm(total=len(x_test), desc="SpikingJelly", unit="images") as bar:
+        for start in range(0, len(x_test), args.batch_size):
+            x = normalised(x_test[start:start + args.batch_size])
+            y = torch.as_tensor(y_test[start:start + args.batch_size])
+            ann_correct += int((base(x).argmax(1) == y).sum())
+            functional.reset_net(model)
+            summed = 0
+            for t in range(args.steps):
+                before = counter.total
+                summed = summed + model(x)
+                synops[t] += counter.total - before
+                correct[t, start:start + len(x)] = (summed.argmax(1) == y).numpy()
+            bar.update(len(x))
+    counter.remove()
+    per_inference = np.cumsum(synops) / len(x_test)
+    return {"accuracy": correct.mean(axis=1), "ann_accuracy": ann_correct / len(x_test),
+            "correct_at": correct[[t - 1 for t in args.fixed_t]], "synops_at": per_inference[[t - 1 for t in args.fixed_t]],
+            "method": f"spikingjelly {PEER_VERSION} step by step", "peer_version": peer_version()}
+
+
+def peer_version() -> str:
+    from importlib.metadata import version
+
+    return version("spikingjelly")
+
+
+def measure_speed(args, base, x_calib, x_test, y_test) -> dict:
+    """Image-steps per second of each simulator on the same images and steps, one after the other."""
+    from bsnn_lava import simulate
+
+    from spikingjelly.activation_based import functional
+
+    x, y, steps = x_test[:args.speed_images], y_test[:args.speed_images], args.speed_steps
+    speed = {"images": len(x), "steps": steps}
+    for run in ("bsnn_layer", "if"):
+        network = networks(args, run, base, x_calib)
+        simulate(network, x[:2], y[:2], steps=4)  # warm-up
+        started = time.perf_counter()
+        result = simulate(network, x, y, steps=steps, batch_size=args.batch_size)
+        speed[run] = {"image_steps_per_s": len(x) * steps / (time.perf_counter() - started), "method": result.method}
+    model = peer_model(base, x_calib, args.batch_size)
+    with torch.no_grad():
+        model(normalised(x[:2]))
+        started = time.perf_counter()
+        for start in range(0, len(x), args.batch_size):
+            batch = normalised(x[start:start + args.batch_size])
+            functional.reset_net(model)
+            for _ in range(steps):
+                model(batch)
+    speed["spikingjelly"] = {"image_steps_per_s": len(x) * steps / (time.perf_counter() - started),
+                             "method": "step by step (no counting hooks)"}
+    print(f"speed: {speed}", flush=True)
+    return speed
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def report_payload(args, runs: dict, y_test, speed) -> dict:
+    from bsnn_lava.sim.compare import PairedComparison
+    from bsnn_lava.sim.result import first_crossing, sustained_crossing
+
+    payload = {"benchmark": args.name, "command": command_line(), "machine": machine(), "model": str(args.model),
+               "n_test": len(y_test), "steps": args.steps, "fixed_t": args.fixed_t, "runs": {}, "speed": speed,
+               "missing_runs": [r for r in RUNS if r not in runs]}
+    for run, entry in runs.items():
+        accuracy, ann = np.asarray(entry["accuracy"]), entry["ann_accuracy"]
+        row = {"label": LABELS[run], "method": entry["method"], "ann_accuracy": ann, "accuracy": accuracy.tolist(),
+               "accuracy_at": dict(zip(map(str, args.fixed_t), np.asarray(entry["correct_at"]).mean(axis=1).tolist())),
+               "synops_per_inference_at": dict(zip(map(str, args.fixed_t), np.asarray(entry["synops_at"]).tolist())),
+               "wall_s": entry["wall_s"], "computed": entry["machine"]["date_utc"]}
+        for points in (1.0, 0.5):
+            row[f"T_within_{points}_first"] = first_crossing(accuracy, ann - points / 100)
+            row[f"T_within_{points}_sustained"] = sustained_crossing(accuracy, ann - points / 100)
+        if "peer_version" in entry:
+            row["peer_version"] = entry["peer_version"]
+        payload["runs"][run] = row
+    if "spikingjelly" in runs:
+        peer = np.asarray(runs["spikingjelly"]["correct_at"])
+        for run, entry in runs.items():
+            if run == "spikingjelly":
+                continue
+            ours = np.asarray(entry["correct_at"])
+            paired = PairedComparison(len(y_test), ours.mean(axis=1), peer.mean(axis=1), (ours & ~peer).sum(axis=1),
+                                      (~ours & peer).sum(axis=1), entry["ann_accuracy"])
+            payload["runs"][run]["minus_peer"] = {"difference": paired.difference.tolist(),
+                                                  "standard_error": paired.standard_error.tolist()}
+    return payload
+
+
+def write_report(args, payload) -> None:
+    from bsnn_lava.plots import plot_accuracy_vs_steps
+
+    lines = report_lines(payload)
+    (args.out / f"{payload['benchmark']}.md").write_text("\n".join(lines) + "\n")
+    if payload["runs"]:
+        ann = next(iter(payload["runs"].values()))["ann_accuracy"]
+        plot_accuracy_vs_steps({r["label"]: np.array(r["accuracy"]) for r in payload["runs"].values()}, ann,
+                               args.out / f"{payload['benchmark']}.png",
+                               title=f"{Path(payload['model']).stem}: {payload['n_test']} test images")
+    print("\n".join(lines))
+
+
+def report_lines(payload) -> list:
+    ts = payload["fixed_t"]
+    lines = [f"# Conversion comparison: {Path(payload['model']).name}, {payload['n_test']} test images", "",
+             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  "]
+    if payload["missing_runs"]:
+        lines.append(f"Not computed yet: {', '.join(LABELS[r] for r in payload['missing_runs'])}.  ")
+    runs = payload["runs"]
+    if not runs:
+        return lines
+    lines += ["", f"ANN: {100 * next(iter(runs.values()))['ann_accuracy']:.2f}%.", "",
+              "| run | " + " | ".join(f"T={t}" for t in ts) + " | T within 1 (first / sustained) | T within 0.5 |",
+              "|---|" + "---|" * (len(ts) + 2)]
+    for r in runs.values():
+        lines.append(f"| {r['label']} | " + " | ".join(f"{100 * r['accuracy_at'][str(t)]:.2f}" for t in ts)
+                     + f" | {r['T_within_1.0_first']} / {r['T_within_1.0_sustained']} | "
+                     f"{r['T_within_0.5_first']} / {r['T_within_0.5_sustained']} |")
+    paired = {k: r for k, r in runs.items() if "minus_peer" in r}
+    if paired:
+        lines += ["", "Difference to SpikingJelly, same images (points, paired standard error):", "",
+                  "| run | " + " | ".join(f"T={t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
+        for r in paired.values():
+            d = r["minus_peer"]
+            lines.append(f"| {r['label']} | " + " | ".join(f"{100 * a:+.2f} +- {100 * s:.2f}" for a, s in
+                                                           zip(d["difference"], d["standard_error"])) + " |")
+    lines += ["", "Synaptic operations per inference (millions):", "",
+              "| run | " + " | ".join(f"T={t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
+    for r in runs.values():
+        lines.append(f"| {r['label']} | " + " | ".join(f"{r['synops_per_inference_at'][str(t)] / 1e6:.1f}"
+                                                       for t in ts) + " |")
+    speed = payload.get("speed")
+    if speed:
+        lines += ["", f"Simulator speed, measured one after the other in one run ({speed['images']} images x "
+                      f"{speed['steps']} steps):", "", "| simulator | path | image-steps/s |", "|---|---|---|"]
+        for run in ("bsnn_layer", "if", "spikingjelly"):
+            lines.append(f"| {LABELS[run]} | {speed[run]['method']} | {speed[run]['image_steps_per_s']:.0f} |")
+    lines += ["", "Runs computed: " + ", ".join(f"{r['label']} {r['computed']} UTC ({r['wall_s'] / 60:.0f} min)"
+                                                 for r in runs.values()) + "."]
+    return lines
+
+
+def write_results_doc(out: Path) -> None:
+    """docs/results.md from every compare_*.json in ``out``."""
+    parts = ["# Results: conversions compared on the whole test set", "",
+             "Generated by `bench/compare.py --results-doc` from `bench/results/compare_*.json`; do not edit.", ""]
+    for path in sorted(out.glob("compare_*.json")):
+        parts += report_lines(json.loads(path.read_text()))[:] + [""]
+    doc = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+    doc.write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

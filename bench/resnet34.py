@@ -1,0 +1,215 @@
+"""An ImageNet-size network through the whole chain: torchvision-style ResNet-34 (224x224, 1000 classes).
+
+No ImageNet weights are reachable here, so the weights are random (torchvision's initialisation,
+seed 0; every figure below is about size and speed, none about accuracy). Calibration and test
+images: ``--data DIR`` (a folder of class subfolders, ImageNet layout, centre crops) or, by default,
+CIFAR-10 test images resized to 224x224 (real photographs, so activations have natural statistics).
+Each stage is timed and its peak resident memory sampled (every 20 ms, the whole process):
+convert (``--n-calib`` images), quantize for loihi2 (error-feedback rounding on ``--n-quant-calib`` of them),
+export (file size), ``check_resources`` for loihi2 (cores, chips), the reference simulator on
+``--n-sim`` images x ``--steps`` steps (float and fixed point), and the Lava CPU build (or the reason
+it does not fit this machine: :func:`bsnn_lava.lava.build.check_memory`).
+
+Writes ``<out>/<name>.{json,md}``.
+
+    python bench/resnet34.py                                  # ResNet-34, 32 calibration images, 2 x 64 steps
+    python bench/resnet34.py --data /data/imagenet/val --n-calib 256
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from common import SHARED, command_line, machine, write_json
+
+RESULTS = Path(__file__).parent / "results"
+#: torchvision's ImageNet normalisation (pixels in [0, 1]).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@contextlib.contextmanager
+def measured(record: dict, name: str):
+    """Wall time and peak resident memory of the block, in ``record[name]``."""
+    peak, done = [rss_bytes()], threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    entry = record.setdefault(name, {})
+    try:
+        yield entry
+    finally:
+        done.set()
+        sampler.join()
+        entry.update(seconds=time.perf_counter() - started, peak_rss_gib=max(peak[0], rss_bytes()) / 2 ** 30)
+        print(f"{name}: {entry}", flush=True)
+
+
+def torchvision_init(model: nn.Module, seed: int = 0) -> nn.Module:
+    """torchvision's ResNet initialisation: He normal (fan-out) convolutions, BN weight 1 bias 0."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model.eval()
+
+
+def images(args, n: int) -> np.ndarray:
+    """``n`` uint8 (n, size, size, 3) images: from ``--data``, else CIFAR-10 test images resized."""
+    from bsnn_lava.datasets import ImageFolder, load_npz
+
+    if args.data:
+        return np.asarray(ImageFolder(args.data, args.size)[:n])
+    from PIL import Image
+
+    x, _ = load_npz(args.cifar)
+    return np.stack([np.asarray(Image.fromarray(im).resize((args.size, args.size), Image.BILINEAR)) for im in x[:n]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=34, choices=(18, 34))
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--data", type=Path, help="a folder of class subfolders of images (ImageNet layout)")
+    parser.add_argument("--cifar", type=Path, default=SHARED / "data" / "cifar10_test.npz",
+                        help="without --data: CIFAR-10 images resized to --size")
+    parser.add_argument("--n-calib", type=int, default=32)
+    parser.add_argument("--n-quant-calib", type=int, default=8,
+                        help="of the calibration images, those for error-feedback rounding (0: round to nearest)")
+    parser.add_argument("--n-sim", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--n-throughput", type=int, default=16,
+                        help="images in one batch for the throughput behind the ImageNet extrapolation (0: none)")
+    parser.add_argument("--throughput-steps", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="torch device of the simulator runs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="resnet34")
+    args = parser.parse_args()
+
+    import netx_export
+    from bsnn_lava import convert, simulate, zoo
+    from bsnn_lava.lava.build import available_memory_bytes, check_memory
+    from bsnn_lava.quantize import quantize
+    from bsnn_lava.resources import check_resources
+
+    model = torchvision_init(zoo.imagenet_resnet(args.depth))
+    x = images(args, args.n_calib + max(args.n_sim, args.n_throughput))
+    calib, test, batch = x[:args.n_calib], x[args.n_calib:args.n_calib + args.n_sim], x[args.n_calib:]
+    stages: dict = {}
+    payload = {"benchmark": args.name, "command": command_line(), "machine": machine(), "depth": args.depth,
+               "input": [3, args.size, args.size], "classes": 1000, "data": str(args.data or args.cifar),
+               "parameters": sum(p.numel() for p in model.parameters()), "stages": stages}
+    with torch.no_grad():
+        macs = []
+        hooks = [m.register_forward_hook(lambda m, i, o: macs.append(o[0].numel() * m.weight[0].numel()))
+                 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        model(torch.zeros(1, 3, args.size, args.size))
+        for hook in hooks:
+            hook.remove()
+    payload["ann_macs"] = int(sum(macs))
+    with measured(stages, "convert") as entry:
+        network = convert(model, calib, window=2, mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=True)
+        entry.update(layers=len(network.layers), neurons=int(sum(np.prod(l.shape) for l in network.layers[1:])),
+                     calibration_images=len(calib))
+    with measured(stages, "quantize (loihi2)") as entry:
+        fixed = quantize(network, "loihi2", calibration_images=calib[:args.n_quant_calib] if args.n_quant_calib else None,
+                         progress=True)
+        entry["rounding_images"] = args.n_quant_calib
+    with tempfile.TemporaryDirectory() as folder:
+        with measured(stages, "export") as entry:
+            path = netx_export.write(fixed, Path(folder) / "resnet34.h5")
+            entry["file_mib"] = path.stat().st_size / 2 ** 20
+        with measured(stages, "read back") as entry:
+            netx_export.read(path)
+    with measured(stages, "check loihi2") as entry:
+        report = check_resources(fixed, "loihi2")
+        entry.update(fits=report.fits, n_cores=report.n_cores, n_chips=report.n_chips, violations=report.violations)
+    for kind, net in (("float", network), ("fixed point", fixed)):
+        with measured(stages, f"simulate {kind}") as entry:
+            result = simulate(net, test, steps=args.steps, batch_size=args.n_sim, device=args.device, progress=True)
+            entry.update(images=len(test), steps=args.steps, method=result.method,
+                         spikes_per_image=sum(result.n_spikes.values()) / len(test),
+                         synops_per_image=float(result.n_synops_per_step.sum()) / len(test),
+                         saturated=sum(result.n_saturated.values()))
+    for kind in ("float", "fixed point"):
+        entry = stages[f"simulate {kind}"]
+        entry["image_steps_per_s"] = entry["images"] * entry["steps"] / entry["seconds"]
+    if args.n_throughput:
+        with measured(stages, "throughput fixed point") as entry:
+            simulate(fixed, batch, steps=args.throughput_steps, batch_size=len(batch), device=args.device,
+                     progress=True)
+            entry.update(images=len(batch), steps=args.throughput_steps)
+        entry["image_steps_per_s"] = len(batch) * args.throughput_steps / entry["seconds"]
+        rate = entry["image_steps_per_s"]
+        payload["imagenet_extrapolation"] = {
+            "images": 50000, "steps": 989, "image_steps": 50000 * 989, "measured_image_steps_per_s": rate,
+            "device": args.device, "cores_here": machine()["cpu_count"],
+            "hours_here": 50000 * 989 / rate / 3600}
+    with measured(stages, "Lava CPU build") as entry:
+        available = available_memory_bytes()
+        entry["available_gib"] = None if available is None else available / 2 ** 30
+        try:
+            entry["needs_gib"] = check_memory(fixed) / 2 ** 30
+            entry["built"] = "fits: run bench/lava_speed.py-style timings with run_lava"
+        except ValueError as err:
+            entry["refused"] = str(err)
+    write_json(args.out / f"{args.name}.json", payload)
+    write_report(args, payload)
+
+
+def write_report(args, payload) -> None:
+    s = payload["stages"]
+    lines = [f"# ImageNet-size chain: ResNet-{payload['depth']} ({payload['parameters'] / 1e6:.1f} M parameters, "
+             f"{payload['ann_macs'] / 1e9:.2f} G MACs per image, random weights)", "",
+             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ",
+             f"Images: {payload['data']} at {payload['input'][1]}x{payload['input'][2]}. Peak memory: the whole "
+             "process's resident set, sampled every 20 ms during the stage.", "",
+             "| stage | wall (s) | peak RSS (GiB) | figures |", "|---|---|---|---|"]
+    figures = {
+        "convert": lambda e: f"{e['layers']} layers, {e['neurons'] / 1e6:.2f} M neurons, {e['calibration_images']} "
+                             "calibration images",
+        "quantize (loihi2)": lambda e: (f"error-feedback rounding + bias correction on {e['rounding_images']} images"
+                                        if e["rounding_images"] else "rounded to nearest"),
+        "export": lambda e: f"netx HDF5 {e['file_mib']:.1f} MiB",
+        "read back": lambda e: "validating reader",
+        "check loihi2": lambda e: f"{e['n_cores']} cores, {e['n_chips']} chip(s); "
+                                  f"{'fits' if e['fits'] else 'does not fit: ' + '; '.join(e['violations'])}",
+        "Lava CPU build": lambda e: e.get("refused") or f"fits ({e['needs_gib']:.1f} GiB)",
+    }
+    for name, e in s.items():
+        if name.startswith("simulate") or name.startswith("throughput"):
+            text = f"{e['images']} images x {e['steps']} steps, one batch: {e['image_steps_per_s']:.2f} image-steps/s"
+            if "method" in e:
+                text += (f" ({e['method']} path); {e['spikes_per_image'] / 1e6:.2f} M spikes, "
+                         f"{e['synops_per_image'] / 1e9:.2f} G synaptic ops per image; {e['saturated']} saturated")
+        else:
+            text = figures[name](e)
+        lines.append(f"| {name} | {e['seconds']:.1f} | {e['peak_rss_gib']:.2f} | {text} |")
+    x = payload.get("imagenet_extrapolation")
+    if x:
+        lines += ["", f"The paper's ImageNet experiment ({x['images']} images x {x['steps']} steps = "
+                      f"{x['image_steps'] / 1e6:.1f} M image-steps) at the measured {x['measured_image_steps_per_s']:.2f} "
+                      f"image-steps/s ({x['device']}, {x['cores_here']} cores): {x['hours_here']:.0f} h here."]
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

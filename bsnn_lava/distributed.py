@@ -1,0 +1,145 @@
+"""Data-parallel runs under ``torchrun``: each rank simulates a contiguous shard of the images.
+
+``torchrun --nproc-per-node N -m bsnn_lava simulate ...`` (or any script calling
+:func:`bsnn_lava.simulate` / :func:`bsnn_lava.lava.run.run_lava`) starts N processes; torchrun sets
+``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` in each. A run then takes images
+``[rank * N_images // world, (rank + 1) * N_images // world)``, and the ranks exchange their results
+in one collective (``all_gather_object``): every rank returns the same :class:`SimResult`, equal to
+a one-process run's (counts summed, per-image predictions in image order, accuracy recounted from
+them). The process group uses gloo on CPU and nccl on CUDA (each rank on ``cuda:LOCAL_RANK``).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # the CLI imports this module before it knows whether torch is needed
+    from .sim.result import SimResult
+
+
+def launched_ranks() -> Optional[Tuple[int, int]]:
+    """``(rank, world_size)`` when torchrun (or another launcher setting ``WORLD_SIZE``) started this
+    process as one of several; ``None`` for a plain one-process run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world
+
+
+def use_ranks(distributed: Optional[bool]) -> bool:
+    """The ``distributed`` argument of a run resolved: ``None`` means "when launched as one of
+    several ranks"; ``True`` outside such a launch is a ``ValueError``."""
+    if distributed is None:
+        return launched_ranks() is not None
+    if distributed and launched_ranks() is None:
+        raise ValueError("distributed=True needs a launch by torchrun with more than one process (WORLD_SIZE > 1)")
+    return bool(distributed)
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a data-parallel run and in a one-process run: the process that prints,
+    shows progress and writes files."""
+    ranks = launched_ranks()
+    return ranks is None or ranks[0] == 0
+
+
+def rank_device(device: str) -> str:
+    """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a data-parallel run."""
+    if launched_ranks() is not None and str(device) == "cuda":
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+def process_group(device: str):
+    """``torch.distributed``, its default process group initialised (gloo for CPU, nccl for CUDA
+    devices) if this process is not yet part of one."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist
+
+
+@contextlib.contextmanager
+def data_parallel_session():
+    """Leaves the process group (if a run joined one) when the block ends, so the ranks exit cleanly."""
+    try:
+        yield
+    finally:
+        if launched_ranks() is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def shard(n_images: int, rank: int, world: int) -> slice:
+    """The contiguous images of ``rank`` out of ``world`` (sizes differ by at most one)."""
+    return slice(rank * n_images // world, (rank + 1) * n_images // world)
+
+
+def run_sharded(run: Callable[[slice, bool], SimResult], n_images: int, labels, device: str = "cpu") -> SimResult:
+    """``run(images, progress)`` on this rank's shard of ``n_images``, the ranks' results merged
+    (:func:`merge_results`); ``progress`` is true on rank 0 only. ``ValueError`` when there are fewer
+    images than ranks."""
+    rank, world = launched_ranks()
+    if n_images < world:
+        raise ValueError(f"{n_images} image(s) for {world} ranks: give at least one image per rank")
+    local = run(shard(n_images, rank, world), rank == 0)
+    parts: List[Optional[SimResult]] = [None] * world
+    process_group(device).all_gather_object(parts, local)
+    return merge_results(parts, labels)
+
+
+def merge_results(parts: List[SimResult], labels=None) -> SimResult:
+    """One result from the results of consecutive shards of the same images and steps: counts
+    summed, per-image arrays concatenated in order, accuracy counted again from the predictions and
+    ``labels`` (all images'), so it equals a one-process run's to the bit. ``extras``: recorded
+    spikes and readout potentials concatenated, integer counts summed, Lava's ``timing`` kept per
+    rank in ``timing_per_rank`` (``timing``: rank 0's), other entries taken from the first part."""
+    from .sim.result import SimResult
+
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.n_steps, part.layer_names, part.synapse_names) != (first.n_steps, first.layer_names,
+                                                                     first.synapse_names):
+            raise ValueError("the shards were simulated with different steps or networks")
+    sum_dicts = lambda key: {k: sum(getattr(p, key)[k] for p in parts) for k in getattr(first, key)}
+    predictions_per_step = np.concatenate([p.predictions_per_step for p in parts], axis=1)
+    ann_predictions = np.concatenate([p.ann_predictions for p in parts])
+    n_samples = sum(p.n_samples for p in parts)
+    accuracy = ann_accuracy = None
+    if labels is not None and first.accuracy is not None:
+        labels = np.asarray(labels)
+        accuracy = (predictions_per_step == labels).sum(axis=1) / n_samples
+        ann_accuracy = int((ann_predictions == labels).sum()) / n_samples
+    return SimResult(
+        n_steps=first.n_steps, n_samples=n_samples, layer_names=first.layer_names,
+        n_spikes_per_step=sum(p.n_spikes_per_step for p in parts), synapse_names=first.synapse_names,
+        n_synops_per_step=sum(p.n_synops_per_step for p in parts),
+        n_spikes_per_neuron=sum_dicts("n_spikes_per_neuron"), n_sin=sum_dicts("n_sin"),
+        n_lost_input=sum_dicts("n_lost_input"), n_saturated=sum_dicts("n_saturated"), n_neurons=first.n_neurons,
+        predictions=np.concatenate([p.predictions for p in parts]), predictions_per_step=predictions_per_step,
+        ann_predictions=ann_predictions, accuracy=accuracy, ann_accuracy=ann_accuracy, method=first.method,
+        extras=_merge_extras([p.extras for p in parts]))
+
+
+def _merge_extras(extras: List[dict]) -> dict:
+    merged = dict(extras[0])
+    for key, value in extras[0].items():
+        if key in ("spikes", "readout_v"):  # (n_steps, n_samples, ...)
+            concat = lambda values: np.concatenate(values, axis=1)
+            merged[key] = ({name: concat([e[key][name] for e in extras]) for name in value}
+                           if isinstance(value, dict) else concat([e[key] for e in extras]))
+        elif key == "timing":
+            merged["timing_per_rank"] = [e[key] for e in extras]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            merged[key] = sum(e[key] for e in extras)
+    return merged
