@@ -95,9 +95,10 @@ def main() -> None:
                         help="of the calibration images, those for error-feedback rounding (0: round to nearest)")
     parser.add_argument("--n-sim", type=int, default=2)
     parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--n-throughput", type=int, default=16,
+    parser.add_argument("--n-throughput", type=int, default=8,
                         help="images in one batch for the throughput behind the ImageNet extrapolation (0: none)")
-    parser.add_argument("--throughput-steps", type=int, default=32)
+    parser.add_argument("--throughput-steps", type=int, default=989,
+                        help="the paper's T: the rate includes the pipeline filling, as a full run's does")
     parser.add_argument("--device", default="cpu", help="torch device of the simulator runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="resnet34")

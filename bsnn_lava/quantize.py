@@ -108,6 +108,10 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
 
 #: Input patches (images x output positions) used to estimate a layer's input second moments.
 _HESSIAN_SAMPLES = 65536
+#: Layers reading more inputs per neuron keep their rounded-to-nearest weights (bias correction still
+#: applies): the float64 input covariance and its factors take about 3 x 8 x fan-in**2 bytes (1.5 GiB
+#: at this cap; ResNet-34's classifier, its average pooling folded in, reads 25,088 inputs: 14 GiB).
+MAX_ERROR_FEEDBACK_FAN_IN = 8192
 
 
 def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: HardwareProfile, mant_max: int,
@@ -115,7 +119,8 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
     """``int_net`` with its weights rounded by error feedback and its biases corrected on ``images``.
 
     Layer by layer, on the integer network's own ANN rates (float64), earlier layers already done:
-    the mantissas are rounded with :func:`_error_feedback_rounding`, then every neuron's bias becomes
+    the mantissas are rounded with :func:`_error_feedback_rounding` (up to
+    :data:`MAX_ERROR_FEEDBACK_FAN_IN` inputs per neuron), then every neuron's bias becomes
     the mean over the images of ``scale * z_float - (z_int - bias_int)``. Relays keep their exact
     identity weights and a zero bias (they pass spikes one for one); their error is corrected in the
     layer they feed.
@@ -140,8 +145,10 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
         z_float = (float_kernels.synaptic_input(layer_f.name, rates["float"], integer_input=False)
                    + float_kernels.params[layer_f.name]["bias"])
         is_relay = getattr(layer_q, "role", "") == "relay"
-        if not is_relay:
+        feedback = not is_relay and sum(s.op.weight[0].size for s in layer_q.synapses) <= MAX_ERROR_FEEDBACK_FAN_IN
+        if feedback:
             layer_q = replace(layer_q, synapses=_error_feedback_rounding(layer_f, layer_q, rates["int"], mant_max))
+        records[layer_q.name]["rounding"] = "error feedback" if feedback else "nearest"
         z_int = sum(SynapseKernel(s.op, torch.float64, "cpu", 1.0)(rates["int"][s.source], integer_input=False)
                     for s in layer_q.synapses)
         if not is_relay:
@@ -161,14 +168,15 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
     return Network(layers, numeric="int", provenance=provenance)
 
 
-def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int) -> Tuple[Synapse, ...]:
+def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int, block: int = 128) -> Tuple[Synapse, ...]:
     """Mantissas of ``layer_q``'s synapses (exponents kept) that minimise the mean squared error of
     the layer's input over ``rates`` rather than of each weight: GPTQ (Frantar et al., "GPTQ:
     Accurate Post-Training Quantization for Generative Pre-trained Transformers", ICLR 2023; one
     pass over the input columns of all synapses together, 1% damping). Each rounding error is
     pushed onto the not yet rounded weights of the same neuron, weighted by the inputs' covariance
     (estimated on about :data:`_HESSIAN_SAMPLES` input patches; centred, since the bias correction
-    that follows removes the mean error)."""
+    that follows removes the mean error). ``block``: columns rounded between two updates of the
+    columns after them (GPTQ's lazy batch updates; any value gives the same rounding)."""
     import torch
     import torch.nn.functional as F
 
@@ -194,12 +202,17 @@ def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int) -> Tuple[Sy
     order = torch.argsort(torch.diag(hessian), descending=True)  # most active inputs first
     weight, grid, hessian = weight[:, order], grid[order], hessian[order][:, order]
     inverse_factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    del hessian
     rounded = torch.empty_like(weight)
-    for j in range(weight.shape[1]):
-        q = torch.clamp(torch.round(weight[:, j] / grid[j]), -mant_max - 1, mant_max) * grid[j]
-        error = (weight[:, j] - q) / inverse_factor[j, j]
-        weight[:, j:] -= error[:, None] * inverse_factor[j, j:][None, :]
-        rounded[:, j] = q
+    for start in range(0, weight.shape[1], block):  # GPTQ's lazy batch updates: the same arithmetic,
+        end = min(start + block, weight.shape[1])   # the columns after the block updated once per block
+        errors = torch.empty((weight.shape[0], end - start), dtype=weight.dtype)
+        for j in range(start, end):
+            q = torch.clamp(torch.round(weight[:, j] / grid[j]), -mant_max - 1, mant_max) * grid[j]
+            error = (weight[:, j] - q) / inverse_factor[j, j]
+            weight[:, j:end] -= error[:, None] * inverse_factor[j, j:end][None, :]
+            rounded[:, j], errors[:, j - start] = q, error
+        weight[:, end:] -= errors @ inverse_factor[start:end, end:]
     mantissas = torch.split((rounded / grid)[:, torch.argsort(order)], sizes, dim=1)
     return tuple(Synapse(s.source, replace(s.op, weight=m.reshape(s.op.weight.shape).numpy()))
                  for s, m in zip(layer_q.synapses, mantissas))

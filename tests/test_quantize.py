@@ -158,10 +158,7 @@ def test_calibrated_rounding_shrinks_the_input_error_on_new_images():
     assert any(l.role == "relay" for l in calibrated.spiking_layers)
 
 
-def test_error_feedback_rounding_beats_rounding_to_nearest_on_real_inputs():
-    """A dense layer reading real, correlated pixels (scikit-learn digits): the spread of its input
-    error over new images, in thresholds, is well below what rounding each weight to nearest gives."""
-    x_train, _, x_test, _ = load_digits_uint8()
+def _digits_dense_net():
     rng = np.random.default_rng(0)
     weight = rng.normal(0, 0.02, size=(32, 64))
     layers = [Input("x", (1, 8, 8), Schedule("if", 0, 1)),
@@ -169,7 +166,14 @@ def test_error_feedback_rounding_beats_rounding_to_nearest_on_real_inputs():
                       schedule=Schedule("if", 0, 1)),
               Readout("out", (10,), (Synapse("h", Dense(rng.normal(size=(10, 32)))),), bias=0.0,
                       schedule=Schedule("if", 0, 1))]
-    net = assign_schedules(Network(layers), "bistable", 2)
+    return assign_schedules(Network(layers), "bistable", 2), weight
+
+
+def test_error_feedback_rounding_beats_rounding_to_nearest_on_real_inputs():
+    """A dense layer reading real, correlated pixels (scikit-learn digits): the spread of its input
+    error over new images, in thresholds, is well below what rounding each weight to nearest gives."""
+    x_train, _, x_test, _ = load_digits_uint8()
+    net, weight = _digits_dense_net()
     pixels = x_test.reshape(len(x_test), -1).astype(float)
     pixels -= pixels.mean(axis=0)
 
@@ -180,6 +184,31 @@ def test_error_feedback_rounding_beats_rounding_to_nearest_on_real_inputs():
 
     nearest, feedback = spread(quantize(net, LOIHI2)), spread(quantize(net, LOIHI2, calibration_images=x_train[:500]))
     assert feedback < 0.8 * nearest, (nearest, feedback)
+
+
+def test_error_feedback_rounding_is_the_same_in_any_block_size_and_capped_by_fan_in(monkeypatch):
+    """GPTQ's lazy batch updates change when the later columns are updated, not the rounding: one
+    column at a time, blocks of 5 and one block of all 64 give the same mantissas. A layer reading
+    more inputs than the cap keeps rounding to nearest (its provenance says so)."""
+    import bsnn_lava.quantize as quantize_module
+
+    x_train, _, _, _ = load_digits_uint8()
+    net, _ = _digits_dense_net()
+    plain = quantize(net, LOIHI2)
+    rates = {"x": torch.as_tensor(x_train[:300], dtype=torch.float64).reshape(300, 1, 8, 8)}
+    mantissas = [quantize_module._error_feedback_rounding(net["h"], plain["h"], rates, 127, block)[0].op.weight
+                 for block in (1, 5, 128)]
+    assert not np.array_equal(mantissas[0], plain["h"].synapses[0].op.weight)
+    for other in mantissas[1:]:
+        np.testing.assert_array_equal(other, mantissas[0])
+    calibrated = quantize(net, LOIHI2, calibration_images=x_train[:300])
+    np.testing.assert_array_equal(calibrated["h"].synapses[0].op.weight, mantissas[0])
+    assert calibrated.provenance["quantization"]["layers"]["h"]["rounding"] == "error feedback"
+    monkeypatch.setattr(quantize_module, "MAX_ERROR_FEEDBACK_FAN_IN", 63)  # the layer reads 64 pixels
+    capped = quantize(net, LOIHI2, calibration_images=x_train[:300])
+    np.testing.assert_array_equal(capped["h"].synapses[0].op.weight, plain["h"].synapses[0].op.weight)
+    assert capped.provenance["quantization"]["layers"]["h"]["rounding"] == "nearest"
+    assert not np.array_equal(capped["h"].bias, plain["h"].bias)  # bias correction still applies
 
 
 def test_resource_check_fits_and_names_an_oversized_layer():
