@@ -74,12 +74,12 @@ def is_streamed(images) -> bool:
     return isinstance(images, ImageFolder)
 
 
-def check_images(images, labels, input_shape, n_classes: int) -> None:
-    """:func:`network_batch`'s checks; a streamed source has only its first image decoded."""
+def check_images(images, labels, input_shape, n_classes: int):
+    """:func:`network_batch`'s checks, returning the checked labels (:func:`check_labels`); a
+    streamed source has only its first image decoded."""
     if is_streamed(images):
         if len(images) == 0:
             raise ValueError("no images: the image folder is empty")
         network_batch(images[:1], None, input_shape, n_classes)
-        check_labels(labels, len(images), n_classes)
-    else:
-        network_batch(images, labels, input_shape, n_classes)
+        return check_labels(labels, len(images), n_classes)
+    return network_batch(images, labels, input_shape, n_classes)[1]

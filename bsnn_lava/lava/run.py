@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bsnn_lava.data import check_images, check_labels, is_streamed, network_batch
+from bsnn_lava.data import check_images, network_batch
 from bsnn_lava.distributed import run_sharded, use_ranks
 from bsnn_lava.interrupts import Interrupted, note_progress
 from bsnn_lava.ir import GatedIF, Network
@@ -89,13 +89,11 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
     if backend == "loihi2":
         _require_lava_loihi()
     if use_ranks(distributed):
-        check_images(images, labels, network.input.shape, network.readout.shape[0])
-        y = check_labels(labels, len(images), network.readout.shape[0])
+        y = check_images(images, labels, network.input.shape, network.readout.shape[0])
         return run_sharded(lambda part, show: run_lava(
             network, images[part], None if y is None else y[part], steps, backend, select_tag, record,
             progress and show, batch_size, distributed=False), len(images), y)
-    if is_streamed(images):  # Lava's input process holds every image: decoded here, all at once
-        images = np.asarray(images)
+    # Lava's input process holds every image: a streamed source is decoded here, all at once
     x, y = network_batch(images, labels, network.input.shape, network.readout.shape[0])
     steps, batch_size = int(steps), min(int(batch_size), len(x))
     tally = _Tally(network, x, y, steps, record)

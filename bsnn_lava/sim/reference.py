@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import check_images, check_labels, is_streamed, network_batch
+from ..data import check_images, is_streamed, network_batch
 from ..distributed import rank_device, run_sharded, use_ranks
 from ..dynamics import SYNAPSE_DELAY_STEPS, frame_starts, gated_if_step, phase, window_payload, window_spike_count
 from ..interrupts import Interrupted, note_progress
@@ -77,8 +77,7 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
     check_device(device)
     streamed = is_streamed(images)
     if streamed:  # decoded batch by batch below
-        check_images(images, labels, network.input.shape, network.readout.shape[0])
-        x_all, y_all = images, check_labels(labels, len(images), network.readout.shape[0])
+        x_all, y_all = images, check_images(images, labels, network.input.shape, network.readout.shape[0])
     else:
         x_all, y_all = network_batch(images, labels, network.input.shape, network.readout.shape[0])
     requested_dtype = dtype
