@@ -14,7 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .distributed import data_parallel_session, is_main_process
+from .distributed import is_main_process
 from .interrupts import Interrupted, signals_raise_interrupted
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -518,7 +518,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        with signals_raise_interrupted(), data_parallel_session():
+        with signals_raise_interrupted():
             return args.handler(args)
     except Interrupted as err:
         print(f"bsnn {args.command}: {err.describe()}", file=sys.stderr)

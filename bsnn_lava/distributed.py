@@ -10,7 +10,7 @@ them). The process group uses gloo on CPU and nccl on CUDA (each rank on ``cuda:
 """
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
@@ -55,7 +55,9 @@ def rank_device(device: str) -> str:
 
 def process_group(device: str):
     """``torch.distributed``, its default process group initialised (gloo for CPU, nccl for CUDA
-    devices) if this process is not yet part of one."""
+    devices) if this process is not yet part of one. A group initialised here is destroyed at
+    interpreter exit (``atexit``): gloo's worker threads outliving the interpreter abort the process
+    ("terminate called without an active exception", pytorch/pytorch#190489)."""
     import torch
     import torch.distributed as dist
 
@@ -64,20 +66,15 @@ def process_group(device: str):
         if cuda:
             torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(_leave_process_group)
     return dist
 
 
-@contextlib.contextmanager
-def data_parallel_session():
-    """Leaves the process group (if a run joined one) when the block ends, so the ranks exit cleanly."""
-    try:
-        yield
-    finally:
-        if launched_ranks() is not None:
-            import torch.distributed as dist
+def _leave_process_group() -> None:
+    import torch.distributed as dist
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(n_images: int, rank: int, world: int) -> slice:
