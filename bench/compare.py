@@ -17,7 +17,8 @@ For one CIFAR ResNet checkpoint, on the same test images and the same T axis (1.
 Each run is cached (``--cache``: accuracy after every step, per-image correctness at the fixed T
 values, synaptic operations per inference there), so a comparison that takes hours on a small
 machine can be done a run at a time (``--runs``), by several sessions or machines, and reported
-when complete. Speed: each simulator's image-steps per second on the same ``--speed-images`` x
+when complete; within a run, every ``--part-size`` images are kept as they finish
+(``<cache>/parts/``), so an interrupted run resumes where it stopped. Speed: each simulator's image-steps per second on the same ``--speed-images`` x
 ``--speed-steps`` in this run (BSNN: window path; IF: step path; SpikingJelly: its step-by-step
 forward without the counting hooks).
 
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--n-calib", type=int, default=300, help="calibration images (training set), every method")
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--part-size", type=int, default=500,
+                        help="test images per resumable part: each finished part is kept in <cache>/parts/")
     parser.add_argument("--finetuned-window", type=int, default=4)
     parser.add_argument("--finetuned-epochs", type=int, default=6)
     parser.add_argument("--finetuned-lr", type=float, default=0.01)
@@ -88,11 +91,11 @@ def main() -> None:
             if cache_path(args, run).exists():
                 print(f"{run}: cached in {cache_path(args, run)}", flush=True)
                 continue
-            started = time.perf_counter()
-            entry = compute_run(args, run, base, x_calib, x_test, y_test)
-            entry["wall_s"] = time.perf_counter() - started
+            entry, parts = compute_run(args, run, base, x_calib, x_test, y_test)
             entry["command"], entry["machine"] = command_line(), machine()
             save_run(cache_path(args, run), entry)
+            for part in parts:
+                part.unlink()
             print(f"{run}: {100 * entry['accuracy'][-1]:.2f}% after {args.steps} steps ({entry['wall_s']:.0f} s)",
                   flush=True)
     runs = {run: load_run(cache_path(args, run)) for run in RUNS if cache_path(args, run).exists()}
@@ -111,9 +114,14 @@ def cache_path(args, run: str) -> Path:
     return args.cache / f"{Path(args.model).stem}_{run}_n{args.n_test}_T{args.steps}_c{args.n_calib}.npz"
 
 
+def part_path(args, run: str, images: range) -> Path:
+    return args.cache / "parts" / f"{cache_path(args, run).stem}_images{images.start}-{images.stop}.npz"
+
+
 def save_run(path: Path, entry: dict) -> None:
     arrays = {k: np.asarray(v) for k, v in entry.items() if isinstance(v, np.ndarray)}
     meta = {k: v for k, v in entry.items() if not isinstance(v, np.ndarray)}
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
     tmp.replace(path)
@@ -150,18 +158,48 @@ def networks(args, run, base, x_calib):
     raise ValueError(run)
 
 
-def compute_run(args, run, base, x_calib, x_test, y_test) -> dict:
+def compute_run(args, run, base, x_calib, x_test, y_test):
+    """``(entry, part files)``: the run on every test image, ``--part-size`` images at a time. Each
+    finished part is saved under ``<cache>/parts/``, so a run interrupted (a session's end, a
+    killed job) resumes at its first unfinished part; the entry equals a one-part run's."""
+    simulate_part = peer_simulator(args, base, x_calib) if run == "spikingjelly" else \
+        our_simulator(args, networks(args, run, base, x_calib))
+    parts, paths = [], []
+    for start in range(0, len(x_test), args.part_size):
+        images = range(start, min(start + args.part_size, len(x_test)))
+        path = part_path(args, run, images)
+        if path.exists():
+            part = load_run(path)
+        else:
+            print(f"{run}: images {images.start}..{images.stop - 1} of {len(x_test)}", flush=True)
+            started = time.perf_counter()
+            part = simulate_part(x_test[images.start:images.stop], y_test[images.start:images.stop])
+            part["wall_s"] = time.perf_counter() - started
+            save_run(path, part)
+        parts.append(part)
+        paths.append(path)
+    correct = np.concatenate([p["correct"] for p in parts], axis=1)  # (steps, images)
+    synops = np.cumsum(sum(np.asarray(p["synops"]) for p in parts)) / len(x_test)
+    steps = [t - 1 for t in args.fixed_t]
+    entry = {"accuracy": correct.mean(axis=1), "ann_accuracy": sum(p["ann_correct"] for p in parts) / len(x_test),
+             "correct_at": correct[steps], "synops_at": synops[steps], "method": parts[0]["method"],
+             "wall_s": sum(p["wall_s"] for p in parts)}
     if run == "spikingjelly":
-        return peer_run(args, base, x_calib, x_test, y_test)
+        entry["peer_version"] = peer_version()
+    return entry, paths
+
+
+def our_simulator(args, network):
+    """``part(x, y)``: this project's reference simulator on some images, correctness after every
+    step ``(steps, images)``, synaptic operations summed over them per step, correct ANN predictions."""
     from bsnn_lava import simulate
 
-    network = networks(args, run, base, x_calib)
-    result = simulate(network, x_test, y_test, steps=args.steps, batch_size=args.batch_size, progress=True)
-    synops = np.cumsum(result.n_synops_per_step.sum(axis=1)) / result.n_samples
-    correct = result.predictions_per_step == y_test
-    return {"accuracy": np.asarray(result.accuracy), "ann_accuracy": result.ann_accuracy,
-            "correct_at": correct[[t - 1 for t in args.fixed_t]], "synops_at": synops[[t - 1 for t in args.fixed_t]],
-            "method": result.method}
+    def part(x, y) -> dict:
+        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, progress=True)
+        return {"correct": result.predictions_per_step == y, "synops": result.n_synops_per_step.sum(axis=1),
+                "ann_correct": int((result.ann_predictions == y).sum()), "method": result.method}
+
+    return part
 
 
 def peer_model(base, x_calib, batch_size: int):
@@ -253,34 +291,37 @@ class SynopCounter:
             handle.remove()
 
 
-@torch.no_grad()
-def peer_run(args, base, x_calib, x_test, y_test) -> dict:
+def peer_simulator(args, base, x_calib):
+    """``part(x, y)`` as :func:`our_simulator`'s, for SpikingJelly's converted model run step by step;
+    its synaptic operations counted by :class:`SynopCounter`."""
     from spikingjelly.activation_based import functional
     from tqdm.auto import tqdm
 
     model = peer_model(base, x_calib, args.batch_size)
     counter = SynopCounter(model)
-    correct = np.zeros((args.steps, len(x_test)), dtype=bool)
-    synops = np.zeros(args.steps)
-    ann_correct = 0
-    with tqdm(total=len(x_test), desc="SpikingJelly", unit="images") as bar:
-        for start in range(0, len(x_test), args.batch_size):
-            x = normalised(x_test[start:start + args.batch_size])
-            y = torch.as_tensor(y_test[start:start + args.batch_size])
-            ann_correct += int((base(x).argmax(1) == y).sum())
-            functional.reset_net(model)
-            summed = 0
-            for t in range(args.steps):
-                before = counter.total
-                summed = summed + model(x)
-                synops[t] += counter.total - before
-                correct[t, start:start + len(x)] = (summed.argmax(1) == y).numpy()
-            bar.update(len(x))
-    counter.remove()
-    per_inference = np.cumsum(synops) / len(x_test)
-    return {"accuracy": correct.mean(axis=1), "ann_accuracy": ann_correct / len(x_test),
-            "correct_at": correct[[t - 1 for t in args.fixed_t]], "synops_at": per_inference[[t - 1 for t in args.fixed_t]],
-            "method": f"spikingjelly {PEER_VERSION} step by step", "peer_version": peer_version()}
+
+    @torch.no_grad()
+    def part(x_part, y_part) -> dict:
+        correct = np.zeros((args.steps, len(x_part)), dtype=bool)
+        synops = np.zeros(args.steps)
+        ann_correct = 0
+        with tqdm(total=len(x_part), desc="SpikingJelly", unit="images") as bar:
+            for start in range(0, len(x_part), args.batch_size):
+                x = normalised(x_part[start:start + args.batch_size])
+                y = torch.as_tensor(y_part[start:start + args.batch_size])
+                ann_correct += int((base(x).argmax(1) == y).sum())
+                functional.reset_net(model)
+                summed = 0
+                for t in range(args.steps):
+                    before = counter.total
+                    summed = summed + model(x)
+                    synops[t] += counter.total - before
+                    correct[t, start:start + len(x)] = (summed.argmax(1) == y).numpy()
+                bar.update(len(x))
+        return {"correct": correct, "synops": synops, "ann_correct": ann_correct,
+                "method": f"spikingjelly {PEER_VERSION} step by step"}
+
+    return part
 
 
 def peer_version() -> str:
