@@ -22,6 +22,12 @@ def machine() -> dict:
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 
 
+def machine_text(m: dict) -> str:
+    """:func:`machine`'s record as one line of prose for a report."""
+    return (f"{m['platform']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), Python {m['python']}, "
+            f"torch {m['torch']}, {m['date_utc']} UTC")
+
+
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = ("bsnn_layer", "bsnn_channel", "if", "bsnn_finetuned", "spikingjelly")
@@ -399,7 +399,7 @@ def report_payload(args, runs: dict, y_test, speed) -> dict:
                "accuracy": accuracy.tolist(),
                "accuracy_at": dict(zip(map(str, args.fixed_t), np.asarray(entry["correct_at"]).mean(axis=1).tolist())),
                "synops_per_inference_at": dict(zip(map(str, args.fixed_t), np.asarray(entry["synops_at"]).tolist())),
-               "wall_s": entry["wall_s"], "computed": entry["machine"]["date_utc"]}
+               "wall_s": entry["wall_s"], "computed": entry["machine"]["date_utc"], "command": entry["command"]}
         for points in (1.0, 0.5):
             row[f"T_within_{points}_first"] = first_crossing(accuracy, ann - points / 100)
             row[f"T_within_{points}_sustained"] = sustained_crossing(accuracy, ann - points / 100)
@@ -435,7 +435,7 @@ def write_report(args, payload) -> None:
 def report_lines(payload) -> list:
     ts = payload["fixed_t"]
     lines = [f"# Conversion comparison: {Path(payload['model']).name}, {payload['n_test']} test images", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  "]
+             f"Command: `{payload['command']}`  ", f"Machine: {machine_text(payload['machine'])}  "]
     if payload["missing_runs"]:
         lines.append(f"Not computed yet: {', '.join(LABELS[r] for r in payload['missing_runs'])}.  ")
     runs = payload["runs"]
@@ -470,8 +470,9 @@ def report_lines(payload) -> list:
                       f"{speed['steps']} steps):", "", "| simulator | path | image-steps/s |", "|---|---|---|"]
         for run in ("bsnn_layer", "if", "spikingjelly"):
             lines.append(f"| {LABELS[run]} | {speed[run]['method']} | {speed[run]['image_steps_per_s']:.0f} |")
-    lines += ["", "Runs computed: " + ", ".join(f"{r['label']} {r['computed']} UTC ({r['wall_s'] / 60:.0f} min)"
-                                                 for r in runs.values()) + "."]
+    lines += ["", "How each run was computed (in `bench/`; the wall time summed over its parts):", "",
+              "| run | command | finished (UTC) | wall time (min) |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | `{r['command']}` | {r['computed']} | {r['wall_s'] / 60:.0f} |" for r in runs.values()]
     return lines
 
 

@@ -35,7 +35,7 @@ from bsnn_lava.sim import frame_forward
 from bsnn_lava.sim.result import first_crossing
 from bsnn_lava.training import finetune
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 
@@ -254,7 +254,7 @@ def one_window(args, base, window, x_train, y_train, x_test, y_test, payload, pr
 def write_report(args, payload) -> None:
     out, name = args.out, args.name
     lines = [f"# Window-aware fine-tuning: {Path(payload['model']).name}", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ",
+             f"Command: `{payload['command']}`  ", f"Machine: {machine_text(payload['machine'])}  ",
              f"Training: {payload['n_train']} images of {Path(payload['train_data']).name}, {payload['epochs']} epochs, "
              f"SGD lr {payload['lr']} cosine, crop + flip{', channel-wise thresholds' if payload['channelwise'] else ''}. "
              f"Test: {payload['n_test']} images.", "",

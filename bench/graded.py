@@ -38,7 +38,7 @@ from bsnn_lava.sim import frame_forward
 from bsnn_lava.sim.result import first_crossing
 
 import finetune as finetune_bench
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -344,7 +344,7 @@ def write_report(args, payload) -> None:
     out, name = args.out, args.name
     lines = [f"# Graded spikes: {Path(payload['model']).name}", "",
              *[f"Command (L={levels}): `{e.get('command', payload['command'])}`  "
-               for levels, e in payload["levels"].items()], f"Machine: {payload['machine']}  ",
+               for levels, e in payload["levels"].items()], f"Machine: {machine_text(payload['machine'])}  ",
              f"Fine-tuning: {payload['epochs']} epochs, SGD lr {payload['lr']} (bench/finetune.py checkpoints). "
              f"Test: {payload['n_test']} images. Original ANN: {100 * payload['ann_original']:.2f}%.", ""]
     pt = payload.get("post_training")

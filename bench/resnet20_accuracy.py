@@ -22,7 +22,7 @@ from bsnn_lava.datasets import load_npz
 from bsnn_lava.plots import plot_accuracy_vs_steps
 from bsnn_lava.sim.result import sustained_crossing
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 CURVE_STEPS = (64, 128, 192, 256, 384, 512)
 
@@ -132,7 +132,7 @@ def write_report(args, runs, payload=None) -> None:
                                title=f"ResNet20 sweep, first {sweep[0]['n_images']} test images")
     lines = ["# ResNet20 / CIFAR-10: BSNN vs IF accuracy against time steps", "",
              f"Command: `{payload['command']}` (markdown regenerated with `--report-only`)  ",
-             f"Machine: {payload['machine']}  ",
+             f"Machine: {machine_text(payload['machine'])}  ",
              f"Calibration: first {args.n_calib} images of {Path(args.calib_data).name}; "
              f"test: {Path(args.test_data).name}. T counts every step from the first input, pipeline fill included; "
              "each synapse adds one step of delay (Lava's). T(-x) = first T with accuracy >= ANN - x points "

@@ -35,7 +35,7 @@ from bsnn_lava.resources import check_resources
 from bsnn_lava.sim import PairedComparison, compare_runs
 from bsnn_lava.sim.result import first_crossing
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 #: The issue's image set: the first this many test images; also the size of the blocks compared.
 BLOCK = 1000
@@ -172,7 +172,7 @@ def report(payload: dict, out: Path, name: str) -> None:
                             title="Float BSNN minus the other network, paired over the same images")
     marks = [t for t in (96, 128, 160, 192, 256, 320, 384, 512) if t <= steps]
     lines = ["# ResNet20: fixed-point vs float BSNN, image by image", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ", "",
+             f"Command: `{payload['command']}`  ", f"Machine: {machine_text(payload['machine'])}  ", "",
              f"First {n} CIFAR-10 test images (JPEG-decoded, see ../shared/data/README.md), T up to {steps}, "
              f"P={payload['window_steps']}, V(0)=theta/2, {payload['n_calib']} calibration images, profile "
              f"{payload['profile']}, rounding: {payload['rounding']}. ANN {100 * ann:.2f}%.", "",

@@ -16,7 +16,7 @@ from bsnn_lava.profile import format_profile, profile_run
 from bsnn_lava.quantize import quantize
 from bsnn_lava.report import write_html_report
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
                             for k, p in profiles.items()}}
     write_json(args.out / "resnet20_profile.json", payload)
     lines = ["# ResNet20 / CIFAR-10: spikes, synaptic operations, energy per inference", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ",
+             f"Command: `{payload['command']}`  ", f"Machine: {machine_text(payload['machine'])}  ",
              f"First {args.n_test} test images, T = {args.steps} steps (pipeline fill included).", "",
              "| run | accuracy % (ANN) | spikes/inf | synops/inf | ANN MACs | synops/MAC | energy/inf (uJ) | "
              "ANN FP32 (uJ) | ANN INT8 (uJ) | SNN at 0.9 pJ/synop (uJ) |", "|---|---|---|---|---|---|---|---|---|---|"]

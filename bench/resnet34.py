@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common import SHARED, command_line, machine, write_json
+from common import SHARED, command_line, machine, machine_text, write_json
 
 RESULTS = Path(__file__).parent / "results"
 #: torchvision's ImageNet normalisation (pixels in [0, 1]).
@@ -179,7 +179,7 @@ def write_report(args, payload) -> None:
     s = payload["stages"]
     lines = [f"# ImageNet-size chain: ResNet-{payload['depth']} ({payload['parameters'] / 1e6:.1f} M parameters, "
              f"{payload['ann_macs'] / 1e9:.2f} G MACs per image, random weights)", "",
-             f"Command: `{payload['command']}`  ", f"Machine: {payload['machine']}  ",
+             f"Command: `{payload['command']}`  ", f"Machine: {machine_text(payload['machine'])}  ",
              f"Images: {payload['data']} at {payload['input'][1]}x{payload['input'][2]}. Peak memory: the whole "
              "process's resident set, sampled every 20 ms during the stage.", "",
              "| stage | wall (s) | peak RSS (GiB) | figures |", "|---|---|---|---|"]

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -79,7 +79,7 @@ def main() -> None:
             print(kind, run, flush=True)
     write_json(args.out / "scaleout.json", payload)
     lines = ["# torchrun data parallelism: ResNet20 BSNN (P=2)", "", f"Command: `{payload['command']}`  ",
-             f"Machine: {payload['machine']}  ",
+             f"Machine: {machine_text(payload['machine'])}  ",
              f"`bsnn simulate` on the first {args.n} CIFAR-10 test images x {args.steps} steps (wall time of the "
              "whole command: start-up, imports, data, simulation). One process uses every core as torch threads; "
              "under torchrun each rank gets cores / ranks threads.", "",

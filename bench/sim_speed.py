@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 
 def time_runs(nets_path: str, cases: list) -> dict:
@@ -117,7 +117,7 @@ def main() -> None:
                "timings": timings, "best_s": best}
     write_json(args.out / "sim_speed.json", payload)
     lines = ["# Reference simulator speed, ResNet20 (P=2)", "", f"Command: `{payload['command']}`  ",
-             f"Machine: {payload['machine']}  ", "",
+             f"Machine: {machine_text(payload['machine'])}  ", "",
              f"Best of {args.repeats} runs (each in a fresh process; this code and the baseline alternate). "
              "Throughput in image-steps per second.", "",
              "| run | code | images | seconds | image-steps/s |", "|---|---|---|---|---|"]
