@@ -195,6 +195,7 @@ class _Run:
         per_neuron = (active.sum(dim=0) if active.dtype == torch.bool else active).to(torch.float64)
         if spikes:
             self.spikes_per_step[t, self.index[source]] += per_neuron.sum()
+            self.spikes_per_neuron[source] += per_neuron
         for index, fan_out in self.kernels.outgoing[source]:
             self.synops_per_step[t, index] += (per_neuron * fan_out).sum()
 
@@ -244,12 +245,11 @@ class _Run:
         if y is not None:
             self.correct[t] += (predicted == y).sum()
 
-    def _finish_batch(self, x, y, v_readout, spike_totals: Dict[str, torch.Tensor]) -> None:
-        for name, total in spike_totals.items():
-            self.spikes_per_neuron[name] += total.sum(dim=0).to(torch.float64)
+    def _finish_batch(self, x, y, v_readout, spiked: Dict[str, torch.Tensor]) -> None:
+        """``spiked``: per layer, a boolean ``(batch, *shape)``, true where a neuron sent a spike."""
         logits, pre = ann_forward(self.network, x.to(self.kernels.dtype), self.kernels)
         for name in self.counters["sin"]:  # relays repeat their source's spikes: not counted twice
-            self.counters["sin"][name] += int(((pre[name] <= 0) & (spike_totals[name] > 0)).sum())
+            self.counters["sin"][name] += int(((pre[name] <= 0) & spiked[name]).sum())
         ann_predicted = logits.argmax(dim=1)
         if y is not None:
             self.ann_correct += int((ann_predicted == y).sum())
@@ -267,7 +267,7 @@ class _Run:
         x = x.to(kernels.dtype)
         self._start_batch(x.shape[0])
         state = self._initial_state(kernels, x.shape[0])
-        totals = {name: torch.zeros_like(state[name]) for name in self.names}
+        spiked = {name: torch.zeros_like(state[name], dtype=torch.bool) for name in self.names}
         pending: Dict[str, Optional[torch.Tensor]] = {}
         readout = net.readout.name
         input_active = (x != 0).sum(dim=0).to(torch.float64)
@@ -292,8 +292,8 @@ class _Run:
                 self.counters["lost"][layer.name] += n_lost
                 self.counters["saturated"][layer.name] += n_sat
                 if spikes is not None and bool(spikes.any()):
-                    events = spikes != 0
-                    totals[layer.name] += events
+                    events = spikes if spikes.dtype == torch.bool else spikes != 0
+                    spiked[layer.name] |= events
                     self._count_events(t, layer.name, events)
                     outputs[layer.name] = spikes.to(kernels.dtype)
                     if raster is not None:
@@ -306,7 +306,7 @@ class _Run:
         if raster is not None:
             for name, values in raster.items():
                 self.records[name].append(values.numpy())
-        self._finish_batch(x, y, state[readout], totals)
+        self._finish_batch(x, y, state[readout], spiked)
 
     # --- window path --------------------------------------------------------------------------
     @torch.no_grad()
@@ -316,7 +316,7 @@ class _Run:
         x = x.to(kernels.dtype)
         self._start_batch(x.shape[0])
         state = self._initial_state(kernels, x.shape[0])
-        totals = {name: torch.zeros_like(state[name]) for name in self.names}
+        spiked = {name: torch.zeros_like(state[name], dtype=torch.bool) for name in self.names}
         readout = net.readout
         input_counts = {net.input.name: x * window}
         input_drive = {layer.name: kernels.synaptic_input(layer.name, input_counts) for layer in net.layers[1:]
@@ -370,7 +370,7 @@ class _Run:
                     count, state[layer.name] = window_spike_count(v, params["threshold"], layer.window_count_max)
                 n_observed = min(window, n_steps - fire_start)
                 payload = layer.payload_max  # step j of the window sends a spike where count > j * payload
-                totals[layer.name] += ((count + (payload - 1)) // payload).clamp(max=n_observed)
+                spiked[layer.name] |= count > 0
                 for j in range(n_observed):
                     self._count_events(fire_start + j, layer.name, count > j * payload)
                 counts[layer.name] = count if float(count.amax()) > 0 else None
@@ -398,7 +398,7 @@ class _Run:
             predicted_until = integrate_start + n_observed
         for t in range(predicted_until, n_steps):
             self._score(t, state[readout.name], y)
-        self._finish_batch(x, y, state[readout.name], totals)
+        self._finish_batch(x, y, state[readout.name], spiked)
 
     def result(self, n_samples: int, method: str, has_labels: bool) -> SimResult:
         as_int = lambda d: {k: int(v) for k, v in d.items()}
