@@ -18,9 +18,9 @@ Each run is cached (``--cache``: accuracy after every step, per-image correctnes
 values, synaptic operations per inference there), so a comparison that takes hours on a small
 machine can be done a run at a time (``--runs``), by several sessions or machines, and reported
 when complete; within a run, every ``--part-size`` images are kept as they finish
-(``<cache>/parts/``), so an interrupted run resumes where it stopped. Speed: each simulator's image-steps per second on the same ``--speed-images`` x
-``--speed-steps`` in this run (BSNN: window path; IF: step path; SpikingJelly: its step-by-step
-forward without the counting hooks).
+(``<cache>/parts/``), so an interrupted run resumes where it stopped. Speed: each simulator's
+image-steps per second on the same ``--speed-images`` x ``--speed-steps`` in this run (BSNN: window
+path; IF: step path; SpikingJelly: its step-by-step forward without the counting hooks).
 
 Writes ``<out>/<name>.{json,md,png}``; ``--results-doc`` regenerates ``docs/results.md`` from every
 ``compare_*.json`` in ``<out>``.
@@ -388,13 +388,13 @@ def report_payload(args, runs: dict, y_test, speed) -> dict:
     payload = {"benchmark": args.name, "command": command_line(), "machine": machine(), "model": str(args.model),
                "n_test": len(y_test), "steps": args.steps, "fixed_t": args.fixed_t, "runs": {}, "speed": speed,
                "missing_runs": [r for r in RUNS if r not in runs]}
-    original = [e["ann_accuracy"] for r, e in runs.items() if r != "bsnn_finetuned"]
-    # every crossing against the original ANN (the fine-tuned run's own ANN is another network)
+    # every crossing against the original ANN (the fine-tuned run's own ANN is another network;
+    # only when it is the one run cached does its ANN stand in)
+    original = [e["ann_accuracy"] for r, e in runs.items() if r != "bsnn_finetuned"] or [
+        e["ann_accuracy"] for e in runs.values()]
     payload["original_ann_accuracy"] = ann = original[0] if original else None
     for run, entry in runs.items():
         accuracy = np.asarray(entry["accuracy"])
-        if ann is None:
-            ann = entry["ann_accuracy"]
         row = {"label": LABELS[run], "method": entry["method"], "ann_accuracy": entry["ann_accuracy"],
                "accuracy": accuracy.tolist(),
                "accuracy_at": dict(zip(map(str, args.fixed_t), np.asarray(entry["correct_at"]).mean(axis=1).tolist())),
@@ -441,8 +441,7 @@ def report_lines(payload) -> list:
     runs = payload["runs"]
     if not runs:
         return lines
-    original = payload.get("original_ann_accuracy") or next(iter(runs.values()))["ann_accuracy"]
-    lines += ["", f"Original ANN: {100 * original:.2f}%. Accuracy (%) after T steps; T within 1 and 0.5 points of the "
+    lines += ["", f"Original ANN: {100 * payload['original_ann_accuracy']:.2f}%. Accuracy (%) after T steps; T within 1 and 0.5 points of the "
                   "original ANN, first and sustained (from then on to the last step; None: not by the last step).",
               "", "| run | " + " | ".join(f"T={t}" for t in ts) + " | T within 1 (first / sustained) | T within 0.5 |",
               "|---|" + "---|" * (len(ts) + 2)]

@@ -188,10 +188,11 @@ class _Run:
         self.n_windows_stepwise = 0  # layer-windows the window path integrated step by step
         self.on_steps = lambda steps_done: None  # told how many steps of the current batch are done
 
-    def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> float:
+    def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> torch.Tensor:
         """Count the spikes (``spikes=True``) and synaptic operations of the events a source sends at
         step t (``active``: a boolean ``(batch, *shape)``, or its per-neuron sum over the batch); return
-        the number of events. A graded spike is one event whatever its payload."""
+        the number of events (a 0-d tensor on the run's device: reading it is the caller's choice, as
+        it waits for the device). A graded spike is one event whatever its payload."""
         per_neuron = (active.sum(dim=0) if active.dtype == torch.bool else active).to(torch.float64)
         n_events = per_neuron.sum()
         if spikes:
@@ -199,7 +200,7 @@ class _Run:
             self.spikes_per_neuron[source] += per_neuron
         for index, fan_out in self.kernels.outgoing[source]:
             self.synops_per_step[t, index] += (per_neuron * fan_out).sum()
-        return float(n_events)
+        return n_events
 
     def _may_saturate(self, kernels: NetworkKernels, v: torch.Tensor, bias, counts, name: str,
                       n_steps_in: int) -> bool:
@@ -294,7 +295,7 @@ class _Run:
                 self.counters["lost"][layer.name] += n_lost
                 self.counters["saturated"][layer.name] += n_sat
                 events = None if spikes is None else spikes if spikes.dtype == torch.bool else spikes != 0
-                if events is not None and self._count_events(t, layer.name, events):
+                if events is not None and bool(self._count_events(t, layer.name, events)):
                     spiked[layer.name] |= events
                     outputs[layer.name] = spikes.to(kernels.dtype)
                     if raster is not None:
