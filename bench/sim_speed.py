@@ -3,9 +3,10 @@
 Converts the ResNet20 checkpoint (P=2, V(0)=theta/2) and quantizes it for loihi2, then times
 ``simulate`` on the same images: the float network (window path, float32), the fixed-point network
 on the window path in its default arithmetic (float32 where exact) and in float64, and on the step
-path. With ``--baseline DIR`` (a checkout of another revision of this project, e.g. made with
-``git worktree add DIR REV``) the float and fixed-point window runs are also timed with that code,
-in subprocesses alternating with this code's, so the ratio comes from one run on one machine.
+path; and the float IF conversion (step path). With ``--baseline DIR`` (a checkout of another
+revision of this project, e.g. made with ``git worktree add DIR REV``) every case is also timed
+with that code, in subprocesses alternating with this code's, so the ratio comes from one run on
+one machine.
 
 Writes ``<out>/sim_speed.{json,md}``.
 
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_resnet20_data_args(parser)
     parser.add_argument("--n-test", type=int, default=200)
-    parser.add_argument("--n-step-path", type=int, default=20, help="images for the (slow) step path")
+    parser.add_argument("--n-step-path", type=int, default=100, help="images for the (slower) step path")
     parser.add_argument("--steps", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--baseline", type=Path, help="a checkout of another revision to time against")
@@ -92,12 +93,14 @@ def main() -> None:
     x_calib = load_npz(args.calib_data)[0][:300]
     float_net = convert(model, x_calib, neuron="bistable", window=2, v_init=0.5,
                         mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD)
-    nets = {"float": float_net, "fixed": quantize(float_net, "loihi2", calibration_images=x_calib),
+    if_net = convert(model, x_calib, neuron="if", mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD)
+    nets = {"float": float_net, "fixed": quantize(float_net, "loihi2", calibration_images=x_calib), "if": if_net,
             "x": x[:args.n_test], "y": np.asarray(y[:args.n_test])}
     n, steps = args.n_test, args.steps
-    window_cases = [["float, window", "float", n, steps, {}], ["fixed point, window", "fixed", n, steps, {}]]
-    cases = window_cases + [["fixed point, window, float64", "fixed", n, steps, {"dtype": "float64"}],
-                            ["fixed point, step path", "fixed", args.n_step_path, steps, {"method": "step"}]]
+    cases = [["float, window", "float", n, steps, {}], ["fixed point, window", "fixed", n, steps, {}],
+             ["fixed point, window, float64", "fixed", n, steps, {"dtype": "float64"}],
+             ["fixed point, step path", "fixed", args.n_step_path, steps, {"method": "step"}],
+             ["IF float, step path", "if", args.n_step_path, steps, {}]]
     here = Path(__file__).resolve().parents[1]
     timings = {"this code": [], "baseline": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,10 +110,9 @@ def main() -> None:
         for repeat in range(args.repeats):
             timings["this code"].append(in_subprocess(here, nets_path, cases))
             if args.baseline:
-                timings["baseline"].append(in_subprocess(args.baseline.resolve(), nets_path, window_cases))
+                timings["baseline"].append(in_subprocess(args.baseline.resolve(), nets_path, cases))
             print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
-    best = {who: {name: min(t[name] for t in runs) for name, *_ in (cases if who == "this code" else window_cases)}
-            for who, runs in timings.items() if runs}
+    best = {who: {name: min(t[name] for t in runs) for name, *_ in cases} for who, runs in timings.items() if runs}
     payload = {"benchmark": "sim_speed", "command": command_line(), "machine": machine(), "n_test": n,
                "n_step_path": args.n_step_path, "steps": steps, "repeats": args.repeats,
                "baseline": str(args.baseline) if args.baseline else None, "baseline_revision": revision(args.baseline),
@@ -122,14 +124,14 @@ def main() -> None:
              "Throughput in image-steps per second.", "",
              "| run | code | images | seconds | image-steps/s |", "|---|---|---|---|---|"]
     for who, values in best.items():
-        for name, images, *_ in [(c[0], c[2]) for c in (cases if who == "this code" else window_cases)]:
+        for name, _, images, *_ in cases:
             lines.append(f"| {name} | {who} | {images} | {values[name]:.1f} | {images * steps / values[name]:.0f} |")
     if "baseline" in best:
         lines += [""] + [f"- {name}: this code {best['baseline'][name] / best['this code'][name]:.2f}x as fast as "
                          f"the baseline ({args.baseline}, revision {payload['baseline_revision']})"
-                         for name, *_ in window_cases]
+                         for name, *_ in cases]
         same = all(t[name + " accuracy"] == timings["this code"][0][name + " accuracy"]
-                   for t in timings["baseline"] for name, *_ in window_cases)
+                   for t in timings["baseline"] for name, *_ in cases)
         lines.append(f"- final accuracies identical between the two codes: {same}")
     (args.out / "sim_speed.md").write_text("\n".join(lines) + "\n")
 
