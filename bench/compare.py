@@ -441,8 +441,9 @@ def report_lines(payload) -> list:
     runs = payload["runs"]
     if not runs:
         return lines
-    lines += ["", f"Original ANN: {100 * payload['original_ann_accuracy']:.2f}%. Accuracy (%) after T steps; T within 1 and 0.5 points of the "
-                  "original ANN, first and sustained (from then on to the last step; None: not by the last step).",
+    lines += ["", f"Original ANN: {100 * payload['original_ann_accuracy']:.2f}%. Accuracy (%) after T steps; "
+                  "T within 1 and 0.5 points of the original ANN, first and sustained (from then on to the last step; "
+                  "None: not by the last step).",
               "", "| run | " + " | ".join(f"T={t}" for t in ts) + " | T within 1 (first / sustained) | T within 0.5 |",
               "|---|" + "---|" * (len(ts) + 2)]
     for r in runs.values():
@@ -473,7 +474,8 @@ def report_lines(payload) -> list:
                       "path skips silent layers): the whole runs' throughput below covers every step."]
     lines += ["", "How each run was computed (in `bench/`; the wall time summed over its parts, including any time "
                   "another job shared the machine):", "",
-              "| run | command | finished (UTC) | wall time (min) | image-steps/s over the run |", "|---|---|---|---|---|"]
+              "| run | command | finished (UTC) | wall time (min) | image-steps/s over the run |",
+              "|---|---|---|---|---|"]
     lines += [f"| {r['label']} | `{r['command']}` | {r['computed']} | {r['wall_s'] / 60:.0f} | "
               f"{payload['n_test'] * payload['steps'] / r['wall_s']:.0f} |" for r in runs.values()]
     return lines
