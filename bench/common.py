@@ -24,8 +24,9 @@ def machine() -> dict:
 
 def machine_text(m: dict) -> str:
     """:func:`machine`'s record as one line of prose for a report."""
-    return (f"{m['platform']}, {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), Python {m['python']}, "
-            f"torch {m['torch']}, {m['date_utc']} UTC")
+    threads = f"{m['torch_threads']} torch thread" + ("s" if m["torch_threads"] != 1 else "")
+    return (f"{m['platform']}, {m['cpu_count']} CPUs ({threads}), Python {m['python']}, torch {m['torch']}, "
+            f"{m['date_utc']} UTC")
 
 
 def command_line() -> str:
@@ -35,6 +36,12 @@ def command_line() -> str:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(payload, indent=1))
+
+
+def write_markdown(path: Path, lines: list[str]) -> None:
+    """A report's lines as one markdown file, written atomically (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def add_resnet20_data_args(parser) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = ("bsnn_layer", "bsnn_channel", "if", "bsnn_finetuned", "spikingjelly")
@@ -423,7 +423,7 @@ def write_report(args, payload) -> None:
     from bsnn_lava.plots import plot_accuracy_vs_steps
 
     lines = report_lines(payload)
-    (args.out / f"{payload['benchmark']}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / f"{payload['benchmark']}.md", lines)
     if payload["runs"]:
         ann = payload["original_ann_accuracy"]
         plot_accuracy_vs_steps({r["label"]: np.array(r["accuracy"]) for r in payload["runs"].values()}, ann,
@@ -503,7 +503,7 @@ def write_results_doc(out: Path) -> None:
         lines = report_lines(json.loads(path.read_text()))
         parts += ["#" + lines[0], *lines[1:], ""]  # each network a section of the document
     doc = Path(__file__).resolve().parents[1] / "docs" / "results.md"
-    doc.write_text("\n".join(parts))
+    write_markdown(doc, parts)
 
 
 if __name__ == "__main__":

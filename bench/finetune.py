@@ -35,7 +35,7 @@ from bsnn_lava.sim import frame_forward
 from bsnn_lava.sim.result import first_crossing
 from bsnn_lava.training import finetune
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 
@@ -307,7 +307,7 @@ def write_report(args, payload) -> None:
                          f"{pt['spikes']:.0f} | {pt['synops'] / 1e6:.1f} M | {pt['energy_uj']:.0f} uJ |")
             lines.append(f"\nEnergy: post-training BSNN at its T(-1) / fine-tuned one-frame BSNN = "
                          f"{entry['energy_ratio_post_training_over_one_frame']:.1f}x.\n")
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out / f"{name}.md", lines)
     if curves:
         plot_accuracy_vs_steps(curves, payload["ann_original"], out / f"{name}.png",
                                title=f"{Path(payload['model']).stem}: fine-tuned BSNN, accuracy vs T")

@@ -38,7 +38,7 @@ from bsnn_lava.sim import frame_forward
 from bsnn_lava.sim.result import first_crossing
 
 import finetune as finetune_bench
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -421,7 +421,7 @@ def write_report(args, payload) -> None:
                   "in Lava (dense stock models). Events per layer: "
                   f"{anchor['events_per_layer']}. Its weights are random, so its event count shows the scale of "
                   "one graded message per active neuron per pass, not this model's activity.", ""]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(out / f"{name}.md", lines)
     if pt:
         curves[f"post-training BSNN P={pt['window_steps']} ({pt['n_test']} images)"] = np.array(pt["accuracy"])
     horizon = max(len(c) for k, c in curves.items() if k.startswith("graded"))

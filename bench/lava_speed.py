@@ -34,6 +34,7 @@ import numpy as np
 import netx_export
 from bsnn_lava import convert, simulate, zoo
 from bsnn_lava.datasets import load_npz
+from bsnn_lava.files import write_text_atomic
 from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
 from bsnn_lava.lava.run import CHANNEL_SLOTS, run_lava
 from bsnn_lava.quantize import quantize
@@ -119,7 +120,7 @@ def main() -> None:
             payload["whole_test_set"]["measured"] = whole_test_set(tuned, best["steps"], max(args.batch_sizes),
                                                                    x_test[:args.test_images], y_test[:args.test_images])
     write_json(args.out / "lava_speed.json", payload)
-    (args.out / "lava_speed.md").write_text(markdown(payload))
+    write_text_atomic(args.out / "lava_speed.md", markdown(payload))
     print(markdown(payload))
 
 

@@ -22,7 +22,7 @@ from bsnn_lava.datasets import load_npz
 from bsnn_lava.plots import plot_accuracy_vs_steps
 from bsnn_lava.sim.result import sustained_crossing
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 CURVE_STEPS = (64, 128, 192, 256, 384, 512)
 
@@ -149,7 +149,7 @@ def write_report(args, runs, payload=None) -> None:
         cells += [f"{r['spikes_per_image']:.0f}", f"{r['sin_per_image']:.0f}", r["lost_input"]]
         lines.append("| " + " | ".join("not reached" if c is None else str(c) for c in cells) + " |")
     lines += ["", f"![main]({args.name}.png)", ""] + ([f"![sweep]({args.name}_sweep.png)", ""] if sweep else [])
-    (out / f"{args.name}.md").write_text("\n".join(lines))
+    write_markdown(out / f"{args.name}.md", lines)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from bsnn_lava.resources import check_resources
 from bsnn_lava.sim import PairedComparison, compare_runs
 from bsnn_lava.sim.result import first_crossing
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 #: The issue's image set: the first this many test images; also the size of the blocks compared.
 BLOCK = 1000
@@ -223,7 +223,7 @@ def report(payload: dict, out: Path, name: str) -> None:
     lines += ["## Resource checks", ""]
     for title, text in payload["resource_checks"].items():
         lines += [f"### {title}", "", "```", text, "```", ""]
-    (out / f"{name}.md").write_text("\n".join(lines))
+    write_markdown(out / f"{name}.md", lines)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from bsnn_lava.profile import format_profile, profile_run
 from bsnn_lava.quantize import quantize
 from bsnn_lava.report import write_html_report
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
                      f"{p.snn_energy_nj_at_0p9pj / 1e3:.3g} |")
     for name, p in profiles.items():
         lines += ["", f"## {name}", "", "```", format_profile(p), "```"]
-    (args.out / "resnet20_profile.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / "resnet20_profile.md", lines)
     first = next(iter(profiles))
     write_html_report(args.out / "resnet20_profile.html", profiles[first], f"ResNet20 {first}",
                       extra_curves={"IF (float)": runs["IF (float)"].accuracy})

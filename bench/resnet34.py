@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common import SHARED, command_line, machine, machine_text, write_json
+from common import SHARED, command_line, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
 #: torchvision's ImageNet normalisation (pixels in [0, 1]).
@@ -208,7 +208,7 @@ def write_report(args, payload) -> None:
         lines += ["", f"The paper's ImageNet experiment ({x['images']} images x {x['steps']} steps = "
                       f"{x['image_steps'] / 1e6:.1f} M image-steps) at the measured {x['measured_image_steps_per_s']:.2f} "
                       f"image-steps/s ({x['device']}, {x['cores_here']} cores): {x['hours_here']:.0f} h here."]
-    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / f"{args.name}.md", lines)
     print("\n".join(lines))
 
 

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,7 +90,7 @@ def main() -> None:
         cells = " | ".join(f"{run[f'{r}_ranks']['s']:.1f} | {run[f'{r}_ranks']['speed-up']:.2f}x | "
                            f"{'yes' if run[f'{r}_ranks']['json_identical'] else 'no'}" for r in args.ranks)
         lines.append(f"| {kind} | {run['one_process_s']:.1f} | {cells} |")
-    (args.out / "scaleout.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / "scaleout.md", lines)
     print("\n".join(lines))
 
 

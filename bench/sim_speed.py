@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 
 def time_runs(nets_path: str, cases: list) -> dict:
@@ -133,7 +133,7 @@ def main() -> None:
         same = all(t[name + " accuracy"] == timings["this code"][0][name + " accuracy"]
                    for t in timings["baseline"] for name, *_ in cases)
         lines.append(f"- final accuracies identical between the two codes: {same}")
-    (args.out / "sim_speed.md").write_text("\n".join(lines) + "\n")
+    write_markdown(args.out / "sim_speed.md", lines)
 
 
 if __name__ == "__main__":
