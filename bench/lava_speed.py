@@ -39,7 +39,7 @@ from bsnn_lava.ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedu
 from bsnn_lava.lava.run import CHANNEL_SLOTS, run_lava
 from bsnn_lava.quantize import quantize
 
-from common import add_resnet20_data_args, command_line, machine, write_json
+from common import add_resnet20_data_args, command_line, machine, machine_text, write_json
 
 #: Stock network: weights uniform in +-WEIGHT_MAX, threshold THRESHOLD (integer scale); values do not
 #: change the stock cost (every convolution is computed densely on every step).
@@ -120,8 +120,9 @@ def main() -> None:
             payload["whole_test_set"]["measured"] = whole_test_set(tuned, best["steps"], max(args.batch_sizes),
                                                                    x_test[:args.test_images], y_test[:args.test_images])
     write_json(args.out / "lava_speed.json", payload)
-    write_text_atomic(args.out / "lava_speed.md", markdown(payload))
-    print(markdown(payload))
+    report = markdown(payload)
+    write_text_atomic(args.out / "lava_speed.md", report)
+    print(report)
 
 
 def whole_test_set(network: Network, steps: int, batch_size: int, images, labels) -> dict:
@@ -203,8 +204,7 @@ def markdown(p: dict) -> str:
     lines = [
         "# Lava CPU throughput: ResNet20 BSNNs (event-driven processes, batches of B images) vs stock lava-dl netx",
         "", f"`{p['command']}`", "",
-        f"Machine: {p['machine']['platform']}, {p['machine']['cpu_count']} CPUs, Python {p['machine']['python']}, "
-        f"{p['machine']['date_utc']} UTC; 1-minute load average {p['load_average_1min_at_start']:.1f} at the start "
+        f"Machine: {machine_text(p['machine'])}; 1-minute load average {p['load_average_1min_at_start']:.1f} at the start "
         "(above ~0.5, other work shared the 2 cores). Everything ran in this one process, one network after the "
         "other, under `Loihi2SimCfg(select_tag='fixed_pt')`.", "",
         "| ours | Lava processes | B | images x steps | compile + start (s) | ms per Lava step | image-steps/s | "
