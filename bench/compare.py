@@ -18,7 +18,8 @@ Each run is cached (``--cache``: accuracy after every step, per-image correctnes
 values, synaptic operations per inference there), so a comparison that takes hours on a small
 machine can be done a run at a time (``--runs``), by several sessions or machines, and reported
 when complete; within a run, every ``--part-size`` images are kept as they finish
-(``<cache>/parts/``), so an interrupted run resumes where it stopped. Speed: each simulator's
+(``<cache>/parts/``, also kept in the repository until the run completes and merges them), so an
+interrupted run resumes where it stopped, on any checkout. Speed: each simulator's
 image-steps per second on the same ``--speed-images`` x ``--speed-steps`` in this run (BSNN: window
 path; IF: step path; SpikingJelly: its step-by-step forward without the counting hooks).
 
