@@ -87,13 +87,15 @@ def test_distributed_needs_a_launch(networks, digits):
         simulate(networks["bsnn float"], x, y, steps=4, distributed=True)
 
 
-def _torchrun(*args, timeout=600):
+def _torchrun(tmp_path, *args, timeout=600):
+    """Run ``args`` under torchrun with 2 CPU ranks; its log directory goes under ``tmp_path``, not /tmp."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+                           "--log-dir", str(tmp_path / "torchelastic"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_torchrun_two_ranks_equal_one_process(networks, digits, tmp_path):
@@ -105,8 +107,8 @@ def test_torchrun_two_ranks_equal_one_process(networks, digits, tmp_path):
         paths[kind] = tmp_path / f"{kind.replace(' ', '_')}.h5"
         netx_export.write(network, paths[kind])
     out = tmp_path / "results.pkl"
-    done = _torchrun(Path(__file__).parent / "torchrun_worker.py", *paths.values(), "--lava", paths["bsnn int"],
-                     "--images", N_IMAGES, "--steps", STEPS, "--out", out)
+    done = _torchrun(tmp_path, Path(__file__).parent / "torchrun_worker.py", *paths.values(),
+                     "--lava", paths["bsnn int"], "--images", N_IMAGES, "--steps", STEPS, "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     results = pickle.loads(out.read_bytes())
     for kind, path in paths.items():
@@ -123,7 +125,7 @@ def test_torchrun_cli_writes_the_one_process_json(networks, tmp_path):
     net = tmp_path / "net.h5"
     netx_export.write(networks["bsnn int"], net)
     args = ["simulate", net, "--data", "digits", "--limit", N_IMAGES, "--steps", STEPS]
-    done = _torchrun("-m", "bsnn_lava", *args, "--json", tmp_path / "two.json")
+    done = _torchrun(tmp_path, "-m", "bsnn_lava", *args, "--json", tmp_path / "two.json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("images,") == 1  # rank 0 alone reports
     one = subprocess.run([sys.executable, "-m", "bsnn_lava", *map(str, args), "--json", tmp_path / "one.json"],
