@@ -196,7 +196,8 @@ def our_simulator(args, network):
     from bsnn_lava import simulate
 
     def part(x, y) -> dict:
-        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, progress=True)
+        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, progress=True,
+                          frames="all")  # the fine-tuned network's every frame, as in its reports
         return {"correct": result.predictions_per_step == y, "synops": result.n_synops_per_step.sum(axis=1),
                 "ann_correct": int((result.ann_predictions == y).sum()), "method": result.method}
 

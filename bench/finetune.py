@@ -212,7 +212,7 @@ def one_window(args, base, window, x_train, y_train, x_test, y_test, payload, pr
                          quantize(no_reset, "loihi2", calibration_images=x_train[:300])))
     for label, network in variants:
         t0 = time.perf_counter()
-        result = simulate(network, x_sim, y_sim, steps=steps, progress=True)
+        result = simulate(network, x_sim, y_sim, steps=steps, progress=True, frames="all")  # every frame
         run = curve_entry(result, network, y_sim, reference, predictions, time.perf_counter() - t0)
         at_frames = result.predictions_per_step[[t - 1 for t in run["frames"]]]
         run["agreement_with_cfs_ann_at_frames"] = [float(a) for a in (at_frames == sim_logits.argmax(1).numpy()).mean(axis=1)]

@@ -303,7 +303,7 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
                                                                  frame_reset=False), steps))
     for label, network, n_steps in variants:
         t0 = time.perf_counter()
-        result = simulate(network, x_test, y_test, steps=n_steps, progress=True)
+        result = simulate(network, x_test, y_test, steps=n_steps, progress=True, frames="all")  # every frame
         run = accuracy_entry(result, network, ann, y_test, time.perf_counter() - t0)
         for points in (0.5, 1.0):
             run[f"T_within_{points}_of_original"] = first_crossing(result.accuracy, payload["ann_original"] - points / 100)

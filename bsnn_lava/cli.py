@@ -41,6 +41,8 @@ BACKEND_HELP = ("torch: reference simulator (default); lava: Lava's CPU simulato
 
 #: Images per batch of the reference simulator when --batch-size is not given.
 TORCH_BATCH_SIZE = 100
+#: Images a profile's HTML raster streams through one lane (``bsnn profile --stream``).
+RASTER_STREAM_IMAGES = 4
 
 
 class UsageError(Exception):
@@ -63,6 +65,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
     return value
+
+
+def frame_limit(text: str):
+    """argparse type: an integer >= 1, or ``all`` (no frame limit)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'all', got {text!r}") from None
 
 
 def _check_outputs(args, *flags: str) -> None:
@@ -279,12 +291,22 @@ def _cmd_check(args) -> int:
 
 def _run_file(args):
     """Read ``args.net`` and ``args.data`` (first ``args.limit`` images), check that they fit, and
-    simulate ``args.steps`` steps; returns ``(network, images, labels, result)``."""
+    simulate ``args.steps`` steps (or streamed); returns ``(network, images, labels, result)``."""
     from .data import check_images
     from .sim import simulate
     from .sim.reference import check_device
 
+    if args.stream and args.steps is not None:
+        raise UsageError(f"--steps {args.steps} with --stream: a streamed run lasts the latency plus one frame period "
+                         "per further round of images; leave --steps out")
+    if args.stream and args.frames is not None:
+        raise UsageError(f"--frames {args.frames} with --stream: a streamed run gives every layer one frame per round "
+                         "of images; --frames sets the frame limit of a run of one image at a time")
     network = _read_network(args.net)
+    try:
+        network.for_run(args.frames, 1 if args.stream else None)
+    except ValueError as err:
+        raise UsageError(f"{args.net}: {err}") from None
     x, y = _load_data(args.data, "--data", args.limit, image_size=network.input.shape[-1], streamed=True)
     try:
         check_images(x, y, network.input.shape, network.readout.shape[0])
@@ -296,7 +318,7 @@ def _run_file(args):
         except ValueError as err:
             raise UsageError(f"--device: {err}") from None
         result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size or TORCH_BATCH_SIZE,
-                          device=args.device, progress=True)
+                          device=args.device, progress=True, stream=args.stream, frames=args.frames)
     else:
         from .lava.run import run_lava
 
@@ -305,7 +327,7 @@ def _run_file(args):
                              "--backend loihi2 runs one image at a time")
         result = run_lava(network, x, y, steps=args.steps, backend="cpu" if args.backend == "lava" else "loihi2",
                           select_tag="fixed_pt" if network.numeric == "int" else "floating_pt",
-                          batch_size=args.batch_size or 1)
+                          batch_size=args.batch_size or 1, stream=args.stream, frames=args.frames)
     return network, x, y, result
 
 
@@ -314,10 +336,21 @@ def _cmd_simulate(args) -> int:
     _, _, y, result = _run_file(args)
     if not is_main_process():  # under torchrun: rank 0 reports and writes
         return EXIT_OK
-    print(f"{result.n_samples} images, {result.n_steps} steps ({result.method} path): ANN {100 * result.ann_accuracy:.2f}%, "
-          f"SNN {100 * result.accuracy[-1]:.2f}% after {result.n_steps} steps")
-    for points in (2.0, 1.0, 0.5):
-        print(f"  steps to ANN - {points} point(s): {result.steps_to_within(points) or 'not reached'}")
+    ann = "" if result.ann_accuracy is None else f"ANN {100 * result.ann_accuracy:.2f}%, "
+    if result.stream is not None:
+        s = result.stream
+        snn = "" if result.final_accuracy is None else f": {ann}SNN {100 * result.final_accuracy:.2f}%"
+        print(f"{result.n_samples} images streamed ({result.method} path), {s.lanes} at a time{snn}, each read "
+              f"{s.latency_steps} steps after it entered")
+        print(f"  {result.n_steps} steps: a new round every {s.frame_steps} steps, {result.images_per_step:.4g} images "
+              f"per step; {s.lanes} at a time without streaming: {s.n_rounds * s.latency_steps} steps "
+              f"({s.n_rounds * s.latency_steps / result.n_steps:.1f}x as many)")
+    else:
+        snn = "" if result.final_accuracy is None else f"SNN {100 * result.final_accuracy:.2f}% "
+        print(f"{result.n_samples} images, {result.n_steps} steps ({result.method} path): {ann}{snn}after "
+              f"{result.n_steps} steps")
+        for points in (2.0, 1.0, 0.5):
+            print(f"  steps to ANN - {points} point(s): {result.steps_to_within(points) or 'not reached'}")
     print(f"  spikes per image {sum(result.n_spikes.values()) / result.n_samples:.0f}, SIN per image "
           f"{sum(result.n_sin.values()) / result.n_samples:.1f}, lost input {sum(result.n_lost_input.values())}, "
           f"saturated {sum(result.n_saturated.values())}")
@@ -342,8 +375,13 @@ def _cmd_profile(args) -> int:
     if args.html:
         from .report import raster_layers, write_html_report
 
-        one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True, distributed=False)
-        rasters = {l.name: one.extras["spikes"][l.name].reshape(args.steps, -1) for l in raster_layers(network)}
+        if args.stream:  # a few images streamed through one lane: each layer holds a different image
+            one = simulate(network, x[:RASTER_STREAM_IMAGES], None, stream=True, batch_size=1, method="step",
+                           record=True, distributed=False)
+        else:
+            one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True, distributed=False,
+                           frames=args.frames)
+        rasters = {l.name: one.extras["spikes"][l.name].reshape(one.n_steps, -1) for l in raster_layers(network)}
         path = write_html_report(args.html, profile, f"bsnn profile: {args.net}", rasters,
                                  n_spiking_layers=len(network.spiking_layers))
         print(f"wrote {path}")
@@ -475,11 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--data", required=True, help="digits[:train|test], a .npz (x uint8, y), or a folder "
                              "of class subfolders of images (ImageNet layout; centre crops of the network's input "
                              "size, decoded one batch at a time)")
-        command.add_argument("--steps", type=positive_int, default=128, help="time steps T (default: 128)")
+        command.add_argument("--steps", type=positive_int,
+                             help="time steps T per image (default: 128; a streamed run needs none)")
+        command.add_argument("--stream", action="store_true",
+                             help="a new round of --batch-size images enters every frame (frame-reset bistable "
+                                  "networks): one prediction per image at the end of its frame, the run lasts the "
+                                  "latency plus one frame period per further round")
+        command.add_argument("--frames", type=frame_limit,
+                             help="frame limit of a run of one image at a time: N, or 'all' (default: the file's "
+                                  "limit; a frame-reset network stops each layer after its first frame)")
         command.add_argument("--limit", type=positive_int, help="use only the first N images (N >= 1)")
         command.add_argument("--batch-size", type=positive_int,
-                             help=f"images per batch (default: {TORCH_BATCH_SIZE} for torch; 1 for lava: the "
-                                  "CPU models then run that many images at once, paying Lava's messaging once)")
+                             help=f"images per batch, or per round of a stream (default: {TORCH_BATCH_SIZE} for "
+                                  "torch; 1 for lava: the CPU models then run that many images at once, paying "
+                                  "Lava's messaging once)")
         command.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
         command.add_argument("--backend", choices=BACKENDS, default="torch", help=BACKEND_HELP)
 
@@ -488,9 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "(exact integer arithmetic for quantized networks), or in Lava. Ctrl-C or SIGTERM "
                               "stops the run within seconds and writes nothing.",
                               epilog="examples:\n  bsnn simulate net.h5 --data digits --steps 96\n  bsnn simulate "
-                              "net.h5 --data test.npz --steps 256 --limit 500 --json result.json\n\n--json holds the "
+                              "net.h5 --data test.npz --steps 256 --limit 500 --json result.json\n  bsnn simulate "
+                              "r20_g8.h5 --data test.npz --stream --batch-size 32 --backend lava\n\n--json holds the "
                               "accuracy after every step, the counts, and per image (columns): index, label, "
-                              f"prediction, ann_prediction, final_from_step.\n{OUTPUT_RULE}.", formatter_class=raw)
+                              "prediction, ann_prediction, final_from_step; streamed: 'stream' (lanes, rounds, "
+                              "latency_steps, frame_steps, images_per_step, accuracy) and per image prediction_step "
+                              f"and readout (the readout's potentials when the prediction was read).\n{OUTPUT_RULE}.",
+                              formatter_class=raw)
     add_run_arguments(simulate)
     simulate.add_argument("--json", help="write accuracy per step, counts and per-image predictions as JSON")
     simulate.set_defaults(handler=_cmd_simulate)
@@ -499,9 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Simulate a network file and report, per layer and in total: spikes, exact "
                           "synaptic operations (relay and shortcut traffic apart), neuron updates, SIN, lost input, "
                           "saturation; energy per the hardware profile (every constant's source printed); the ANN's "
-                          "MACs and energy (Horowitz 45 nm).",
+                          "MACs and energy (Horowitz 45 nm); images per second and energy per image (dynamic and "
+                          "static) one image at a time and, for frame-reset networks, streamed (--stream runs the "
+                          "stream itself).",
                           epilog="examples:\n  bsnn profile net.h5 --data digits --steps 64 --hw loihi2\n"
-                          "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html"
+                          "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html\n"
+                          "  bsnn profile r20_g8.h5 --data test.npz --limit 1000 --stream --hw loihi2"
                           f"\n\n{OUTPUT_RULE}.", formatter_class=raw)
     add_run_arguments(prof)
     prof.add_argument("--hw", default="loihi2", help="hardware profile for energy: loihi2, loihi1 or a .toml path")

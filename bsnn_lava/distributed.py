@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 import numpy as np
 
 if TYPE_CHECKING:  # the CLI imports this module before it knows whether torch is needed
+    from .dynamics import StreamPlan
     from .sim.result import SimResult
 
 
@@ -95,6 +96,25 @@ def run_sharded(run: Callable[[slice, bool], SimResult], n_images: int, labels, 
     return merge_results(parts, labels)
 
 
+def run_lane_sharded(run: Callable[["StreamPlan", bool], SimResult], plan: "StreamPlan", labels,
+                     device: str = "cpu") -> SimResult:
+    """A streamed run under torchrun: ``run(rank_plan, progress)`` streams this rank's contiguous share of
+    ``plan``'s lanes (every rank runs the same steps, so the per-step counts add up to a one-process
+    run's), and the ranks' results are merged (:func:`merge_results`). ``ValueError`` when there are
+    fewer lanes than ranks."""
+    from .dynamics import StreamPlan
+
+    rank, world = launched_ranks()
+    if plan.lanes < world:
+        raise ValueError(f"a streamed run with {plan.lanes} lane(s) (images entering per frame, the batch size) cannot "
+                         f"be shared by {world} ranks: give a batch size of at least {world}")
+    lanes = shard(plan.lanes, rank, world)
+    local = run(StreamPlan(plan.n_images, plan.lanes, lanes.start, lanes.stop), rank == 0)
+    parts: List[Optional[SimResult]] = [None] * world
+    process_group(device).all_gather_object(parts, local)
+    return merge_results(parts, labels)
+
+
 def merge_results(parts: List[SimResult], labels=None) -> SimResult:
     """One result from the results of consecutive shards of the same images and steps: counts
     summed, per-image arrays concatenated in order, accuracy counted again from the predictions and
@@ -109,23 +129,47 @@ def merge_results(parts: List[SimResult], labels=None) -> SimResult:
                                                                      first.synapse_names):
             raise ValueError("the shards were simulated with different steps or networks")
     sum_dicts = lambda key: {k: sum(getattr(p, key)[k] for p in parts) for k in getattr(first, key)}
-    predictions_per_step = np.concatenate([p.predictions_per_step for p in parts], axis=1)
-    ann_predictions = np.concatenate([p.ann_predictions for p in parts])
     n_samples = sum(p.n_samples for p in parts)
-    accuracy = ann_accuracy = None
-    if labels is not None and first.accuracy is not None:
-        labels = np.asarray(labels)
-        accuracy = (predictions_per_step == labels).sum(axis=1) / n_samples
-        ann_accuracy = int((ann_predictions == labels).sum()) / n_samples
-    return SimResult(
+    summed = dict(
         n_steps=first.n_steps, n_samples=n_samples, layer_names=first.layer_names,
         n_spikes_per_step=sum(p.n_spikes_per_step for p in parts), synapse_names=first.synapse_names,
         n_synops_per_step=sum(p.n_synops_per_step for p in parts),
         n_spikes_per_neuron=sum_dicts("n_spikes_per_neuron"), n_sin=sum_dicts("n_sin"),
         n_lost_input=sum_dicts("n_lost_input"), n_saturated=sum_dicts("n_saturated"), n_neurons=first.n_neurons,
-        predictions=np.concatenate([p.predictions for p in parts]), predictions_per_step=predictions_per_step,
-        ann_predictions=ann_predictions, accuracy=accuracy, ann_accuracy=ann_accuracy, method=first.method,
-        extras=_merge_extras([p.extras for p in parts]))
+        method=first.method, extras=_merge_extras([p.extras for p in parts]), frame_limit=first.frame_limit)
+    if first.stream is not None:
+        return SimResult(**summed, **_stream_rows(parts, labels))
+    predictions_per_step = np.concatenate([p.predictions_per_step for p in parts], axis=1)
+    ann_predictions = np.concatenate([p.ann_predictions for p in parts])
+    accuracy = ann_accuracy = None
+    if labels is not None and first.accuracy is not None:
+        labels = np.asarray(labels)
+        accuracy = (predictions_per_step == labels).sum(axis=1) / n_samples
+        ann_accuracy = int((ann_predictions == labels).sum()) / n_samples
+    return SimResult(**summed, predictions=np.concatenate([p.predictions for p in parts]),
+                     predictions_per_step=predictions_per_step, ann_predictions=ann_predictions, accuracy=accuracy,
+                     ann_accuracy=ann_accuracy)
+
+
+def _stream_rows(parts: List[SimResult], labels) -> dict:
+    """The per-image fields of the lane shares of one stream, put in image order, with the accuracy
+    counted again from ``labels`` (all images')."""
+    from dataclasses import replace
+
+    index = np.concatenate([p.stream.image_index for p in parts])
+    order = np.argsort(index, kind="stable")
+    rows = lambda values: np.concatenate(values)[order]
+    predictions, ann_predictions = rows([p.predictions for p in parts]), rows([p.ann_predictions for p in parts])
+    stream = replace(parts[0].stream, image_index=index[order],
+                     prediction_step=rows([p.stream.prediction_step for p in parts]),
+                     readout=rows([p.stream.readout for p in parts]))
+    final_correct = ann_accuracy = None
+    if labels is not None and parts[0].final_correct is not None:
+        labels = np.asarray(labels)[stream.image_index]
+        final_correct = int((predictions == labels).sum())
+        ann_accuracy = int((ann_predictions == labels).sum()) / len(index)
+    return dict(predictions=predictions, predictions_per_step=None, ann_predictions=ann_predictions,
+                ann_accuracy=ann_accuracy, stream=stream, final_correct=final_correct)
 
 
 def _merge_extras(extras: List[dict]) -> dict:

@@ -83,6 +83,27 @@ def plot_energy_vs_steps(energy_nj: Mapping[str, np.ndarray], ann_energy_nj: Map
     return _save(fig, path)
 
 
+def plot_energy_per_image(throughput: Mapping[str, Optional[dict]], hardware: str, path) -> Path:
+    """Energy per image, one image at a time and streamed (dynamic and static stacked, uJ), labelled
+    with the steps per image and images per second (``Profile.throughput``)."""
+    modes = [(name, t) for name, t in throughput.items() if t is not None]
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4))
+    labels = []
+    for i, (name, t) in enumerate(modes):
+        e = t["energy_nj"]
+        dynamic, static = e["dynamic"] / 1e3, (e["static"] or 0.0) / 1e3
+        ax.bar(i, dynamic, color="tab:blue", label="dynamic" if i == 0 else None)
+        if e["static"] is not None:
+            ax.bar(i, static, bottom=dynamic, color="tab:gray", label="static" if i == 0 else None)
+        speed = "" if t["images_per_s"] is None else f", {t['images_per_s']:.3g} images/s"
+        labels.append(f"{name.replace('_', ' ')}\n{t['steps_per_image']:.0f} steps/image{speed}")
+    ax.set_xticks(range(len(modes)), labels)
+    ax.set_ylabel("energy per image (uJ)")
+    ax.set_title(f"Energy per image on {hardware} (estimates)")
+    ax.legend()
+    return _save(fig, path)
+
+
 def plot_raster(rasters: Mapping[str, np.ndarray], path, max_neurons: int = 40, title: Optional[str] = None) -> Path:
     """Spike raster of the first ``max_neurons`` neurons of each layer (rasters: (n_steps, n_neurons))."""
     fig, ax = _pyplot().subplots(figsize=(8, max(3, 0.25 * len(rasters) * 4)))

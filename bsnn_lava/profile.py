@@ -5,7 +5,13 @@ Energy uses a hardware profile's per-operation figures, each reported with its s
 
     E_snn(T) = synops(T) x E_synop + neurons x T x E_neuron_update + spikes(T) x E_spike
 
-(every neuron is updated every step, as on Loihi). Synaptic operations of graded events (pixels, and
+(every neuron is updated every step, as on Loihi). A streamed run (one image per frame, every
+layer busy with a different image) charges each image one frame period of neuron updates instead of
+the whole latency; its spikes and synaptic operations per image are those of one frame, as in a run
+of one image at a time with a one-frame limit. Where the profile gives a time per step and a static
+power per chip, the profile adds throughput (images per second) and the static energy per image
+(static power x chips x steps per image x time per step), one image at a time and streamed.
+Synaptic operations of graded events (pixels, and
 spikes of layers with graded payloads) are counted apart and priced at the profile's graded figure
 (an estimate on Loihi 2, marked; the binary figure where the profile has none). The ANN comparison counts the converted
 network's multiply-accumulates (nonzero weights times the outputs they reach; relays excluded,
@@ -43,7 +49,14 @@ class LayerProfile:
 
 @dataclass
 class Profile:
-    """Everything ``bsnn profile`` reports; all counts per inference (averaged over samples)."""
+    """Everything ``bsnn profile`` reports; all counts per inference (averaged over samples).
+
+    ``streamed``: the run streamed its images (one per frame); ``neuron_updates`` and the energy are
+    then per image of the stream (one frame period of updates), ``energy_nj_vs_steps`` is empty.
+    ``throughput``: ``one_at_a_time`` and ``streamed`` (``None`` where the network cannot stream, or
+    the run's counts are not one frame per image), each with ``steps_per_image``, ``images_per_s``
+    and ``energy_nj`` per image (``dynamic``, ``static``, ``total``; ``None`` where the profile lacks
+    the figure) and ``static_share``; ``throughput_sources`` cites the time per step and static power."""
     hardware: str
     n_steps: int
     n_samples: int
@@ -64,6 +77,9 @@ class Profile:
     energy_nj_vs_steps: List[float] = field(repr=False)
     frames: Optional[Dict[str, object]] = None
     accuracy_vs_steps: Optional[List[float]] = field(default=None, repr=False)
+    streamed: bool = False
+    throughput: Dict[str, Optional[Dict[str, Optional[float]]]] = field(default_factory=dict)
+    throughput_sources: Dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,8 +125,12 @@ def ann_operations(network: Network) -> Dict[str, float]:
 
 
 def profile_run(network: Network, result: SimResult, hardware: Union[str, HardwareProfile] = "loihi2") -> Profile:
-    """Per-inference profile of a run of ``network``, with energy under ``hardware``."""
+    """Per-inference profile of a run of ``network`` (one image at a time, or streamed), with energy
+    under ``hardware``."""
     hw = hardware if isinstance(hardware, HardwareProfile) else load_profile(hardware)
+    streamed = result.stream is not None
+    if network.mode == "bistable":
+        network = network.with_frames(result.frame_limit)  # the limit the run used (a choice of the run)
     ann = load_ann_reference()
     n = result.n_samples
     kinds = synapse_kinds(network)
@@ -136,6 +156,7 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
     for kind, total in zip(kinds.values(), synops_per_step.sum(axis=0)):
         by_kind[kind] += float(total)
     n_updating = sum(int(np.prod(l.shape)) for l in network.layers[1:])
+    steps_per_image = network.frame_steps if streamed else result.n_steps
     steps = np.arange(1, result.n_steps + 1)
     cum_synops = np.cumsum(synops_per_step.sum(axis=1))
     cum_graded = np.cumsum(synops_per_step[:, is_graded].sum(axis=1))
@@ -147,10 +168,10 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
                 + cum_spikes * (per_op["spike"] or 0.0))
     energy = {
         "synops": None if per_op["synop"] is None else float(synop_curve_pj[-1]) / 1e3,
-        "neuron_updates": _nj(n_updating * result.n_steps, per_op["neuron_update"]),
+        "neuron_updates": _nj(n_updating * steps_per_image, per_op["neuron_update"]),
         "spikes": _nj(cum_spikes[-1], per_op["spike"]),
     }
-    energy["total"] = float(curve_pj[-1]) / 1e3
+    energy["total"] = sum(v for v in energy.values() if v is not None) if streamed else float(curve_pj[-1]) / 1e3
     sources = {f"{k}_energy_pj": hw.sources.get(f"{k}_energy_pj", "not published") for k in
                ("synop", "graded_synop", "neuron_update", "spike")}
     sources.update({"ann": ann.source, "estimates": ", ".join(sorted(hw.estimates)) or "none"})
@@ -159,7 +180,7 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
                   "int8": (ops["macs"] * ann.int8_mac_pj + ops["adds"] * ann.int8_add_pj) / 1e3}
     convention = ((cum_synops[-1] - by_kind["input"]) * ann.fp32_add_pj + by_kind["input"] * ann.fp32_mac_pj) / 1e3
     frames = None
-    if network.mode == "bistable":
+    if network.mode == "bistable" and not streamed:
         complete = network.complete_frames(result.n_steps)
         first = complete[0] if complete else None
         frames = {"first_complete_frame_steps": first, "frame_reset": network.frame_reset,
@@ -167,15 +188,41 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
                   "energy_nj_at_first_frame": None if first is None else float(curve_pj[first - 1]) / 1e3,
                   "accuracy_at_first_frame": None if first is None or result.accuracy is None
                   else float(result.accuracy[first - 1])}
+    one_frame = streamed or (network.mode == "bistable" and network.frame_reset
+                             and network.readout.schedule.frames == 1 and result.n_steps >= network.latency_steps)
+    events_nj = energy["total"] - (energy["neuron_updates"] or 0.0)  # synops and spikes: the same either way
+    throughput = {
+        "one_at_a_time": _throughput(network.latency_steps if streamed else result.n_steps, events_nj, n_updating,
+                                     network, hw),
+        "streamed": _throughput(network.frame_steps, events_nj, n_updating, network, hw) if one_frame else None}
     return Profile(
         hardware=hw.name, frames=frames, n_steps=result.n_steps, n_samples=n,
-        accuracy=None if result.accuracy is None else float(result.accuracy[-1]), ann_accuracy=result.ann_accuracy,
+        accuracy=result.final_accuracy, ann_accuracy=result.ann_accuracy,
         layers=layers, spikes=float(cum_spikes[-1]), synops=float(cum_synops[-1]), synops_by_kind=by_kind,
         synops_graded=float(cum_graded[-1]),
-        neuron_updates=float(n_updating * result.n_steps), energy_nj=energy, energy_sources=sources,
+        neuron_updates=float(n_updating * steps_per_image), energy_nj=energy, energy_sources=sources,
         ann_macs=ops["macs"], ann_adds=ops["adds"], ann_energy_nj=ann_energy, snn_energy_nj_at_0p9pj=float(convention),
-        energy_nj_vs_steps=[float(e) / 1e3 for e in curve_pj],
-        accuracy_vs_steps=None if result.accuracy is None else [float(a) for a in result.accuracy])
+        energy_nj_vs_steps=[] if streamed else [float(e) / 1e3 for e in curve_pj],
+        accuracy_vs_steps=None if result.accuracy is None else [float(a) for a in result.accuracy],
+        streamed=streamed, throughput=throughput,
+        throughput_sources={k: hw.sources.get(k, "not published") for k in ("step_time_us", "static_power_w")})
+
+
+def _throughput(steps_per_image: int, events_nj: float, n_updating: int, network: Network,
+                hw: HardwareProfile) -> Dict[str, Optional[float]]:
+    """Per image at ``steps_per_image`` steps: images per second, and the energy: dynamic (the events'
+    ``events_nj`` plus ``steps_per_image`` updates of every neuron), static (every chip's static
+    power for the image's share of time)."""
+    from .resources import check_resources
+
+    dynamic = events_nj + (n_updating * steps_per_image * (hw.neuron_update_energy_pj or 0.0)) / 1e3
+    seconds = None if hw.step_time_us is None else steps_per_image * hw.step_time_us * 1e-6
+    chips = check_resources(network, hw).n_chips
+    static = None if seconds is None or hw.static_power_w is None else hw.static_power_w * chips * seconds * 1e9
+    return {"steps_per_image": float(steps_per_image), "images_per_s": None if seconds is None else 1.0 / seconds,
+            "chips": float(chips), "energy_nj": {"dynamic": dynamic, "static": static,
+                                                 "total": None if static is None else dynamic + static},
+            "static_share": None if static is None else static / (dynamic + static)}
 
 
 def _nj(count: float, pj: Optional[float]) -> Optional[float]:
@@ -193,7 +240,9 @@ def format_profile(p: Profile) -> str:
                 "JSON synops_out; SIN: neurons with ANN pre-activation <= 0 that spiked; lost: neuron-steps of "
                 "discarded input; sat: saturated neuron-steps)")
     acc = "" if p.accuracy is None else f", accuracy {100 * p.accuracy:.2f}% (ANN {100 * p.ann_accuracy:.2f}%)"
-    rows += ["", f"per inference over {p.n_steps} steps ({p.n_samples} samples{acc}):",
+    over = (f"streamed over {p.n_steps} steps (neuron updates: one frame period per image)" if p.streamed
+            else f"over {p.n_steps} steps")
+    rows += ["", f"per inference {over} ({p.n_samples} samples{acc}):",
              f"  spikes {p.spikes:.4g}, synaptic ops {p.synops:.4g} (" +
              ", ".join(f"{k} {v:.3g}" for k, v in p.synops_by_kind.items()) + f"; of graded events {p.synops_graded:.3g})"
              f", neuron updates {p.neuron_updates:.4g}",
@@ -202,6 +251,15 @@ def format_profile(p: Profile) -> str:
                                                      for k, v in p.energy_nj.items()),
              f"  ANN energy (45 nm): FP32 {p.ann_energy_nj['fp32']:.4g} nJ, INT8 {p.ann_energy_nj['int8']:.4g} nJ; "
              f"SNN at 0.9 pJ/synop convention: {p.snn_energy_nj_at_0p9pj:.4g} nJ"]
+    for mode, t in p.throughput.items():
+        if t is None:
+            continue
+        e = t["energy_nj"]
+        speed = "" if t["images_per_s"] is None else f", {t['images_per_s']:.4g} images/s"
+        static = "static n/a" if e["static"] is None else \
+            f"+ {e['static'] / 1e3:.4g} uJ static = {e['total'] / 1e3:.4g} uJ ({100 * t['static_share']:.0f}% static)"
+        rows.append(f"  {mode.replace('_', ' ')}: {t['steps_per_image']:.0f} steps per image{speed}; energy per image "
+                    f"{e['dynamic'] / 1e3:.4g} uJ dynamic {static}")
     if p.frames and p.frames["first_complete_frame_steps"] is not None:
         f = p.frames
         limit = f"stops after {f['frame_limit']} frame(s)" if f["frame_limit"] else "no frame limit"
@@ -210,5 +268,5 @@ def format_profile(p: Profile) -> str:
                     f"{'on' if f['frame_reset'] else 'off'}, {limit}): energy up to it "
                     f"{f['energy_nj_at_first_frame']:.4g} nJ{acc}")
     rows.append("sources:")
-    rows += [f"  {k}: {v}" for k, v in p.energy_sources.items()]
+    rows += [f"  {k}: {v}" for k, v in {**p.energy_sources, **p.throughput_sources}.items()]
     return "\n".join(rows)

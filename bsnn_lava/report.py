@@ -11,7 +11,8 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .files import write_text_atomic
-from .plots import plot_accuracy_vs_steps, plot_energy_vs_steps, plot_raster, plot_spikes_per_layer
+from .plots import (plot_accuracy_vs_steps, plot_energy_per_image, plot_energy_vs_steps, plot_raster,
+                    plot_spikes_per_layer)
 from .profile import Profile, format_profile
 
 
@@ -44,14 +45,19 @@ def write_html_report(path, profile: Profile, title: str, rasters: Optional[Mapp
         images.append(("Spikes per layer", plot_spikes_per_layer([l.name for l in spiking], [l.spikes for l in spiking],
                                                                  [l.role for l in spiking], tmp / "spk.png")))
         ann_uj = {kind: profile.ann_energy_nj[kind] / 1e3 for kind in ("fp32", "int8")}
-        images.append((f"Energy per inference vs T on {profile.hardware} (ANN at 45 nm: FP32 {ann_uj['fp32']:.3g} uJ, "
-                       f"INT8 {ann_uj['int8']:.3g} uJ)", plot_energy_vs_steps(
-            {profile.hardware: np.asarray(profile.energy_nj_vs_steps)},
-            {f"ANN FP32 ({ann_uj['fp32']:.3g} uJ)": profile.ann_energy_nj["fp32"],
-             f"ANN INT8 ({ann_uj['int8']:.3g} uJ)": profile.ann_energy_nj["int8"]}, tmp / "energy.png")))
+        if profile.energy_nj_vs_steps:  # a streamed run has no curve per image
+            images.append((f"Energy per inference vs T on {profile.hardware} (ANN at 45 nm: FP32 "
+                           f"{ann_uj['fp32']:.3g} uJ, INT8 {ann_uj['int8']:.3g} uJ)", plot_energy_vs_steps(
+                {profile.hardware: np.asarray(profile.energy_nj_vs_steps)},
+                {f"ANN FP32 ({ann_uj['fp32']:.3g} uJ)": profile.ann_energy_nj["fp32"],
+                 f"ANN INT8 ({ann_uj['int8']:.3g} uJ)": profile.ann_energy_nj["int8"]}, tmp / "energy.png")))
+        if any(t is not None for t in profile.throughput.values()):
+            images.append(("Energy per image and throughput: one image at a time and streamed",
+                           plot_energy_per_image(profile.throughput, profile.hardware, tmp / "throughput.png")))
         if rasters:
             shown = f"{len(rasters)} of {n_spiking_layers}" if n_spiking_layers else f"{len(rasters)}"
-            caption = f"Spike raster of one image: the first {RASTER_NEURONS} neurons of {shown} spiking layers"
+            what = "a few images streamed through one lane" if profile.streamed else "one image"
+            caption = f"Spike raster of {what}: the first {RASTER_NEURONS} neurons of {shown} spiking layers"
             images.append((caption, plot_raster(rasters, tmp / "raster.png", RASTER_NEURONS, title=caption)))
         figures = "\n".join(
             f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"

@@ -21,6 +21,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ANN_FILE = "ann_45nm.toml"
+#: Tables a profile may leave out (added after profiles were first written): every quantity in them
+#: then loads as ``None``, its source saying that the table is missing.
+OPTIONAL_TABLES = ("throughput",)
 
 
 class ProfileError(ValueError):
@@ -57,7 +60,9 @@ class HardwareProfile:
     ``threshold_mant << threshold_shift`` compared against the ``state_bits``-wide voltage; the bias
     is ``mantissa << exp``. ``graded_payload_bits == 0`` means binary spikes only. Counts are per
     core or per chip as named; ``chips_per_system`` is the largest published system. Energies are
-    in picojoules and ``None`` where not known.
+    in picojoules and ``None`` where not known. ``step_time_us``: wall time of one time step in
+    microseconds; ``static_power_w``: static power of one chip in watts (what throughput costs:
+    a chip draws it whether or not its neurons work).
     """
 
     name: str
@@ -83,6 +88,8 @@ class HardwareProfile:
     graded_synop_energy_pj: Optional[float]
     neuron_update_energy_pj: Optional[float]
     spike_energy_pj: Optional[float]
+    step_time_us: Optional[float]
+    static_power_w: Optional[float]
     sources: Mapping[str, str] = field(hash=False, repr=False)
     estimates: frozenset[str] = frozenset()
     measurements: tuple[ReferenceMeasurement, ...] = ()
@@ -144,6 +151,8 @@ _PROFILE_SPEC = (
     ("graded_synop_energy_pj", "energy", "graded_synop_pj", "pos_float", False),
     ("neuron_update_energy_pj", "energy", "neuron_update_pj", "pos_float", False),
     ("spike_energy_pj", "energy", "spike_pj", "pos_float", False),
+    ("step_time_us", "throughput", "step_time_us", "pos_float", False),
+    ("static_power_w", "throughput", "static_power_w", "pos_float", False),
 )
 _ANN_SPEC = tuple((k, "ann", k, "pos_float", True)
                   for k in ("fp32_mac_pj", "fp32_add_pj", "int8_mac_pj", "int8_add_pj"))
@@ -187,9 +196,14 @@ def _parse(label: str, doc: dict, spec: tuple, meta_keys: tuple, extra_tables: t
         meta[key] = _check(label, f"[meta] {key}", meta_table[key], "str")
     values, sources, estimates = {}, {}, set()
     for t in tables:
+        if t in OPTIONAL_TABLES and t not in doc:
+            continue
         _table(label, doc, t, {k + s for _, tt, k, _, _ in spec if tt == t
                                for s in ("", "_source", "_estimate")})
     for fname, t, key, kind, required in spec:
+        if t in OPTIONAL_TABLES and t not in doc:  # a profile written before the table existed
+            values[fname], sources[fname] = None, f"not given: {label} has no [{t}] table"
+            continue
         table = doc[t]
         if key + "_source" not in table:
             raise ProfileError(f"{label}: [{t}] {key}_source: missing "

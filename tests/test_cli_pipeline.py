@@ -51,7 +51,7 @@ def test_convert_inspect_check_simulate_profile(digits_checkpoint, tmp_path, cap
     assert set(profile["synops_by_kind"]) == {"input", "main", "relay", "shortcut"}
     assert profile["synops_by_kind"]["shortcut"] > 0
     page = (tmp_path / "p.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 5  # accuracy, spikes, energy vs T, energy per image, raster
 
 
 @pytest.mark.parametrize("args, message", [

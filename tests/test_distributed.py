@@ -37,7 +37,8 @@ def networks(digits):
     model = randomize_batchnorm(DigitsResNet())
     bsnn, if_net = convert(model, calib), convert(model, calib, neuron="if")
     return {"bsnn float": bsnn, "bsnn int": quantize(bsnn, "loihi2"), "if float": if_net,
-            "if int": quantize(if_net, "loihi2")}
+            "if int": quantize(if_net, "loihi2"), "bsnn reset int": quantize(convert(model, calib, frame_reset=True),
+                                                                        "loihi2")}
 
 
 def assert_same_result(a, b):
@@ -45,6 +46,8 @@ def assert_same_result(a, b):
         if field.name == "extras":
             continue
         x, y = getattr(a, field.name), getattr(b, field.name)
+        if field.name == "stream" and x is not None:
+            x, y = dataclasses.asdict(x), dataclasses.asdict(y)
         if isinstance(x, dict):
             assert x.keys() == y.keys(), field.name
             for key in x:
@@ -108,7 +111,8 @@ def test_torchrun_two_ranks_equal_one_process(networks, digits, tmp_path):
         netx_export.write(network, paths[kind])
     out = tmp_path / "results.pkl"
     done = _torchrun(tmp_path, Path(__file__).parent / "torchrun_worker.py", *paths.values(),
-                     "--lava", paths["bsnn int"], "--images", N_IMAGES, "--steps", STEPS, "--out", out)
+                     "--lava", paths["bsnn int"], "--stream", paths["bsnn reset int"], "--images", N_IMAGES,
+                     "--steps", STEPS, "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     results = pickle.loads(out.read_bytes())
     for kind, path in paths.items():
@@ -119,15 +123,23 @@ def test_torchrun_two_ranks_equal_one_process(networks, digits, tmp_path):
     lava = results["lava:" + str(paths["bsnn int"])]
     assert_same_result(lava, run_lava(paths["bsnn int"], x, y, steps=STEPS, progress=False, batch_size=3))
     assert len(lava.extras["timing_per_rank"]) == 2
+    streamed = str(paths["bsnn reset int"])  # each rank streams its share of the lanes: the same steps
+    assert_same_result(results["stream:" + streamed], simulate(netx_export.read(streamed), x, y, stream=True,
+                                                               batch_size=7))
+    assert_same_result(results["lava-stream:" + streamed], run_lava(streamed, x, y, stream=True, progress=False,
+                                                                    batch_size=3))
+    assert results["stream:" + streamed].stream.n_rounds == 5
 
 
-def test_torchrun_cli_writes_the_one_process_json(networks, tmp_path):
+@pytest.mark.parametrize("kind, run_args", [("bsnn int", ["--steps", STEPS]),
+                                            ("bsnn reset int", ["--stream", "--batch-size", 4])])
+def test_torchrun_cli_writes_the_one_process_json(networks, tmp_path, kind, run_args):
     net = tmp_path / "net.h5"
-    netx_export.write(networks["bsnn int"], net)
-    args = ["simulate", net, "--data", "digits", "--limit", N_IMAGES, "--steps", STEPS]
+    netx_export.write(networks[kind], net)
+    args = ["simulate", net, "--data", "digits", "--limit", N_IMAGES, *run_args]
     done = _torchrun(tmp_path, "-m", "bsnn_lava", *args, "--json", tmp_path / "two.json")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("images,") == 1  # rank 0 alone reports
+    assert sum(line.startswith(f"{N_IMAGES} images") for line in done.stdout.splitlines()) == 1  # rank 0 reports
     one = subprocess.run([sys.executable, "-m", "bsnn_lava", *map(str, args), "--json", tmp_path / "one.json"],
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr

@@ -71,7 +71,7 @@ def test_every_complete_frame_equals_the_clip_floor_shift_model(model_cls, windo
     frames = network.complete_frames(network.readout.schedule.offset_steps + 7 * window)
     assert len(frames) == 4
     for method in ("window", "step"):
-        result = simulate(network, x, y, steps=frames[-1], method=method, dtype=torch.float64)
+        result = simulate(network, x, y, steps=frames[-1], method=method, dtype=torch.float64, frames="all")
         at_frames = result.predictions_per_step[[t - 1 for t in frames]]
         np.testing.assert_array_equal(at_frames, np.broadcast_to(logits.argmax(1).numpy(), at_frames.shape))
     # without frame reset the second frame carries the first one's residue and may differ; the first never does
@@ -88,10 +88,10 @@ def test_integer_network_equals_its_integer_frame_at_every_frame(model_cls, imag
     readout, _ = frame_forward(network, torch.as_tensor(x).permute(0, 3, 1, 2))
     assert torch.equal(readout, readout.round())
     frames = network.complete_frames(network.readout.schedule.offset_steps + 6 * 2)
-    result = simulate(network, x, y, steps=frames[-1], method="step", record=True)
+    result = simulate(network, x, y, steps=frames[-1], method="step", record=True, frames="all")
     for k, t in enumerate(frames):  # the readout after frame k + 1 is k + 1 times one frame, exactly
         np.testing.assert_array_equal(result.extras["readout_v"][t - 1], (k + 1) * readout.numpy())
-    fast = simulate(network, x, y, steps=frames[-1])
+    fast = simulate(network, x, y, steps=frames[-1], frames="all")
     np.testing.assert_array_equal(fast.predictions_per_step, result.predictions_per_step)
     np.testing.assert_array_equal(fast.n_spikes_per_step, result.n_spikes_per_step)
 
@@ -107,7 +107,7 @@ def test_resnet20_first_frames_equal_its_clip_floor_shift_model_on_100_images():
         logits = model(normalized(x, mean, std))
     frames = network.complete_frames(network.readout.schedule.offset_steps + 4 + 8 * 2)
     assert frames[0] == 100
-    result = simulate(network, x, steps=frames[-1], dtype=torch.float64)
+    result = simulate(network, x, steps=frames[-1], dtype=torch.float64, frames="all")
     at_frames = result.predictions_per_step[[t - 1 for t in frames]]
     np.testing.assert_array_equal(at_frames, np.broadcast_to(logits.argmax(1).numpy(), at_frames.shape))
     readout, _ = frame_forward(network, torch.as_tensor(x).permute(0, 3, 1, 2))
@@ -120,9 +120,15 @@ def test_one_frame_network_stops_after_its_frame(images, tmp_path):
     continuous = convert(model, x, mean=MEAN, std=STD)
     once = convert(model, x, mean=MEAN, std=STD, frames=1)
     steps = continuous.complete_frames(10 ** 4)[2]
-    a = simulate(continuous, x, y, steps=steps, dtype=torch.float64)
+    a = simulate(continuous, x, y, steps=steps, dtype=torch.float64, frames="all")
     b = simulate(once, x, y, steps=steps, dtype=torch.float64, method="step")
     c = simulate(once, x, y, steps=steps, dtype=torch.float64)
+    by_default = simulate(continuous, x, y, steps=steps, dtype=torch.float64)  # a run stops it after one frame
+    np.testing.assert_array_equal(by_default.n_spikes_per_step, c.n_spikes_per_step)
+    np.testing.assert_array_equal(by_default.predictions_per_step, c.predictions_per_step)
+    np.testing.assert_array_equal(simulate(once, x, y, steps=steps, dtype=torch.float64, frames=2).n_spikes_per_step,
+                                  simulate(continuous, x, y, steps=steps, dtype=torch.float64,
+                                           frames=2).n_spikes_per_step)
     first = continuous.complete_frames(steps)[0]
     np.testing.assert_array_equal(b.predictions_per_step[first - 1:], np.broadcast_to(
         a.predictions_per_step[first - 1], b.predictions_per_step[first - 1:].shape))
@@ -253,7 +259,7 @@ def test_digits_network_equals_its_fine_tuned_model_at_every_frame():
     with torch.no_grad():
         logits = model(as_nchw(x_test, 1).double() / 255)
     frames = network.complete_frames(network.readout.schedule.offset_steps + 2 + 4 * 4)
-    result = simulate(network, x_test, y_test, steps=frames[-1], dtype=torch.float64)
+    result = simulate(network, x_test, y_test, steps=frames[-1], dtype=torch.float64, frames="all")
     at_frames = result.predictions_per_step[[t - 1 for t in frames]]
     np.testing.assert_array_equal(at_frames, np.broadcast_to(logits.argmax(1).numpy(), at_frames.shape))
     assert result.accuracy[frames[0] - 1] == (logits.argmax(1).numpy() == y_test).mean() > 0.5

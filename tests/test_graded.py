@@ -63,7 +63,7 @@ def test_every_graded_frame_equals_the_clip_floor_shift_model(model_cls, levels,
     torch.testing.assert_close(readout, logits, rtol=1e-9, atol=1e-9)
     frames = network.complete_frames(10 ** 4)[:4]
     for method in ("window", "step"):
-        result = simulate(network, x, y, steps=frames[-1], method=method, dtype=torch.float64)
+        result = simulate(network, x, y, steps=frames[-1], method=method, dtype=torch.float64, frames="all")
         at_frames = result.predictions_per_step[[t - 1 for t in frames]]
         np.testing.assert_array_equal(at_frames, np.broadcast_to(logits.argmax(1).numpy(), at_frames.shape))
 
@@ -74,10 +74,10 @@ def test_graded_integer_network_equals_its_integer_frame(images):
                        calibration_images=x)
     readout, _ = frame_forward(network, torch.as_tensor(x).permute(0, 3, 1, 2))
     frames = network.complete_frames(10 ** 4)[:3]
-    step = simulate(network, x, y, steps=frames[-1], method="step", record=True)
+    step = simulate(network, x, y, steps=frames[-1], method="step", record=True, frames="all")
     for k, t in enumerate(frames):
         np.testing.assert_array_equal(step.extras["readout_v"][t - 1], (k + 1) * readout.numpy())
-    window = simulate(network, x, y, steps=frames[-1])
+    window = simulate(network, x, y, steps=frames[-1], frames="all")
     for field in ("predictions_per_step", "n_spikes_per_step", "n_synops_per_step"):
         np.testing.assert_array_equal(getattr(window, field), getattr(step, field))
     for name, counts in step.n_spikes_per_neuron.items():  # events, one per nonzero payload

@@ -123,6 +123,21 @@ def test_optional_quantity_may_be_absent_with_a_source(tmp_path):
     assert "Davies" in p.sources["spike_energy_pj"]
 
 
+def test_throughput_figures_are_cited_and_an_older_profile_without_them_still_loads(tmp_path):
+    loihi2 = load_profile("loihi2")
+    assert loihi2.step_time_us == pytest.approx(1e6 / (408.91 * 16), rel=1e-3)  # PilotNet: 16 steps per inference
+    assert loihi2.static_power_w == pytest.approx(0.232) and {"step_time_us", "static_power_w"} <= loihi2.estimates
+    assert "PilotNet" in loihi2.sources["step_time_us"] and "static" in loihi2.sources["static_power_w"]
+    assert load_profile("loihi1").step_time_us is None
+    start = LOIHI1_TEXT.index("[throughput]")
+    older = load_profile(_write(tmp_path, LOIHI1_TEXT[:start]))  # written before the table existed
+    assert older.step_time_us is None and older.static_power_w is None
+    assert "no [throughput] table" in older.sources["static_power_w"]
+    with pytest.raises(ProfileError, match="static_power_w: expected a positive number"):
+        load_profile(_write(tmp_path, LOIHI1_TEXT.replace("[throughput]\n", "[throughput]\nstatic_power_w = -1\n"),
+                            "bad.toml"))
+
+
 def test_integer_accepted_for_energy(tmp_path):
     p = load_profile(_write(tmp_path, _mutate("neuron_update_pj = 81.0", "neuron_update_pj = 81")))
     assert isinstance(p.neuron_update_energy_pj, float) and p.neuron_update_energy_pj == 81.0

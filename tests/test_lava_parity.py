@@ -55,10 +55,10 @@ def first_mismatch(ref, lava):
     return None
 
 
-def assert_parity(network, images, labels, steps, select_tag="fixed_pt", dtype=None, batch_size=1):
-    ref = simulate(network, images, labels, steps=steps, method="step", record=True, dtype=dtype)
+def assert_parity(network, images, labels, steps, select_tag="fixed_pt", dtype=None, batch_size=1, frames=None):
+    ref = simulate(network, images, labels, steps=steps, method="step", record=True, dtype=dtype, frames=frames)
     lava = run_lava(network, images, labels, steps=steps, select_tag=select_tag, record=True, progress=False,
-                    batch_size=batch_size)
+                    batch_size=batch_size, frames=frames)
     mismatch = first_mismatch(ref, lava)
     assert mismatch is None, f"first mismatch: {mismatch}"
     return ref
@@ -194,7 +194,7 @@ def test_finetuned_digits_network_with_frame_reset():
     network = quantize(convert(model, x_train[:200]), "loihi2", calibration_images=x_train[:200])
     assert network.frame_reset
     frames = network.complete_frames(network.readout.schedule.offset_steps + 12)
-    ref = assert_parity(network, x_test[:6], y_test[:6], frames[-1])
+    ref = assert_parity(network, x_test[:6], y_test[:6], frames[-1], frames="all")
     readout, _ = frame_forward(network, torch.as_tensor(as_nchw(x_test[:6], 1)))
     for t in frames:
         np.testing.assert_array_equal(ref.predictions_per_step[t - 1], readout.argmax(1).numpy())
@@ -209,7 +209,7 @@ def test_finetuned_digits_network_with_graded_spikes():
     network = quantize(convert(model, x_train[:200], spikes="graded"), "loihi2", calibration_images=x_train[:200])
     assert network.spikes == "graded" and network.window_steps == 1
     frames = network.complete_frames(network.readout.schedule.offset_steps + 6)
-    ref = assert_parity(network, x_test[:6], y_test[:6], frames[-1])
+    ref = assert_parity(network, x_test[:6], y_test[:6], frames[-1], frames="all")
     assert any(int(raster.max()) > 1 for raster in ref.extras["spikes"].values())  # payloads above 1 were sent
     readout, _ = frame_forward(network, torch.as_tensor(as_nchw(x_test[:6], 1)))
     for t in frames:
@@ -236,5 +236,5 @@ def test_graded_resnet20_on_two_images_over_two_frames(batch_size):  # about 20 
     network = quantize(convert(randomize_batchnorm(zoo.cifar_resnet(20)), calibration, spikes="graded", levels=8,
                                mean=zoo.CIFAR_RESNET_MEAN, std=zoo.CIFAR_RESNET_STD), "loihi2")
     steps = network.complete_frames(10 ** 4)[1]
-    ref = assert_parity(network, calibration[:2], np.array([3, 7]), steps, batch_size=batch_size)
+    ref = assert_parity(network, calibration[:2], np.array([3, 7]), steps, batch_size=batch_size, frames="all")
     assert ref.n_spikes_per_step.sum() > 0

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .nodes import GatedIF, Input, IRError, Layer, Readout
+from .nodes import GatedIF, Input, IRError, Layer, Readout, replace
 
 NUMERIC_KINDS = ("float", "int")
 
@@ -90,6 +90,64 @@ class Network:
         frames = list(range(first, n_steps + 1, 2 * self.window_steps))
         limit = self.readout.schedule.frames
         return frames if limit is None else frames[:limit]
+
+    @property
+    def frame_steps(self) -> int:
+        """Steps of one frame (an integrate and a fire window) of a bistable network: ``2 P``; in a
+        streamed run, the steps between two images."""
+        return 2 * self.window_steps
+
+    @property
+    def latency_steps(self) -> int:
+        """Steps from an image's first input step to its prediction in a bistable network: the
+        readout's first complete frame, ``offset + P`` (pipeline fill included)."""
+        if self.mode != "bistable":
+            raise ValueError(f"latency in frames is defined for bistable networks, this one is {self.mode!r}")
+        return self.readout.schedule.offset_steps + self.window_steps
+
+    def with_frames(self, frames: Optional[int]) -> "Network":
+        """The same network with every layer's frame limit set to ``frames`` (``None``: no limit)."""
+        if self.mode != "bistable":
+            raise ValueError(f"a frame limit needs a bistable network, this one is {self.mode!r}")
+        return self.with_layers(replace(layer, schedule=dataclasses.replace(layer.schedule, frames=frames))
+                                for layer in self.layers)
+
+    def for_run(self, frames: Union[int, str, None] = None, stream_rounds: Optional[int] = None) -> "Network":
+        """The network as a run uses it: its frame limit is a choice of the run, not only of the file.
+
+        One image at a time (``stream_rounds`` ``None``): ``frames`` ``None`` keeps the file's limit,
+        except that a frame-reset network without one stops each layer after its first frame (every
+        later frame would repeat it: the prediction is final from the first complete frame, and no
+        spike is spent after it); an integer sets the limit, ``"all"`` removes it.
+
+        Streamed (``stream_rounds`` rounds of images, one per frame): needs a bistable network with
+        frame reset (each frame of a layer is then a function of its sources' same frame only), and
+        every layer runs one frame per round. ``ValueError`` (one line) for anything else.
+        """
+        if stream_rounds is not None:
+            if self.mode != "bistable":
+                raise ValueError(f"a streamed run needs a bistable network with frame reset; this one is {self.mode!r}"
+                                 f"{' (IF networks have no frames)' if self.mode == 'if' else ''}: convert it with "
+                                 "neuron='bistable' (bsnn convert --neuron bistable --frame-reset)")
+            if not self.frame_reset:
+                raise ValueError("a streamed run needs frame reset (every frame of a layer a function of its sources' "
+                                 "same frame only); this network carries its potentials from frame to frame: convert it "
+                                 "with frame_reset=True (bsnn convert --frame-reset), and a post-training network then "
+                                 "streams its P-level quantized ANN")
+            if frames is not None:
+                raise ValueError(f"frames={frames!r}: a streamed run gives every layer one frame per round of images "
+                                 "(its length follows from the number of images); a frame limit applies to runs of "
+                                 "one image at a time")
+            return self.with_frames(int(stream_rounds))
+        if frames is None:
+            if self.mode == "bistable" and self.frame_reset and self.readout.schedule.frames is None:
+                return self.with_frames(1)
+            return self
+        if frames == "all":
+            return self.with_frames(None) if self.mode == "bistable" else self
+        if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
+            raise ValueError(f"frames must be a positive integer, 'all' or None, got {frames!r}")
+        return self.with_frames(int(frames))
 
     def replace(self, **changes) -> "Network":
         return dataclasses.replace(self, **changes)

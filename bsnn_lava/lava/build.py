@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
+from bsnn_lava.dynamics import StreamPlan
 from bsnn_lava.interrupts import children_shielded
 from bsnn_lava.ir import Conv2d, GatedIF, Network, Readout
 
@@ -197,7 +198,7 @@ def per_neuron(values: np.ndarray, shape) -> np.ndarray:
 
 def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_per_sample: int,
           select_tag: str = "fixed_pt", log_paths: Optional[Mapping[str, Mapping[str, str]]] = None,
-          batch_size: int = 1) -> LavaNetwork:
+          batch_size: int = 1, stream: Optional[StreamPlan] = None) -> LavaNetwork:
     """Build the process graph of a network for ``images`` shown ``steps_per_sample`` steps each.
 
     Args:
@@ -211,6 +212,9 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             :mod:`bsnn_lava.lava.procs.process`; ``synops`` columns: :func:`outgoing_synapses`);
             ``None``: no logs.
         batch_size: images per sample, run at once (CPU models; every port and Var gets a batch axis).
+        stream: a streamed run (:class:`bsnn_lava.dynamics.StreamPlan`, its ``run_lanes`` the
+            ``batch_size``): one sample of ``steps_per_sample`` steps, ``images`` its rounds one after
+            another (blank images where a round has fewer), round k shown in the input's frame k.
     Raises:
         ValueError: images of the wrong shape, a network the models cannot run (names the layer), or
             one whose synapse matrices would not fit the memory available (:func:`check_memory`).
@@ -243,7 +247,9 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
         s = layer.schedule
         return dict(mode=s.mode, offset_steps=s.offset_steps, window_steps=s.window_steps, frames=s.frames,
                     steps_per_sample=steps_per_sample, batch_size=batch_size, log_paths=log_paths.get(layer.name),
-                    name=layer.name)
+                    name=layer.name, stream=None if stream is None else dict(
+                        n_images=stream.n_images, lanes=stream.lanes, lane_start=stream.lane_start,
+                        lane_stop=stream.lane_stop))
 
     processes = {source.name: PixelInput(images=images, fan_outs=fan_outs[source.name], **common(source))}
     for layer in network.layers[1:]:

@@ -14,20 +14,21 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from bsnn_lava.data import check_images, network_batch
-from bsnn_lava.distributed import run_sharded, use_ranks
+from bsnn_lava.distributed import run_lane_sharded, run_sharded, use_ranks
+from bsnn_lava.dynamics import StreamPlan, stream_prediction_step, stream_steps
 from bsnn_lava.interrupts import Interrupted, note_progress
 from bsnn_lava.ir import GatedIF, Network
 from bsnn_lava.lava.compat import LavaNotInstalled
 from bsnn_lava.lava.compat import ensure_lava_importable
 from bsnn_lava.lava.build import LavaNetwork, build, check_runnable, load_network, outgoing_synapses, synapse_name
-from bsnn_lava.sim import SimResult, ann_forward
+from bsnn_lava.sim import SimResult, StreamRecord, ann_forward
 from bsnn_lava.sim.kernels import NetworkKernels
 
 BACKENDS = ("cpu", "loihi2")
@@ -43,15 +44,16 @@ class LoihiUnavailableError(LavaNotInstalled):
     """``backend="loihi2"`` cannot run here; the message says what is missing (see docs/loihi.md)."""
 
 
-def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: str = "cpu",
+def run_lava(network_or_path, images, labels=None, steps: Optional[int] = None, backend: str = "cpu",
              select_tag: str = "fixed_pt", record: bool = False, progress: bool = True,
-             batch_size: int = 1, distributed: Optional[bool] = None) -> SimResult:
+             batch_size: int = 1, distributed: Optional[bool] = None, stream: bool = False,
+             frames: Union[int, str, None] = None) -> SimResult:
     """Run ``network_or_path`` (IR or bsnn netx HDF5 path) on raw uint8 ``images`` in Lava.
 
     Args:
         images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels 0..255, shown one at a time.
         labels: (N,) class indices; enables ``accuracy`` and ``ann_accuracy``.
-        steps: steps per image (T), pipeline fill included.
+        steps: steps per image (T), pipeline fill included (default 128); a streamed run takes none.
         backend: ``cpu`` (Lava's CPU simulator, ``Loihi2SimCfg``) or ``loihi2`` (``Loihi2HwCfg``;
             needs lava-loihi and microcode models of the custom neurons, see docs/loihi.md).
         select_tag: ``fixed_pt`` (integer networks, bit-accurate) or ``floating_pt`` (float networks).
@@ -64,8 +66,12 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
             of one image per core mapping that Loihi 2 runs; ``backend="loihi2"`` takes only 1.
         distributed: shard the images over the ranks of a ``torchrun`` launch, one Lava runtime per
             rank, and return the merged result on every rank (:mod:`bsnn_lava.distributed`; Lava's
-            ``timing`` per rank in ``extras["timing_per_rank"]``). Default: when this process was
-            launched as one of several ranks.
+            ``timing`` per rank in ``extras["timing_per_rank"]``; a streamed run shards its lanes).
+            Default: when this process was launched as one of several ranks.
+        stream: show a new round of ``batch_size`` images every frame, as
+            :func:`bsnn_lava.sim.simulate` does (one Lava sample of the whole stream, run in chunks);
+            the result equals the reference's streamed run, spike for spike.
+        frames: the run's frame limit (:meth:`bsnn_lava.ir.Network.for_run`; not for streamed runs).
     Returns:
         A :class:`SimResult` (``method="lava"``); ``extras["timing"]`` holds ``compile_start_s`` (compile,
         worker start-up, model set-up) and ``run_s`` (Lava's run calls, all steps) in seconds,
@@ -75,7 +81,11 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
         ValueError: bad arguments, or a network the models cannot run (names the layer).
         LoihiUnavailableError: ``backend="loihi2"`` where lava-loihi or chip models are missing.
     """
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+    if stream and steps is not None:
+        raise ValueError(f"steps={steps!r}: a streamed run lasts the latency plus one frame period per further "
+                         "round of images; give no steps")
+    steps = 128 if steps is None and not stream else steps
+    if not stream and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -88,11 +98,21 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
     check_runnable(network, select_tag)
     if backend == "loihi2":
         _require_lava_loihi()
+    if stream:
+        network.for_run(frames, 1)  # refuses what cannot stream before anything is built
+        run = lambda plan, show: _run_stream(network, images, labels, plan, backend, select_tag, record,
+                                             progress and show)
+        plan = StreamPlan(len(images), min(int(batch_size), len(images)))
+        if use_ranks(distributed):
+            return run_lane_sharded(run, plan, check_images(images, labels, network.input.shape,
+                                                            network.readout.shape[0]))
+        return run(plan, True)
     if use_ranks(distributed):
         y = check_images(images, labels, network.input.shape, network.readout.shape[0])
         return run_sharded(lambda part, show: run_lava(
             network, images[part], None if y is None else y[part], steps, backend, select_tag, record,
-            progress and show, batch_size, distributed=False), len(images), y)
+            progress and show, batch_size, distributed=False, frames=frames), len(images), y)
+    network = network.for_run(frames)
     # Lava's input process holds every image: a streamed source is decoded here, all at once
     x, y = network_batch(images, labels, network.input.shape, network.readout.shape[0])
     steps, batch_size = int(steps), min(int(batch_size), len(x))
@@ -110,9 +130,112 @@ def run_lava(network_or_path, images, labels=None, steps: int = 128, backend: st
         finally:  # an error or an interrupt (Ctrl-C, SIGTERM) kills the workers: they may be mid-step
             lava_net.stop() if finished else lava_net.abort()
     result = tally.result(logs.synapse_columns)
+    result.frame_limit = network.readout.schedule.frames
     timing["n_processes"] = lava_net.n_processes
     result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
     return result
+
+
+#: A streamed run calls Lava's run every this many frames (reading the rounds predicted meanwhile).
+STREAM_CHUNK_FRAMES = 16
+
+
+def _run_stream(network: Network, images, labels, plan: StreamPlan, backend: str, select_tag: str, record: bool,
+                progress: bool) -> SimResult:
+    """:func:`run_lava` streamed through the lanes of ``plan``: one Lava sample of the whole stream."""
+    x, y = network_batch(images, labels, network.input.shape, network.readout.shape[0])
+    network = network.for_run(None, plan.n_rounds)
+    steps = stream_steps(plan.n_rounds, network.latency_steps, network.window_steps)
+    lanes = plan.run_lanes
+    rounds = np.zeros((plan.n_rounds * lanes, *network.input.shape), dtype=np.uint8)
+    for k in range(plan.n_rounds):
+        start, stop = plan.round_images(k)
+        rounds[k * lanes:k * lanes + stop - start] = x[start:stop].numpy()
+    ring = -(-network.latency_steps // network.frame_steps) + STREAM_CHUNK_FRAMES + 3  # frames a slot outlives
+    tally = _StreamTally(network, x, y, plan, steps, ring)
+    with tempfile.TemporaryDirectory(prefix="bsnn-lava-") as folder:
+        logs = ActivityLogs(network, steps, Path(folder), record, integer=select_tag == "fixed_pt",
+                            batch_size=lanes, frame_ring=ring)
+        lava_net = build(network, rounds, steps, select_tag, logs.paths, batch_size=lanes, stream=plan)
+        finished = False
+        try:
+            timing = _run_chunks(lava_net, logs, tally, _run_config(lava_net, backend, select_tag), progress,
+                                 STREAM_CHUNK_FRAMES * network.frame_steps)
+            finished = True
+        finally:
+            lava_net.stop() if finished else lava_net.abort()
+        result = tally.result(logs, record)
+    timing["n_processes"] = lava_net.n_processes
+    result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
+    return result
+
+
+class _StreamTally:
+    """A streamed run's results from its logs: each round's prediction, readout potentials, ANN
+    comparison and SIN as soon as the readout has predicted it (:meth:`read_rounds`), the per-step
+    counts at the end."""
+
+    def __init__(self, network: Network, x: torch.Tensor, y, plan: StreamPlan, steps: int, ring: int):
+        self.network, self.x, self.y, self.plan, self.steps, self.ring = network, x, y, plan, steps, ring
+        self.kernels = NetworkKernels(network, torch.float64 if network.numeric == "int" else torch.float32, "cpu")
+        self.n_sin = {layer.name: 0 for layer in network.spiking_layers if layer.role == "neuron"}
+        self.rows: List[tuple] = []  # per round: (predictions, readout, prediction step, ANN predictions)
+        self.images_done = 0
+
+    def read_rounds(self, logs: "ActivityLogs", steps_done: int) -> int:
+        """Read every round whose prediction step is before ``steps_done``; returns the images read so far."""
+        net = self.network
+        while len(self.rows) < self.plan.n_rounds:
+            k = len(self.rows)
+            t = stream_prediction_step(k, net.latency_steps, net.window_steps)
+            if t >= steps_done:
+                break
+            n = self.plan.active_lanes(k)
+            v = np.array(logs.maps[net.readout.name]["v"][:n, t])
+            start, stop = self.plan.round_images(k)
+            ann_predicted = np.zeros(0, dtype=np.int64)
+            if n:  # (a lane share of a stream may have no image in the last round)
+                logits, pre = ann_forward(net, self.x[start:stop].to(self.kernels.dtype), self.kernels)
+                ann_predicted = logits.argmax(dim=1).numpy()
+                for name in self.n_sin:
+                    spiked = logs.maps[name]["frame_spiked"][:n, k % self.ring]
+                    self.n_sin[name] += int(((pre[name].numpy() <= 0) & spiked).sum())
+            self.rows.append((v.argmax(axis=1), v, t, ann_predicted))
+            self.images_done += n
+        return self.images_done
+
+    def result(self, logs: "ActivityLogs", record: bool) -> SimResult:
+        net, maps = self.network, logs.maps
+        spiking = [layer.name for layer in net.spiking_layers]
+        total = lambda name, key: maps[name][key].sum(axis=0)
+        predictions = np.concatenate([r[0] for r in self.rows]).astype(np.int64)
+        ann_predictions = np.concatenate([r[3] for r in self.rows]).astype(np.int64)
+        index = np.asarray(self.plan.image_indices(), dtype=np.int64)
+        columns = logs.synapse_columns
+        y = None if self.y is None else np.asarray(self.y)[index]
+        result = SimResult(
+            n_steps=self.steps, n_samples=len(index), layer_names=tuple(spiking),
+            n_spikes_per_step=np.stack([total(name, "counts") for name in spiking], axis=1).astype(np.int64),
+            synapse_names=tuple(self.kernels.synapse_names),
+            n_synops_per_step=np.stack([total(sender, "synops")[:, j] for sender, j in columns], axis=1)
+            if columns else np.zeros((self.steps, 0), dtype=np.int64),
+            n_spikes_per_neuron={name: total(name, "totals") for name in spiking}, n_sin=self.n_sin,
+            n_lost_input={l.name: int(total(l.name, "lost_input")) for l in net.layers[1:]},
+            n_saturated={l.name: int(total(l.name, "saturated")) for l in net.layers[1:]},
+            n_neurons={layer.name: int(np.prod(layer.shape)) for layer in net.layers[1:]},
+            predictions=predictions, predictions_per_step=None, ann_predictions=ann_predictions,
+            ann_accuracy=None if y is None else float((ann_predictions == y).mean()), method="lava",
+            frame_limit=net.readout.schedule.frames,
+            final_correct=None if y is None else int((predictions == y).sum()),
+            stream=StreamRecord(lanes=self.plan.lanes, n_rounds=self.plan.n_rounds, latency_steps=net.latency_steps,
+                                frame_steps=net.frame_steps, image_index=index,
+                                prediction_step=np.concatenate([np.full(len(r[0]), r[2], dtype=np.int64)
+                                                                for r in self.rows]),
+                                readout=np.concatenate([r[1] for r in self.rows]).astype(np.float64)))
+        if record:
+            result.extras["spikes"] = {name: np.swapaxes(np.array(maps[name]["raster"]), 0, 1) for name in spiking}
+            result.extras["readout_v"] = np.swapaxes(np.array(maps[net.readout.name]["v"]), 0, 1).astype(np.float64)
+        return result
 
 
 class ActivityLogs:
@@ -122,11 +245,14 @@ class ActivityLogs:
     Per image of the sample, per spiking layer: ``counts`` (steps,) int64, ``totals`` (*shape) int64,
     ``raster`` (steps, *shape) bool (int32 payloads for graded spikes) when recording; readout: ``v``
     (steps, classes), int64 or float64; both: ``lost_input`` and ``saturated`` () int64 neuron-steps;
-    per sending layer (the input too): ``synops`` (steps, its outgoing synapses) int64. The files have
-    a leading batch axis. ``synapse_columns``: per synapse in IR order, its (sender, column).
+    per sending layer (the input too): ``synops`` (steps, its outgoing synapses) int64; with
+    ``frame_ring`` R (a stream), per neuron layer ``frame_spiked`` (R, *shape) bool (the process
+    module's docstring). The files have a leading batch axis. ``synapse_columns``: per synapse in IR
+    order, its (sender, column).
     """
 
-    def __init__(self, network: Network, steps: int, folder: Path, record: bool, integer: bool, batch_size: int = 1):
+    def __init__(self, network: Network, steps: int, folder: Path, record: bool, integer: bool, batch_size: int = 1,
+                 frame_ring: Optional[int] = None):
         fields: Dict[str, Dict[str, tuple]] = {}
         errors = {"lost_input": ((), np.int64), "saturated": ((), np.int64)}
         outgoing = outgoing_synapses(network)
@@ -138,6 +264,8 @@ class ActivityLogs:
                 fields[layer.name] = {"counts": ((steps,), np.int64), "totals": (layer.shape, np.int64), **errors}
                 if record:
                     fields[layer.name]["raster"] = ((steps, *layer.shape), np.bool_ if layer.payload_max == 1 else np.int32)
+                if frame_ring is not None and layer.role == "neuron":
+                    fields[layer.name]["frame_spiked"] = ((frame_ring, *layer.shape), np.bool_)
             elif layer is network.readout:
                 fields[layer.name] = {"v": ((steps, *layer.shape), np.int64 if integer else np.float64), **errors}
             if outgoing.get(layer.name):
@@ -244,17 +372,48 @@ def _run_config(lava_net: LavaNetwork, backend: str, select_tag: str):
     return Loihi2HwCfg()  # no tag: Lava prefers NcProcessModels (chip), then C, then Python ones
 
 
-def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, tally: _Tally, run_cfg, progress: bool) -> Dict[str, float]:
-    """Compile and start once, then ``steps_per_sample`` steps per sample (a batch of images); seconds
-    spent in Lava (``run_s`` counts Lava's run calls only, not reading the logs or the ANN comparison)."""
-    from lava.magma.core.run_conditions import RunSteps
-
+def _start(lava_net: LavaNetwork, run_cfg) -> float:
+    """Compile and start the runtime; the seconds it took."""
     started = time.perf_counter()
     try:
         lava_net.start(run_cfg, {"pypy_channel_size": CHANNEL_SLOTS})
     except Exception as err:  # Lava raises AssertionError, NoProcessModelFound, ...; name the layer
         raise _compile_error(lava_net, err) from err
-    compile_start_s, run_s = time.perf_counter() - started, 0.0
+    return time.perf_counter() - started
+
+
+def _run_chunks(lava_net: LavaNetwork, logs: ActivityLogs, tally: _StreamTally, run_cfg, progress: bool,
+                chunk_steps: int) -> Dict[str, float]:
+    """A stream: compile and start once, then Lava's run ``chunk_steps`` at a time, reading the rounds
+    predicted after each chunk; seconds as for :func:`_run_all`."""
+    from lava.magma.core.run_conditions import RunSteps
+
+    compile_start_s, run_s = _start(lava_net, run_cfg), 0.0
+    steps, done = lava_net.steps_per_sample, 0
+    n_images = len(tally.plan.image_indices())
+    try:
+        with tqdm(total=n_images, desc="lava (streamed)", unit="image", disable=not progress) as bar:
+            while done < steps:
+                chunk = min(chunk_steps, steps - done)
+                started = time.perf_counter()
+                lava_net.input.run(condition=RunSteps(num_steps=chunk))
+                run_s += time.perf_counter() - started
+                done += chunk
+                bar.update(tally.read_rounds(logs, done) - bar.n)
+    except Interrupted as err:
+        note_progress(err, tally.images_done, n_images)
+        raise
+    return {"compile_start_s": compile_start_s, "run_s": run_s, "ms_per_step": 1000.0 * run_s / steps,
+            "image_steps_per_s": tally.plan.run_lanes * steps / run_s,
+            "batch_size": tally.plan.run_lanes, "images_per_s": n_images / run_s}
+
+
+def _run_all(lava_net: LavaNetwork, logs: ActivityLogs, tally: _Tally, run_cfg, progress: bool) -> Dict[str, float]:
+    """Compile and start once, then ``steps_per_sample`` steps per sample (a batch of images); seconds
+    spent in Lava (``run_s`` counts Lava's run calls only, not reading the logs or the ANN comparison)."""
+    from lava.magma.core.run_conditions import RunSteps
+
+    compile_start_s, run_s = _start(lava_net, run_cfg), 0.0
     n_images, batch_size = len(tally.x), lava_net.batch_size
     done = 0
     try:

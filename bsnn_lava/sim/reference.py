@@ -16,36 +16,40 @@ Two paths give identical spike trains and readouts:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data import check_images, is_streamed, network_batch
-from ..distributed import rank_device, run_sharded, use_ranks
-from ..dynamics import SYNAPSE_DELAY_STEPS, frame_starts, gated_if_step, phase, window_payload, window_spike_count
+from ..distributed import rank_device, run_lane_sharded, run_sharded, use_ranks
+from ..dynamics import (SYNAPSE_DELAY_STEPS, StreamPlan, frame_starts, gated_if_step, phase, stream_frame,
+                        stream_prediction_step, stream_steps, window_payload, window_spike_count)
 from ..interrupts import Interrupted, note_progress
 from ..ir import GatedIF, Network
 from .ann import ann_forward
 from .kernels import NetworkKernels
-from .result import SimResult
+from .result import SimResult, StreamRecord
 
 
-def simulate(network: Network, images, labels=None, steps: int = 128, batch_size: int = 100,
+def simulate(network: Network, images, labels=None, steps: Optional[int] = None, batch_size: int = 100,
              device: str = "cpu", method: str = "auto", dtype: Optional[torch.dtype] = None,
-             record: bool = False, progress: bool = False, distributed: Optional[bool] = None) -> SimResult:
-    """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps.
+             record: bool = False, progress: bool = False, distributed: Optional[bool] = None,
+             stream: bool = False, frames: Union[int, str, None] = None) -> SimResult:
+    """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps, or streamed.
 
     Args:
         images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels, or an
             :class:`~bsnn_lava.datasets.ImageFolder` (decoded one batch at a time).
         labels: (N,) class indices; enables ``accuracy`` (one value per step) and ``ann_accuracy``.
+        steps: steps per image, pipeline fill included (default 128); a streamed run takes none.
+        batch_size: images simulated at once; in a streamed run, the lanes (images entering per frame).
         method: ``step``, ``window`` (bistable only) or ``auto`` (window where it applies).
         record: keep every spike and the readout potential of every step (step path only; memory
             n_steps x n_samples x n_neurons): ``result.extras["spikes"][layer]`` is a bool array
             (n_steps, n_samples, *shape), int32 payloads for a graded layer,
-            ``result.extras["readout_v"]`` (n_steps, n_samples, classes).
+            ``result.extras["readout_v"]`` (n_steps, n_samples, classes); streamed: n_samples are the lanes.
         dtype: arithmetic dtype; default float32 for float networks, float64 for integer networks
             (exact for integers below 2**53; state saturates at 24 bits). With the default, the
             window path of an integer network computes in float32 where that is exact (every
@@ -55,23 +59,27 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
             step because their partial sums could saturate).
         distributed: shard the images over the ranks of a ``torchrun`` launch and return the merged
             result, equal to a one-process run's, on every rank (:mod:`bsnn_lava.distributed`;
-            progress on rank 0 only; ``device="cuda"`` means each rank's ``cuda:LOCAL_RANK``).
-            Default: when this process was launched as one of several ranks.
+            progress on rank 0 only; ``device="cuda"`` means each rank's ``cuda:LOCAL_RANK``; a
+            streamed run shards its lanes). Default: when this process was launched as one of several ranks.
+        stream: a new round of ``batch_size`` images enters every frame (bistable networks with frame
+            reset, :meth:`Network.for_run`): each layer holds a different round, each image's prediction
+            is read at the end of its readout frame (the readout restarts every frame), and the run lasts
+            the latency plus one frame period per further round (:class:`bsnn_lava.dynamics.StreamPlan`).
+            ``result.stream`` holds the timing, every image's prediction step and readout potentials.
+        frames: the run's frame limit (:meth:`Network.for_run`): ``None`` (a frame-reset network stops
+            each layer after its first frame), an integer, or ``"all"``; not for streamed runs.
     Returns:
         A :class:`SimResult`; ``result.predictions_per_step[t, i]`` is the class predicted for image
-        ``i`` after ``t + 1`` steps.
+        ``i`` after ``t + 1`` steps (one image at a time), ``result.stream`` (streamed).
     """
-    if int(steps) != steps or steps < 1:
+    if stream and steps is not None:
+        raise ValueError(f"steps={steps!r}: a streamed run lasts the latency plus one frame period per further "
+                         "round of images; give no steps")
+    steps = 128 if steps is None and not stream else steps
+    if not stream and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if method not in ("auto", "step", "window"):
         raise ValueError(f"method must be auto, step or window, got {method!r}")
-    if method == "auto":
-        method = "window" if window_path_applies(network) and not record else "step"
-    if record and method != "step":
-        raise ValueError("record=True needs method='step' (the window path does not visit every step)")
-    elif method == "window" and not window_path_applies(network):
-        raise ValueError("the window path needs a bistable network whose layers are synchronised "
-                         "(offset = source offset + P + synaptic delay, one offset per layer's sources)")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_device(device)
@@ -80,38 +88,65 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
         x_all, y_all = images, check_images(images, labels, network.input.shape, network.readout.shape[0])
     else:
         x_all, y_all = network_batch(images, labels, network.input.shape, network.readout.shape[0])
-    requested_dtype = dtype
+    n_images = x_all.shape[0]
+    plan = StreamPlan(n_images, min(int(batch_size), n_images)) if stream else None
+    network = network.for_run(frames, None if plan is None else plan.n_rounds)
+    if stream:
+        steps = stream_steps(plan.n_rounds, network.latency_steps, network.window_steps)
+    if method == "auto":
+        method = "window" if window_path_applies(network) and not record else "step"
+    if record and method != "step":
+        raise ValueError("record=True needs method='step' (the window path does not visit every step)")
+    elif method == "window" and not window_path_applies(network):
+        raise ValueError("the window path needs a bistable network whose layers are synchronised "
+                         "(offset = source offset + P + synaptic delay, one offset per layer's sources)")
+    run = lambda part_plan, x, y, show, dev: _simulate_here(network, x, y, int(steps), batch_size, dev, method, dtype,
+                                                          record, progress and show, part_plan)
     if use_ranks(distributed):
         device = rank_device(device)
-        return run_sharded(lambda part, show: simulate(
-            network, x_all[part], None if y_all is None else y_all[part], steps, batch_size, device, method,
-            requested_dtype, record, progress and show, distributed=False), x_all.shape[0], y_all, device)
+        if plan is not None:
+            return run_lane_sharded(lambda lanes, show: run(lanes, x_all, y_all, show, device), plan, y_all, device)
+        return run_sharded(lambda part, show: run(None, x_all[part], None if y_all is None else y_all[part], show,
+                                                  device), n_images, y_all, device)
+    return run(plan, x_all, y_all, True, device)
+
+
+def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, device: str, method: str,
+                   requested_dtype: Optional[torch.dtype], record: bool, progress: bool,
+                   plan: Optional[StreamPlan]) -> SimResult:
+    """:func:`simulate` in this process (``network`` already :meth:`~Network.for_run`): one image at
+    a time in batches, or streamed through the lanes of ``plan``."""
     y_all = None if y_all is None else torch.as_tensor(y_all)
-    dtype = dtype or (torch.float64 if network.numeric == "int" else torch.float32)
-    state_bits = network.state_bits
+    dtype = requested_dtype or (torch.float64 if network.numeric == "int" else torch.float32)
     kernels = NetworkKernels(network, dtype, device)
     window_kernels = kernels
     if requested_dtype is None and method == "window" and network.numeric == "int":
         fast = NetworkKernels(network, torch.float32, device)
         if all(k.exact_in_float32 for _, k in fast.all_synapses()):
             window_kernels = fast
-    run = _Run(network, kernels, int(steps), state_bits, record, window_kernels)
-    n_images = x_all.shape[0]
-    with tqdm(total=n_images, desc=f"simulate ({method} path)", disable=not progress, bar_format=PROGRESS_FORMAT) as bar:
-        start = 0
+    run = _Run(network, kernels, steps, network.state_bits, record, window_kernels, plan)
+    n_images = x_all.shape[0] if plan is None else len(plan.image_indices())
+    start = 0
+    with tqdm(total=n_images, desc=f"simulate ({method} path{', streamed' if plan else ''})", disable=not progress,
+              bar_format=PROGRESS_FORMAT) as bar:
         try:
-            for start in range(0, n_images, batch_size):
-                x = x_all[start:start + batch_size]
-                if streamed:
-                    x = network_batch(x, None, network.input.shape, network.readout.shape[0])[0]
-                x = x.to(device=device)
-                y = None if y_all is None else y_all[start:start + batch_size].to(device)
-                run.on_steps = _advance(bar, start, x.shape[0], int(steps))
-                (run.window_batch if method == "window" else run.step_batch)(x, y)
+            if plan is not None:
+                run.on_images = lambda done: bar.update(done - bar.n)
+                run.simulate(_StreamSource(plan, x_all, y_all, network, device), method)
+            else:
+                for start in range(0, n_images, batch_size):
+                    x = network_batch(x_all[start:start + batch_size], None, network.input.shape,
+                                      network.readout.shape[0])[0] if is_streamed(x_all) else x_all[start:start + batch_size]
+                    y = None if y_all is None else y_all[start:start + batch_size].to(device)
+                    run.on_steps = _advance(bar, start, x.shape[0], steps)
+                    run.simulate(_BatchSource(x.to(device=device), y), method)
         except Interrupted as err:
-            note_progress(err, start, n_images)
+            note_progress(err, run.images_done if plan is not None else start, n_images)
             raise
-    result = run.result(x_all.shape[0], method, y_all is not None)
+    result = run.result(n_images, method, y_all is not None)
+    result.frame_limit = network.readout.schedule.frames
+    if plan is not None and y_all is not None:
+        result.final_correct = int((torch.as_tensor(result.predictions) == y_all[result.stream.image_index]).sum())
     if method == "window":
         result.extras["n_windows_stepwise"] = run.n_windows_stepwise
         result.extras["window_arithmetic"] = str(window_kernels.dtype).replace("torch.", "")
@@ -120,6 +155,39 @@ def simulate(network: Network, images, labels=None, steps: int = 128, batch_size
                                    if name != network.readout.name}
         result.extras["readout_v"] = np.concatenate(run.records[network.readout.name], axis=1)
     return result
+
+
+class _BatchSource:
+    """One image at a time: a batch of images shown in every frame (on every input fire step)."""
+    plan = None
+
+    def __init__(self, x: torch.Tensor, y):
+        self.x, self.y, self.lanes = x, y, x.shape[0]
+
+    def round(self, k: int):
+        """``(images, labels, n_active)`` of round ``k``: always the batch."""
+        return self.x, self.y, self.lanes
+
+
+class _StreamSource:
+    """A streamed run's rounds: the images of round k in the first lanes, blank images in the rest."""
+
+    def __init__(self, plan: StreamPlan, x_all, y_all, network: Network, device):
+        self.plan, self.x_all, self.y_all, self.network, self.device = plan, x_all, y_all, network, device
+        self.lanes = plan.run_lanes
+        self.cached = (None, None)
+
+    def round(self, k: int):
+        if self.cached[0] != k:
+            start, stop = self.plan.round_images(k)
+            x = self.x_all[start:stop]
+            if is_streamed(self.x_all) and stop > start:
+                x = network_batch(x, None, self.network.input.shape, self.network.readout.shape[0])[0]
+            blank = torch.zeros(self.lanes - (stop - start), *self.network.input.shape)
+            x = torch.cat([torch.as_tensor(x, dtype=torch.float32).reshape(-1, *self.network.input.shape), blank])
+            y = None if self.y_all is None else self.y_all[start:stop].to(self.device)
+            self.cached = (k, (x.to(self.device), y, stop - start))
+        return self.cached[1]
 
 
 def check_device(device) -> None:
@@ -159,12 +227,18 @@ def window_path_applies(network: Network) -> bool:
 
 
 class _Run:
-    """Accumulates counts over batches. ``kernels`` serve the step path and the ANN rates,
-    ``window_kernels`` (the same, or an exact float32 copy) the window path."""
+    """Accumulates counts over batches (one image at a time) or over the rounds of a stream.
+    ``kernels`` serve the step path and the ANN rates, ``window_kernels`` (the same, or an exact
+    float32 copy) the window path.
+
+    SIN is counted per *frame* of a round: a neuron layer's spikes within its frame k (streamed), or
+    within the whole run (one image at a time: the run is one round), are compared with the ANN
+    pre-activations of round k, computed when the round enters (:meth:`_open_round`)."""
 
     def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits, record: bool = False,
-                 window_kernels: Optional[NetworkKernels] = None):
+                 window_kernels: Optional[NetworkKernels] = None, plan: Optional[StreamPlan] = None):
         self.network = network
+        self.plan = plan
         self.records = {layer.name: [] for layer in network.layers[1:]} if record else None
         self.kernels = kernels
         self.window_kernels = window_kernels or kernels
@@ -182,11 +256,19 @@ class _Run:
         self.counters = {key: {layer.name: 0 for layer in network.layers[1:]} for key in ("lost", "saturated")}
         self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron"}
         self.ann_correct = 0
-        self.predictions = []  # per batch: (n_steps, batch) predicted classes
-        self.ann_predictions = []  # per batch: (batch,) the ANN's classes
+        self.predictions = []  # per batch: (n_steps, batch) predicted classes (one image at a time)
+        self.ann_predictions = []  # per batch or round: the ANN's classes
+        self.rounds = []  # streamed, per round: (predictions, readout potentials, prediction step)
+        self.inactive: Dict[int, Dict[str, torch.Tensor]] = {}  # round -> layer -> ANN pre-activation <= 0
         self.batch_predictions = None  # (n_steps, batch) of the batch being simulated
         self.n_windows_stepwise = 0  # layer-windows the window path integrated step by step
+        self.images_done = 0
         self.on_steps = lambda steps_done: None  # told how many steps of the current batch are done
+        self.on_images = lambda images_done: None  # streamed: told how many images have their prediction
+
+    def simulate(self, source, method: str) -> None:
+        """Run a batch (``_BatchSource``) or a whole stream (``_StreamSource``) on one path."""
+        (self.window_batch if method == "window" else self.step_batch)(source)
 
     def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> torch.Tensor:
         """Count the spikes (``spikes=True``) and synaptic operations of the events a source sends at
@@ -201,6 +283,34 @@ class _Run:
         for index, fan_out in self.kernels.outgoing[source]:
             self.synops_per_step[t, index] += (per_neuron * fan_out).sum()
         return n_events
+
+    def _count_input(self, t: int, x: torch.Tensor) -> None:
+        """The synaptic operations of the pixels the input shows at step t (nonzero pixels are events)."""
+        self._count_events(t, self.network.input.name, (x != 0).sum(dim=0).to(torch.float64), spikes=False)
+
+    def _open_round(self, source, k: int) -> None:
+        """Round k enters: the ANN on its images gives their ANN predictions and, per neuron layer,
+        the neurons whose pre-activation is <= 0 (for SIN)."""
+        x, y, n = source.round(k)
+        if n == 0:  # a lane share of a stream whose last round has no image for it
+            self.inactive[k] = {name: torch.zeros(0, *self.network[name].shape, dtype=torch.bool)
+                                for name in self.counters["sin"]}
+            self.ann_predictions.append(np.zeros(0, dtype=np.int64))
+            return
+        logits, pre = ann_forward(self.network, x[:n].to(self.kernels.dtype), self.kernels)
+        self.inactive[k] = {name: pre[name] <= 0 for name in self.counters["sin"]}
+        ann_predicted = logits.argmax(dim=1)
+        if y is not None:
+            self.ann_correct += int((ann_predicted == y).sum())
+        self.ann_predictions.append(ann_predicted.cpu().numpy())
+
+    def _close_frame(self, name: str, k: int, spiked: torch.Tensor) -> None:
+        """SIN of neuron layer ``name`` in round k: ``spiked`` (lanes, *shape) says which neurons sent
+        at least one spike in its frame k (the whole run, one image at a time)."""
+        inactive = self.inactive[k].pop(name)
+        self.counters["sin"][name] += int((inactive & spiked[:inactive.shape[0]]).sum())
+        if not self.inactive[k]:
+            del self.inactive[k]
 
     def _may_saturate(self, kernels: NetworkKernels, v: torch.Tensor, bias, counts, name: str,
                       n_steps_in: int) -> bool:
@@ -221,17 +331,18 @@ class _Run:
             bound = bound + drive
         return bool((bound > limit).any())
 
-    def _integrate_stepwise(self, kernels: NetworkKernels, name: str, v: torch.Tensor, bias, step_input, n_steps: int):
+    def _integrate_stepwise(self, kernels: NetworkKernels, name: str, v: torch.Tensor, bias, step_input, n_steps: int,
+                            active_lanes: Optional[int] = None):
         """Integrate ``n_steps`` steps one at a time with :func:`gated_if_step`, saturating after
         each as the step path does (in float64, exact; ``step_input(j)``: the sources' outputs on
-        step j); yields ``v`` after each step (in float64: a clipped state converts back to float32
-        exactly)."""
+        step j; ``active_lanes``: as for :func:`gated_if_step`); yields ``v`` after each step (in
+        float64: a clipped state converts back to float32 exactly)."""
         self.n_windows_stepwise += 1
         v, bias = v.to(torch.float64), bias.to(torch.float64)
         for j in range(n_steps):
             drive = kernels.synaptic_input(name, step_input(j))
             _, v, _, n_saturated = gated_if_step(v, None if drive is None else drive.to(torch.float64), bias, None,
-                                                 True, False, self.state_bits)
+                                                 True, False, self.state_bits, active_lanes=active_lanes)
             self.counters["saturated"][name] += int(n_saturated)
             yield v
 
@@ -248,100 +359,141 @@ class _Run:
         if y is not None:
             self.correct[t] += (predicted == y).sum()
 
-    def _finish_batch(self, x, y, v_readout, spiked: Dict[str, torch.Tensor]) -> None:
-        """``spiked``: per layer, a boolean ``(batch, *shape)``, true where a neuron sent a spike."""
-        logits, pre = ann_forward(self.network, x.to(self.kernels.dtype), self.kernels)
-        for name in self.counters["sin"]:  # relays repeat their source's spikes: not counted twice
-            self.counters["sin"][name] += int(((pre[name] <= 0) & spiked[name]).sum())
-        ann_predicted = logits.argmax(dim=1)
-        if y is not None:
-            self.ann_correct += int((ann_predicted == y).sum())
+    def _predict_round(self, k: int, t: int, v_readout: torch.Tensor) -> None:
+        """Streamed: the readout holds round k's prediction after step t (the end of its frame k)."""
+        n = self.plan.active_lanes(k)
+        v = v_readout[:n]
+        self.rounds.append((v.argmax(dim=1).cpu().numpy(), v.to(torch.float64).cpu().numpy(), t))
+        self.images_done += n
+        self.on_images(self.images_done)
+
+    def _finish_batch(self, y, spiked: Dict[str, torch.Tensor]) -> None:
+        """One image at a time: the batch's predictions, and its SIN (the run is its one frame)."""
+        for name in self.counters["sin"]:
+            self._close_frame(name, 0, spiked[name])
         self.predictions.append(self.batch_predictions.cpu().numpy())
-        self.ann_predictions.append(ann_predicted.cpu().numpy())
         self.on_steps(self.n_steps)
 
-    def _start_batch(self, batch: int) -> None:
-        self.batch_predictions = torch.zeros(self.n_steps, batch, dtype=torch.int16, device=self.kernels.device)
+    def _start_batch(self, source) -> Dict[str, torch.Tensor]:
+        """Per neuron layer, an all-false ``spiked`` mask; one image at a time, the batch's ANN."""
+        if self.plan is None:
+            self.batch_predictions = torch.zeros(self.n_steps, source.lanes, dtype=torch.int16,
+                                                 device=self.kernels.device)
+            self._open_round(source, 0)
+        return {name: torch.zeros(source.lanes, *self.network[name].shape, dtype=torch.bool, device=self.kernels.device)
+                for name in self.counters["sin"]}
+
+    def _frame(self, t: int, layer) -> Optional[int]:
+        """Streamed: the round that step t of ``layer`` belongs to (:func:`stream_frame`); else ``None``."""
+        s = layer.schedule
+        return None if self.plan is None else stream_frame(t, s.offset_steps, s.window_steps)
 
     # --- step path ----------------------------------------------------------------------------
     @torch.no_grad()
-    def step_batch(self, x: torch.Tensor, y) -> None:
-        net, kernels = self.network, self.kernels
-        x = x.to(kernels.dtype)
-        self._start_batch(x.shape[0])
-        state = self._initial_state(kernels, x.shape[0])
-        spiked = {name: torch.zeros_like(state[name], dtype=torch.bool) for name in self.names}
+    def step_batch(self, source) -> None:
+        net, kernels, plan = self.network, self.kernels, self.plan
+        spiked = self._start_batch(source)
+        state = self._initial_state(kernels, source.lanes)
         pending: Dict[str, Optional[torch.Tensor]] = {}
         readout = net.readout.name
-        input_active = (x != 0).sum(dim=0).to(torch.float64)
+        window = net.window_steps
         raster = None
         if self.records is not None:
             raster = {layer.name: torch.zeros(self.n_steps, *state[layer.name].shape,
                                               dtype=torch.bool if layer.payload_max == 1 else torch.int32)
                       for layer in self.spiking}
             raster[readout] = torch.zeros(self.n_steps, *state[readout].shape, dtype=torch.float64)
+        shown = (None, None)  # (round, its images in the arithmetic dtype)
         for t in range(self.n_steps):
-            outputs = {net.input.name: x if phase(t, *_sched(net.input))[1] else None}
-            if outputs[net.input.name] is not None:
-                self._count_events(t, net.input.name, input_active, spikes=False)
+            outputs = {}
+            if phase(t, *_sched(net.input))[1]:
+                k = self._frame(t, net.input) or 0
+                if shown[0] != k:
+                    if plan is not None:
+                        self._open_round(source, k)
+                    shown = (k, source.round(k)[0].to(kernels.dtype))
+                outputs[net.input.name] = shown[1]
+                self._count_input(t, shown[1])
             for layer in net.layers[1:]:
-                integrate, fire = phase(t, *_sched(layer))
+                sched = _sched(layer)
+                integrate, fire = phase(t, *sched)
                 params = kernels.params[layer.name]
-                restart = params["v_init"] if getattr(layer, "frame_reset", False) and frame_starts(t, *_sched(layer)) else None
+                k = self._frame(t, layer)
+                restart = None
+                if frame_starts(t, *sched) and (getattr(layer, "frame_reset", False) or (plan and layer.name == readout)):
+                    restart = params.get("v_init", 0)  # the readout restarts from 0 every frame of a stream
                 spikes, state[layer.name], n_lost, n_sat = gated_if_step(
                     state[layer.name], pending.get(layer.name), params["bias"], params.get("threshold"),
                     integrate, fire and layer.name != readout, self.state_bits, restart,
-                    getattr(layer, "payload_max", 1))
+                    getattr(layer, "payload_max", 1), active_lanes=None if k is None else plan.active_lanes(k))
                 self.counters["lost"][layer.name] += n_lost
                 self.counters["saturated"][layer.name] += n_sat
                 events = None if spikes is None else spikes if spikes.dtype == torch.bool else spikes != 0
                 if events is not None and bool(self._count_events(t, layer.name, events)):
-                    spiked[layer.name] |= events
+                    if layer.name in spiked:
+                        spiked[layer.name] |= events
                     outputs[layer.name] = spikes.to(kernels.dtype)
                     if raster is not None:
                         raster[layer.name][t] = spikes.cpu()
+                if (k is not None and layer.name in spiked and 0 <= k < plan.n_rounds
+                        and (t - sched[1]) % (2 * window) == 2 * window - 1):  # the end of its frame k
+                    self._close_frame(layer.name, k, spiked[layer.name])
+                    spiked[layer.name].zero_()
             if raster is not None:
                 raster[readout][t] = state[readout].cpu()
-            self._score(t, state[readout], y)
-            self.on_steps(t + 1)
+            if plan is None:
+                self._score(t, state[readout], source.y)
+                self.on_steps(t + 1)
+            else:
+                k = self._frame(t, net.readout)
+                if 0 <= k < plan.n_rounds and t == stream_prediction_step(k, net.latency_steps, window):
+                    self._predict_round(k, t, state[readout])
             pending = {layer.name: kernels.synaptic_input(layer.name, outputs) for layer in net.layers[1:]}
         if raster is not None:
             for name, values in raster.items():
                 self.records[name].append(values.numpy())
-        self._finish_batch(x, y, state[readout], spiked)
+        if plan is None:
+            self._finish_batch(source.y, spiked)
 
     # --- window path --------------------------------------------------------------------------
     @torch.no_grad()
-    def window_batch(self, x: torch.Tensor, y) -> None:
-        net, kernels, n_steps = self.network, self.window_kernels, self.n_steps
+    def window_batch(self, source) -> None:
+        net, kernels, n_steps, plan = self.network, self.window_kernels, self.n_steps, self.plan
         window = net.window_steps
-        x = x.to(kernels.dtype)
-        self._start_batch(x.shape[0])
-        state = self._initial_state(kernels, x.shape[0])
-        spiked = {name: torch.zeros_like(state[name], dtype=torch.bool) for name in self.names}
+        spiked = self._start_batch(source)
+        state = self._initial_state(kernels, source.lanes)
         readout = net.readout
-        input_counts = {net.input.name: x * window}
-        input_drive = {layer.name: kernels.synaptic_input(layer.name, input_counts) for layer in net.layers[1:]
-                       if all(s.source == net.input.name for s in layer.synapses)}
-        input_active = (x != 0).sum(dim=0).to(torch.float64)
-        for t in range(n_steps):
-            if phase(t, *_sched(net.input))[1]:
-                self._count_events(t, net.input.name, input_active, spikes=False)
         readout_sources = {s.source for s in readout.synapses}
+        input_fed = [layer.name for layer in net.layers[1:] if all(s.source == net.input.name for s in layer.synapses)]
 
-        def step_input(counts, target):  # the target's sources' outputs on step j: pixels, or payloads
+        def step_input(x, counts, target):  # the target's sources' outputs on step j: pixels, or payloads
             sources = {source for source, _ in kernels.synapses[target]}
             return lambda j: {name: x if name == net.input.name else (
                 None if counts.get(name) is None else window_payload(counts[name], j, net[name].payload_max))
                 for name in sources}
 
         first_offset = net.layers[1].schedule.offset_steps
-        predicted_until = 0  # steps before this one have been scored
+        predicted_until = 0  # steps before this one have been scored (one image at a time)
         n_frames = (n_steps - first_offset + 2 * window - 1) // (2 * window)
         if net.input.schedule.frames is not None:
             n_frames = min(n_frames, net.input.schedule.frames)
+        input_fires = [t for t in range(n_steps) if phase(t, *_sched(net.input))[1]]
+        shown = (None, None)
         for k in range(n_frames):
             self.on_steps(min(n_steps, max(0, first_offset + 2 * k * window)))
+            x, _, n_active = source.round(k if plan else 0)
+            if shown[0] != (k if plan else 0):
+                if plan is not None:
+                    self._open_round(source, k)
+                x = x.to(kernels.dtype)
+                input_counts = {net.input.name: x * window}
+                input_drive = {name: kernels.synaptic_input(name, input_counts) for name in input_fed}
+                shown = (k if plan else 0, x)
+            x = shown[1]
+            for t in input_fires:  # the input's fire steps of its frame k
+                if (self._frame(t, net.input) if plan else stream_frame(t, net.input.schedule.offset_steps, window)) == k:
+                    self._count_input(t, x)
+            active = n_active if plan else None
             counts: Dict[str, Optional[torch.Tensor]] = dict(input_counts)
             for layer in self.spiking:
                 fire_start = layer.schedule.offset_steps + (2 * k + 1) * window
@@ -354,12 +506,12 @@ class _Run:
                     n_in = n_steps - (fire_start - window)
                     if self._may_saturate(kernels, state[layer.name], params["bias"], counts, layer.name, n_in):
                         for _ in self._integrate_stepwise(kernels, layer.name, state[layer.name], params["bias"],
-                                                          step_input(counts, layer.name), n_in):
+                                                          step_input(x, counts, layer.name), n_in, active):
                             pass
                     continue
                 if self._may_saturate(kernels, state[layer.name], params["bias"], counts, layer.name, window):
                     *_, v = self._integrate_stepwise(kernels, layer.name, state[layer.name], params["bias"],
-                                                     step_input(counts, layer.name), window)
+                                                     step_input(x, counts, layer.name), window, active)
                     count, v = window_spike_count(v, params["threshold"].to(torch.float64), layer.window_count_max)
                     count, state[layer.name] = count.to(kernels.dtype), v.to(kernels.dtype)
                 else:
@@ -370,25 +522,43 @@ class _Run:
                     if drive is not None:
                         v += drive
                     count, state[layer.name] = window_spike_count(v, params["threshold"], layer.window_count_max)
+                if active is not None:
+                    count[active:] = 0  # idle lanes send nothing
                 n_observed = min(window, n_steps - fire_start)
                 payload = layer.payload_max  # step j of the window sends a spike where count > j * payload
-                spiked[layer.name] |= count > 0
+                if layer.name in spiked:
+                    if plan is None:
+                        spiked[layer.name] |= count > 0
+                    else:
+                        self._close_frame(layer.name, k, count > 0)
                 for j in range(n_observed):
                     self._count_events(fire_start + j, layer.name, count > j * payload)
                 counts[layer.name] = count if float(count.amax()) > 0 else None
             integrate_start = readout.schedule.offset_steps + 2 * k * window
             if integrate_start >= n_steps:
                 continue
+            bias = kernels.params[readout.name]["bias"]
+            if plan is not None:  # streamed: the readout restarts every frame; the prediction after its window
+                v_start = torch.zeros_like(state[readout.name])
+                if self._may_saturate(kernels, v_start, bias, counts, readout.name, window):
+                    *_, v = self._integrate_stepwise(kernels, readout.name, v_start, bias,
+                                                     step_input(x, counts, readout.name), window, active)
+                else:
+                    drive = kernels.synaptic_input(readout.name, counts)
+                    v = v_start + window * bias + (0 if drive is None else drive)
+                state[readout.name] = v.to(kernels.dtype)
+                self._predict_round(k, integrate_start + window - 1, state[readout.name])
+                continue
             v_before = state[readout.name]
             for t in range(predicted_until, integrate_start):
-                self._score(t, v_before, y)
-            bias = kernels.params[readout.name]["bias"]
+                self._score(t, v_before, source.y)
             n_observed = min(window, n_steps - integrate_start)
             if self._may_saturate(kernels, v_before, bias, counts, readout.name, window):
-                steps = self._integrate_stepwise(kernels, readout.name, v_before, bias, step_input(counts, readout.name), n_observed)
+                steps = self._integrate_stepwise(kernels, readout.name, v_before, bias,
+                                                 step_input(x, counts, readout.name), n_observed)
                 for j, v in enumerate(steps):
                     state[readout.name] = v.to(kernels.dtype)
-                    self._score(integrate_start + j, state[readout.name], y)
+                    self._score(integrate_start + j, state[readout.name], source.y)
             else:
                 for j in range(n_observed):
                     partial = {name: None if counts.get(name) is None
@@ -396,16 +566,19 @@ class _Run:
                                for name in readout_sources}
                     drive = kernels.synaptic_input(readout.name, partial)
                     state[readout.name] = v_before + (j + 1) * bias + (0 if drive is None else drive)
-                    self._score(integrate_start + j, state[readout.name], y)
+                    self._score(integrate_start + j, state[readout.name], source.y)
             predicted_until = integrate_start + n_observed
-        for t in range(predicted_until, n_steps):
-            self._score(t, state[readout.name], y)
-        self._finish_batch(x, y, state[readout.name], spiked)
+        if plan is None:
+            for t in input_fires:  # fire steps of input frames that no layer reached
+                if stream_frame(t, net.input.schedule.offset_steps, window) >= n_frames:
+                    self._count_input(t, shown[1] if shown[1] is not None else source.round(0)[0].to(kernels.dtype))
+            for t in range(predicted_until, n_steps):
+                self._score(t, state[readout.name], source.y)
+            self._finish_batch(source.y, spiked)
 
     def result(self, n_samples: int, method: str, has_labels: bool) -> SimResult:
         as_int = lambda d: {k: int(v) for k, v in d.items()}
-        predictions_per_step = np.concatenate(self.predictions, axis=1)
-        return SimResult(
+        counts = dict(
             n_steps=self.n_steps, n_samples=n_samples, layer_names=self.names,
             n_spikes_per_step=self.spikes_per_step.cpu().numpy().astype(np.int64),
             synapse_names=tuple(self.kernels.synapse_names),
@@ -414,11 +587,19 @@ class _Run:
             n_sin=as_int(self.counters["sin"]), n_lost_input=as_int(self.counters["lost"]),
             n_saturated=as_int(self.counters["saturated"]),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
-            predictions=predictions_per_step[-1].astype(np.int64),
-            predictions_per_step=predictions_per_step, ann_predictions=np.concatenate(self.ann_predictions),
-            accuracy=(self.correct / n_samples).cpu().numpy() if has_labels else None,
-            ann_accuracy=self.ann_correct / n_samples if has_labels else None,
-            method=method)
+            ann_predictions=np.concatenate(self.ann_predictions),
+            ann_accuracy=self.ann_correct / n_samples if has_labels else None, method=method)
+        if self.plan is not None:
+            predictions = np.concatenate([r[0] for r in self.rounds]).astype(np.int64)
+            return SimResult(**counts, predictions=predictions, predictions_per_step=None, stream=StreamRecord(
+                lanes=self.plan.lanes, n_rounds=self.plan.n_rounds, latency_steps=self.network.latency_steps,
+                frame_steps=self.network.frame_steps, image_index=np.asarray(self.plan.image_indices(), dtype=np.int64),
+                prediction_step=np.concatenate([np.full(len(r[0]), r[2], dtype=np.int64) for r in self.rounds]),
+                readout=np.concatenate([r[1] for r in self.rounds])))
+        predictions_per_step = np.concatenate(self.predictions, axis=1)
+        return SimResult(**counts, predictions=predictions_per_step[-1].astype(np.int64),
+                         predictions_per_step=predictions_per_step,
+                         accuracy=(self.correct / n_samples).cpu().numpy() if has_labels else None)
 
 
 def _sched(layer):

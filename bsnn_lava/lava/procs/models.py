@@ -37,7 +37,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from scipy import sparse
 
-from bsnn_lava.dynamics import frame_starts, gated_if_step, phase
+from bsnn_lava.dynamics import StreamPlan, frame_starts, gated_if_step, phase, stream_frame
 from bsnn_lava.lava.procs.process import MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout, batched
 
 #: Above this fraction of active inputs (active in some image of the batch) a synapse multiplies the
@@ -140,10 +140,19 @@ class _ScheduledModel(_SampleClockModel):
         super().__init__(proc_params)
         self.schedule = (proc_params["mode"], proc_params["offset_steps"], proc_params["window_steps"],
                          proc_params["frames"])
+        self.plan = None if proc_params["stream"] is None else StreamPlan(**proc_params["stream"])
         self.batch_size = proc_params["batch_size"]
         self.io_shape = batched(proc_params["shape"], self.batch_size)  # of the ports and batched Vars
         self.layout = (self.batch_size, *proc_params["shape"])
         self.logs = _open_logs(proc_params["log_paths"])
+
+    def frame(self, t: int) -> int:
+        """The frame (a stream's round) that step ``t`` belongs to (:func:`stream_frame`)."""
+        return stream_frame(t, self.schedule[1], self.schedule[2])
+
+    def active_lanes(self, t: int) -> ty.Optional[int]:
+        """In a stream, the lanes (a prefix) that hold an image in this step's frame; else ``None``."""
+        return None if self.plan is None else self.plan.active_lanes(self.frame(t))
 
 
 class _SenderModel(_ScheduledModel):
@@ -229,10 +238,11 @@ class _GatedIFModel(_LayerModel, _SenderModel):
             self.v = np.broadcast_to(self.v_init, self.v.shape).copy()
             self.start_sample()
         integrate, fire = phase(t, *self.schedule)
-        restart = self.v_init if self.frame_reset and frame_starts(t, *self.schedule) else None
+        starts = frame_starts(t, *self.schedule)
+        restart = self.v_init if self.frame_reset and starts else None
         spikes, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, self.threshold,
                                                         integrate, fire, self.state_bits, restart, self.payload_max,
-                                                        per_sample=True)
+                                                        per_sample=True, active_lanes=self.active_lanes(t))
         self.v = v.reshape(self.v.shape)
         self.count(n_lost, n_saturated)
         spikes = self.no_spikes if spikes is None else spikes
@@ -247,6 +257,13 @@ class _GatedIFModel(_LayerModel, _SenderModel):
                 self.logs["totals"] += events
         if "raster" in self.logs:
             self.logs["raster"][:, t] = spikes
+        if "frame_spiked" in self.logs:
+            ring = self.logs["frame_spiked"]
+            slot = self.frame(t) % ring.shape[1]
+            if starts:
+                ring[:, slot] = False
+            if per_image.any():
+                ring[:, slot] |= events
 
 
 @implements(proc=GatedIF, protocol=LoihiProtocol)
@@ -294,8 +311,10 @@ class _ReadoutModel(_LayerModel):
             self.v = np.zeros_like(self.v)
             self.start_sample()
         integrate, _ = phase(t, *self.schedule)
+        restart = 0 if self.plan is not None and frame_starts(t, *self.schedule) else None  # a stream: every frame
         _, v, n_lost, n_saturated = gated_if_step(self.v.reshape(self.layout), a_in, self.bias, None, integrate, False,
-                                                  self.state_bits, per_sample=True)
+                                                  self.state_bits, restart, per_sample=True,
+                                                  active_lanes=self.active_lanes(t))
         self.v = v.reshape(self.v.shape)
         self.count(n_lost, n_saturated)
         if "v" in self.logs:
@@ -329,7 +348,8 @@ class PyReadoutModelFloat(_ReadoutModel):
 
 class _PixelInputModel(_SenderModel):
     """Shows sample ``(time_step - 1) // steps_per_sample`` (cyclically; its ``batch_size`` images)
-    on its fire steps, else zeros (sent one step later, as every sender)."""
+    on its fire steps, else zeros (sent one step later, as every sender); in a stream, round k in its
+    frame k."""
     message_dtype = np.uint8
 
     def __init__(self, proc_params):
@@ -339,7 +359,8 @@ class _PixelInputModel(_SenderModel):
     def run_spk(self):
         t = self.sample_step()
         self.send_previous(t)
-        sample = (self.time_step - 1) // self.steps_per_sample % self.n_samples
+        sample = (self.time_step - 1) // self.steps_per_sample % self.n_samples if self.plan is None else \
+            min(max(self.frame(t), 0), self.n_samples - 1)  # fires only in frames 0 .. rounds - 1
         _, fire = phase(t, *self.schedule)
         images = self.images[sample * self.batch_size:(sample + 1) * self.batch_size]
         self.keep(t, images if fire else self.silent)

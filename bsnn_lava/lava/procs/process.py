@@ -25,6 +25,13 @@ and every port and every per-neuron Var gets a leading batch axis, (B, C, H, W);
 Lava's messaging cost per step is paid once for all of them. B = 1 (the default) keeps the unbatched
 shapes, the layout of one image per core that a Loihi 2 mapping has.
 
+Streams: with ``stream`` (the fields of a :class:`bsnn_lava.dynamics.StreamPlan`: ``n_images``,
+``lanes``, ``lane_start``, ``lane_stop``; bistable schedules only) a run is one sample that shows a
+new round of B images every frame: the input shows round k during its frame k
+(:func:`bsnn_lava.dynamics.stream_frame`), every layer's frame k processes round k, the lanes without
+an image in a round are idle in its frames, and the readout restarts from 0 at the start of each of its
+frames, so after its frame k it holds round k's prediction.
+
 Activity logs: a process may get ``log_paths``, ``.npy`` files created by the caller (see
 :func:`bsnn_lava.lava.run.run_lava`) that the model writes during the run, because ``Var.get``
 transfers one element per message. Every log of a layer or the input has a leading axis of the B
@@ -32,7 +39,9 @@ images of the current sample (length 1 without batches): ``counts`` (B, steps_pe
 events of the layer per step, ``totals`` (B, *shape) events per neuron, ``raster`` (B,
 steps_per_sample, *shape) bool (the payloads for graded spikes), optional; ``lost_input`` and
 ``saturated`` (B,) the neuron-steps of the sample's images that lost input or saturated, optional;
-the readout's ``v`` (B, steps_per_sample, classes) holds its potential after every step; ``synops``
+the readout's ``v`` (B, steps_per_sample, classes) holds its potential after every step; in a stream,
+``frame_spiked`` (B, R, *shape) bool of a layer holds, in slot ``k % R``, which neurons sent a spike in
+its frame k (cleared when the frame starts; R frames kept); ``synops``
 (B, steps_per_sample, n_outgoing) of a sending process (the input, a layer) counts, per outgoing
 synapse, the synaptic operations (nonzero weights of the active inputs) of what it sent on each
 step (its ``fan_outs``, in the order given). Each file holds the current sample and is overwritten
@@ -47,10 +56,10 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
-from bsnn_lava.dynamics import MODES
+from bsnn_lava.dynamics import MODES, StreamPlan
 
 #: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
-LOG_FIELDS = {"gated_if": ("counts", "totals", "raster", "lost_input", "saturated", "synops"),
+LOG_FIELDS = {"gated_if": ("counts", "totals", "raster", "lost_input", "saturated", "synops", "frame_spiked"),
               "readout": ("v", "lost_input", "saturated"), "pixel_input": ("synops",), "event_count": ("counts",)}
 REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "pixel_input": (),
                        "event_count": ("counts",)}
@@ -60,8 +69,18 @@ MAX_INPUTS = 4
 
 
 def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_sample: int,
-                     frames: ty.Optional[int] = None) -> dict:
-    """The schedule as proc_params; ``ValueError`` for anything :func:`dynamics.phase` cannot run."""
+                     frames: ty.Optional[int] = None, stream: ty.Optional[ty.Mapping[str, int]] = None,
+                     batch_size: int = 1) -> dict:
+    """The schedule (and the stream, module docstring) as proc_params; ``ValueError`` for anything
+    :func:`dynamics.phase` cannot run, or a stream whose lanes are not the ``batch_size``."""
+    if stream is not None:
+        plan = StreamPlan(**stream)
+        if mode != "bistable":
+            raise ValueError(f"a stream needs mode 'bistable', got {mode!r}")
+        if plan.run_lanes != batch_size:
+            raise ValueError(f"the stream's lanes [{plan.lane_start}, {plan.lane_stop}) must be the batch_size "
+                             f"{batch_size} of the process")
+        stream = dict(n_images=plan.n_images, lanes=plan.lanes, lane_start=plan.lane_start, lane_stop=plan.lane_stop)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     for field_name, value, low in (("window_steps", window_steps, 1), ("steps_per_sample", steps_per_sample, 1),
@@ -72,7 +91,7 @@ def _schedule_params(mode: str, offset_steps: int, window_steps: int, steps_per_
     if frames is not None and (isinstance(frames, bool) or int(frames) != frames or frames < 1 or mode != "bistable"):
         raise ValueError(f"frames must be None or a positive integer (bistable only), got {frames!r}")
     return dict(mode=mode, offset_steps=int(offset_steps), window_steps=int(window_steps),
-                steps_per_sample=int(steps_per_sample), frames=None if frames is None else int(frames))
+                steps_per_sample=int(steps_per_sample), frames=None if frames is None else int(frames), stream=stream)
 
 
 def _integer_at_least(value, field_name: str, low: int = 1) -> int:
@@ -215,6 +234,7 @@ class GatedIF(AbstractProcess):
         threshold, bias, v_init: scalars or arrays of ``shape`` (integer scale for ``fixed_pt``).
         mode, offset_steps, window_steps, frames: the schedule (see :func:`bsnn_lava.dynamics.phase`).
         steps_per_sample: steps per sample; the neurons restart from ``v_init`` every this many steps.
+        stream: the stream a run shows (module docstring), or ``None``.
         frame_reset: also restart from ``v_init`` at the start of every integrate window (bistable
             only; :func:`bsnn_lava.dynamics.frame_starts`).
         payload_max: 1 for binary spikes, else the largest payload of a graded spike.
@@ -231,6 +251,7 @@ class GatedIF(AbstractProcess):
 
     def __init__(self, *, shape: ty.Tuple[int, ...], synapses: ty.Sequence[dict], threshold, bias, v_init, mode: str,
                  offset_steps: int, window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None,
+                 stream: ty.Optional[ty.Mapping[str, int]] = None,
                  frame_reset: bool = False, payload_max: int = 1, state_bits: ty.Optional[int] = None,
                  batch_size: int = 1, fan_outs: ty.Sequence[np.ndarray] = (),
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
@@ -242,7 +263,7 @@ class GatedIF(AbstractProcess):
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("gated_if", log_paths),
                     frame_reset=bool(frame_reset), payload_max=_integer_at_least(payload_max, "payload_max"),
                     batch_size=batch_size, fan_outs=_fan_outs(fan_outs, shape),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames, stream, batch_size))
         threshold = _full(threshold, shape, "threshold")
         if np.any(threshold <= 0):
             raise ValueError("threshold must be > 0")
@@ -264,19 +285,21 @@ class Readout(AbstractProcess):
     schedule integrates.
 
     The prediction after a step is ``argmax(v)`` (first index on ties). Arguments as for
-    :class:`GatedIF` (``shape`` is (classes,)); Vars ``v`` (batched), ``bias``, ``n_lost_input``,
-    ``n_saturated``; ports ``s_in<k>`` only.
+    :class:`GatedIF` (``shape`` is (classes,)); in a stream ``v`` restarts from 0 every frame. Vars ``v``
+    (batched), ``bias``, ``n_lost_input``, ``n_saturated``; ports ``s_in<k>`` only.
     """
 
     def __init__(self, *, shape: ty.Tuple[int, ...], synapses: ty.Sequence[dict], bias, mode: str, offset_steps: int,
                  window_steps: int, steps_per_sample: int, frames: ty.Optional[int] = None,
+                 stream: ty.Optional[ty.Mapping[str, int]] = None,
                  state_bits: ty.Optional[int] = None, batch_size: int = 1,
                  log_paths: ty.Optional[ty.Mapping[str, str]] = None, name: ty.Optional[str] = None):
         shape = tuple(int(s) for s in shape)
         super().__init__(shape=shape, name=name)
         batch_size = _integer_at_least(batch_size, "batch_size")
         _add_params(self, state_bits=_state_bits(state_bits), log_paths=_log_paths("readout", log_paths),
-                    batch_size=batch_size, **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+                    batch_size=batch_size, **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames,
+                                                              stream, batch_size))
         io_shape = batched(shape, batch_size)
         _add_inputs(self, synapses, shape, batch_size)
         self.v = Var(shape=io_shape, init=0)
@@ -288,17 +311,19 @@ class Readout(AbstractProcess):
 class PixelInput(AbstractProcess):
     """The pixel source: sends sample ``k``'s raw images as graded values (0..255) for every step of
     sample ``k`` on which its schedule fires, and nothing (zeros) for the others (one step later,
-    module docstring); a sample is one image, or ``batch_size`` consecutive images.
+    module docstring); a sample is one image, or ``batch_size`` consecutive images. In a stream the
+    k-th ``batch_size`` images are round k, shown in the input's frame k.
 
     Args:
         images: (n_images, C, H, W) integer pixels in 0..255, ``n_images`` a multiple of
             ``batch_size``; ``s_out`` has shape (C, H, W), batched (module docstring).
-        mode, offset_steps, window_steps, steps_per_sample, frames, batch_size, fan_outs, log_paths:
+        mode, offset_steps, window_steps, steps_per_sample, frames, stream, batch_size, fan_outs, log_paths:
             as for :class:`GatedIF` (logs: ``synops`` only).
     """
 
     def __init__(self, *, images: np.ndarray, mode: str, offset_steps: int, window_steps: int,
-                 steps_per_sample: int, frames: ty.Optional[int] = None, batch_size: int = 1,
+                 steps_per_sample: int, frames: ty.Optional[int] = None,
+                 stream: ty.Optional[ty.Mapping[str, int]] = None, batch_size: int = 1,
                  fan_outs: ty.Sequence[np.ndarray] = (), log_paths: ty.Optional[ty.Mapping[str, str]] = None,
                  name: ty.Optional[str] = None):
         images = np.asarray(images)
@@ -310,9 +335,12 @@ class PixelInput(AbstractProcess):
                              f"{batch_size}, got {images.shape}")
         if not np.array_equal(images, np.round(images)) or images.min() < 0 or images.max() > 255:
             raise ValueError("images must hold integer pixel values in 0..255 (8-bit graded spikes)")
+        if stream is not None and images.shape[0] != StreamPlan(**stream).n_rounds * batch_size:
+            raise ValueError(f"a stream of {StreamPlan(**stream).n_rounds} rounds of {batch_size} images needs "
+                             f"images of {StreamPlan(**stream).n_rounds * batch_size}, got {images.shape[0]}")
         _add_params(self, n_samples=int(images.shape[0]) // batch_size, batch_size=batch_size,
                     fan_outs=_fan_outs(fan_outs, shape), log_paths=_log_paths("pixel_input", log_paths),
-                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames))
+                    **_schedule_params(mode, offset_steps, window_steps, steps_per_sample, frames, stream, batch_size))
         self.s_out = OutPort(shape=batched(shape, batch_size))
         self.images = Var(shape=images.shape, init=images.astype(np.uint8))
 
