@@ -262,7 +262,8 @@ def _cmd_finetune(args) -> int:
           f"checkpoint after every epoch: {args.out}", file=sys.stderr)
     finetune(model, x, y, window=None if args.relu else args.window, epochs=args.epochs, batch_size=args.batch_size,
              lr=args.lr, mean=mean, std=std, device=device, augment=not args.no_augment, seed=args.seed,
-             percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume)
+             percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume,
+             threshold_init=args.threshold_init)
     factory = f" --factory {args.factory}" if args.factory else ""
     print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
@@ -486,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     tune.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine decay (default: 0.01)")
     tune.add_argument("--percentile", type=float, default=99.9, help="initial threshold percentile (default: 99.9)")
+    tune.add_argument("--threshold-init", choices=("percentile", "least-squares"), default="percentile",
+                      help="initial thresholds: the --percentile of each layer's positive activations, or the "
+                           "threshold with the least quantization error at --window levels (default: percentile)")
     tune.add_argument("--channelwise", action="store_true", help="one learned threshold per channel")
     tune.add_argument("--no-augment", action="store_true", help="no random crop and flip (e.g. for digits)")
     add_normalisation_arguments(tune)

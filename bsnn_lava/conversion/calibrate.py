@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from ..ir import Network
 from ..sim.ann import ann_forward
 from ..sim.kernels import NetworkKernels
+from ..thresholds import positive_percentile
 
 
 def calibrate(network: Network, images: torch.Tensor, percentile: float = 99.9, channelwise: bool = False,
@@ -38,8 +39,3 @@ def calibrate(network: Network, images: torch.Tensor, percentile: float = 99.9, 
         scales[name] = (np.array([positive_percentile(row, percentile) for row in act]) if channelwise
                         else np.array(positive_percentile(act.ravel(), percentile)))
     return scales
-
-
-def positive_percentile(values: np.ndarray, percentile: float) -> float:
-    positive = values[values > 0]
-    return float(np.percentile(positive, percentile)) if positive.size else 1.0

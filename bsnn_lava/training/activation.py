@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..thresholds import least_squares_threshold, positive_percentile
+
 #: Prefix of the submodules the rewrite adds, followed by the fx name of the ReLU call they replace.
 MODULE_PREFIX = "cfs_"
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
@@ -104,14 +106,21 @@ def clip_floor_shift_modules(model: nn.Module) -> List[Tuple[str, ClipFloorShift
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ClipFloorShift)]
 
 
+#: How :func:`calibrate_thresholds` starts a threshold (see :mod:`bsnn_lava.thresholds`).
+THRESHOLD_INITS = ("percentile", "least-squares")
+
+
 @torch.no_grad()
 def calibrate_thresholds(model: nn.Module, inputs: torch.Tensor, percentile: float = 99.9,
-                         batch_size: int = 100) -> None:
-    """Set every :class:`ClipFloorShift` threshold to the ``percentile``-th percentile of its
-    positive inputs, with every such module acting as a ReLU (the converter's calibration of the
-    ReLU network, :func:`bsnn_lava.conversion.calibrate`). ``inputs``: normalised model inputs."""
-    from ..conversion.calibrate import positive_percentile
-
+                         batch_size: int = 100, init: str = "percentile") -> None:
+    """Set every :class:`ClipFloorShift` threshold from its inputs, with every such module acting as
+    a ReLU: ``init="percentile"``, the ``percentile``-th percentile of the positive inputs (the
+    converter's calibration of the ReLU network, :func:`bsnn_lava.conversion.calibrate`);
+    ``"least-squares"``, the threshold whose quantization with the module's levels is closest to the
+    ReLU's output in squared error (:func:`bsnn_lava.thresholds.least_squares_threshold`). Per
+    channel where the threshold is. ``inputs``: normalised model inputs."""
+    if init not in THRESHOLD_INITS:
+        raise ValueError(f"init must be one of {', '.join(THRESHOLD_INITS)}, got {init!r}")
     sites = clip_floor_shift_modules(model)
     collected: Dict[str, list] = {name: [] for name, _ in sites}
 
@@ -132,10 +141,12 @@ def calibrate_thresholds(model: nn.Module, inputs: torch.Tensor, percentile: flo
         model.train(was_training)
         for handle in handles:
             handle.remove()
+    choose = ((lambda act, levels: positive_percentile(act, percentile)) if init == "percentile" else
+              (lambda act, levels: least_squares_threshold(act, levels, percentile)))
     for name, module in sites:
         act = np.concatenate(collected[name], axis=1)
         if module.threshold.ndim == 1:
-            values = [positive_percentile(row, percentile) for row in act]
+            values = [choose(row, module.levels) for row in act]
         else:
-            values = positive_percentile(act.ravel(), percentile)
+            values = choose(act.ravel(), module.levels)
         module.threshold.copy_(torch.as_tensor(values, dtype=module.threshold.dtype))

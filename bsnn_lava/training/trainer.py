@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import as_nchw, network_batch
 from ..files import atomic_write, check_output_path
-from .activation import calibrate_thresholds, clip_floor_shift_model, clip_floor_shift_modules
+from .activation import THRESHOLD_INITS, calibrate_thresholds, clip_floor_shift_model, clip_floor_shift_modules
 
 #: Key of a fine-tuning checkpoint's record (window, epochs done, history...) next to its ``state_dict``.
 CHECKPOINT_KEY = "bsnn_finetune"
@@ -33,15 +33,19 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
              mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), pixel_max: float = 255.0,
              device: str = "cpu", augment: bool = True, seed: int = 0, percentile: float = 99.9,
              channelwise: bool = False, n_calibration: int = 300, checkpoint: Union[str, Path, None] = None,
-             resume: bool = False, progress: bool = True) -> nn.Module:
+             resume: bool = False, progress: bool = True, threshold_init: str = "percentile") -> nn.Module:
     """Fine-tune ``model`` for a bistable window of ``window`` steps; returns the trained model (eval mode).
 
     Args:
         images, labels: raw uint8 training images ((N, H, W, C), (N, C, H, W) or (N, H, W)) and
             class indices.
         window: P, the levels of every :class:`ClipFloorShift` that replaces a ReLU (thresholds
-            start from the ``percentile`` calibration on the first ``n_calibration`` images, one
-            per channel when ``channelwise``); ``None`` keeps the ReLUs (the baseline).
+            start from :func:`calibrate_thresholds` with ``threshold_init`` on the first
+            ``n_calibration`` images, one per channel when ``channelwise``); ``None`` keeps the ReLUs
+            (the baseline).
+        threshold_init: ``percentile`` (the ``percentile``-th percentile of each layer's positive
+            activations) or ``least-squares`` (each layer's threshold with the least quantization
+            error at P levels).
         epochs, batch_size, lr, momentum, weight_decay: SGD with a cosine learning-rate decay to 0
             over all steps; weight decay on the weights only (not on biases, BatchNorm or thresholds).
         mean, std: the model's input normalisation, on pixels scaled to [0, 1] by ``pixel_max``.
@@ -56,6 +60,8 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         raise ValueError(f"window must be a positive integer (or None for ReLU), got {window!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
+    if threshold_init not in THRESHOLD_INITS:
+        raise ValueError(f"threshold_init must be one of {', '.join(THRESHOLD_INITS)}, got {threshold_init!r}")
     if checkpoint is not None:
         check_output_path(checkpoint, "checkpoint")
     x_all, y_all = check_training_data(model, images, labels)
@@ -66,14 +72,14 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
     config = {"window": None if window is None else int(window), "channelwise": bool(channelwise),
               "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "momentum": float(momentum),
               "weight_decay": float(weight_decay), "augment": bool(augment), "seed": int(seed),
-              "percentile": float(percentile), "input_shape": list(x_all.shape[1:]),
+              "percentile": float(percentile), "threshold_init": threshold_init, "input_shape": list(x_all.shape[1:]),
               "mean": list(map(float, mean)), "std": list(map(float, std)), "pixel_max": float(pixel_max),
               "n_images": int(x_all.shape[0])}
     state = _load_resume(checkpoint) if resume and checkpoint is not None and Path(checkpoint).exists() else None
     if window is not None:
         model = clip_floor_shift_model(model, int(window), tuple(x_all.shape[1:]), channelwise)
         if state is None:
-            calibrate_thresholds(model, normalise(x_all[:n_calibration].float()), percentile)
+            calibrate_thresholds(model, normalise(x_all[:n_calibration].float()), percentile, init=threshold_init)
     else:
         model = copy.deepcopy(model)
     model.to(device)
