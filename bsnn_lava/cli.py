@@ -253,17 +253,21 @@ def _cmd_finetune(args) -> int:
     check_device(device)
     model, mean, std = _load_model(args)
     x, y = _load_data(args.data, "--data", args.limit, split="train")
-    try:
-        check_training_data(model, x, y)
-    except ValueError as err:
-        raise UsageError(f"--data {args.data}: {err}") from None
+    validation = _load_data(args.validation, "--validation", args.check) if args.validation else None
+    for flag, spec, (images, labels) in (("--data", args.data, (x, y)),
+                                         ("--validation", args.validation, validation or (None, None))):
+        try:
+            if images is not None:
+                check_training_data(model, images, labels)
+        except ValueError as err:
+            raise UsageError(f"{flag} {spec}: {err}") from None
     what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}"
     print(f"fine-tuning {type(model).__name__} with {what} on {len(x)} images for {args.epochs} epoch(s) on {device}; "
           f"checkpoint after every epoch: {args.out}", file=sys.stderr)
     finetune(model, x, y, window=None if args.relu else args.window, epochs=args.epochs, batch_size=args.batch_size,
              lr=args.lr, mean=mean, std=std, device=device, augment=not args.no_augment, seed=args.seed,
              percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume,
-             threshold_init=args.threshold_init)
+             threshold_init=args.threshold_init, validation=validation, n_check=args.check)
     factory = f" --factory {args.factory}" if args.factory else ""
     print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
@@ -487,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     tune.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine decay (default: 0.01)")
     tune.add_argument("--percentile", type=float, default=99.9, help="initial threshold percentile (default: 99.9)")
+    tune.add_argument("--validation", help="data to check the model on before training and after every epoch "
+                      "(default: the first --check training images); a run that ends more than 10 points below the "
+                      "model it started from says so and what to try")
+    tune.add_argument("--check", type=positive_int, default=500,
+                      help="images checked after every epoch (default: 500; of --validation, or of --data)")
     tune.add_argument("--threshold-init", choices=("percentile", "least-squares"), default="percentile",
                       help="initial thresholds: the --percentile of each layer's positive activations, or the "
                            "threshold with the least quantization error at --window levels (default: percentile)")

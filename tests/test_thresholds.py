@@ -86,3 +86,27 @@ def test_training_does_not_import_the_converter():
             "print('bsnn_lava.conversion' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_the_check_accuracy_is_recorded_and_a_collapse_is_named(capsys):
+    """Every epoch's accuracy on the check images is in the record; a deliberately broken run (a
+    learning rate far too high) ends with a one-line warning naming what to try; a sound run has none."""
+    from bsnn_lava.training import finetune
+
+    x_train, y_train, x_test, y_test = load_digits_uint8()
+    model = train_digits_model(x_train, y_train, epochs=4)
+    common = dict(window=2, epochs=2, batch_size=64, augment=False, n_calibration=100, n_check=200)
+    sound = finetune(model, x_train[:400], y_train[:400], lr=0.01, progress=False, **common)
+    record = sound.finetune_record
+    with torch.no_grad():
+        before = float((model.eval()(torch.as_tensor(x_train[:200], dtype=torch.float32).reshape(-1, 1, 8, 8) / 255)
+                        .argmax(1).numpy() == y_train[:200]).mean())
+    assert record["check"] == {"images": "the first 200 training images", "accuracy_before": before}
+    assert [h["epoch"] for h in record["history"]] == [1, 2] and all(0 <= h["accuracy"] <= 1 for h in record["history"])
+    assert record["warning"] is None
+    broken = finetune(model, x_train[:400], y_train[:400], lr=50.0, progress=True,
+                      validation=(x_test[:100], y_test[:100]), **common)
+    warning = broken.finetune_record["warning"]
+    assert warning.startswith("warning: fine-tuning ended at") and "100 validation images" in warning
+    assert "more epochs" in warning and "--lr 25" in warning and "\n" not in warning
+    assert warning in capsys.readouterr().err

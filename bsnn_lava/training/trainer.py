@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -33,7 +34,8 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
              mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), pixel_max: float = 255.0,
              device: str = "cpu", augment: bool = True, seed: int = 0, percentile: float = 99.9,
              channelwise: bool = False, n_calibration: int = 300, checkpoint: Union[str, Path, None] = None,
-             resume: bool = False, progress: bool = True, threshold_init: str = "percentile") -> nn.Module:
+             resume: bool = False, progress: bool = True, threshold_init: str = "percentile",
+             validation=None, n_check: int = 500, warn_drop: float = 10.0) -> nn.Module:
     """Fine-tune ``model`` for a bistable window of ``window`` steps; returns the trained model (eval mode).
 
     Args:
@@ -52,6 +54,14 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         augment: random crop (zero padding of 4 pixels) and horizontal flip (images, not digits).
         checkpoint: a file written atomically after every epoch (model, optimizer, history);
             ``resume=True`` continues from it when it exists.
+        validation: ``(images, labels)`` on which the model is checked (eval mode, no augmentation)
+            before training and after every epoch; ``None``: the first ``n_check`` training images
+            (seen in training, so a guard against collapse rather than a held-out estimate). The
+            accuracies go to the progress line and the record (``check``: the images, the model's
+            accuracy before fine-tuning, ``accuracy`` per epoch in ``history``).
+        warn_drop: when the last epoch's check accuracy is more than this many points below the
+            model's before fine-tuning, the record's ``warning`` says so in one line (printed too),
+            naming what to try.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_calibration", n_calibration)):
         if isinstance(value, bool) or int(value) != value or value < 1:
@@ -62,10 +72,18 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         raise ValueError(f"lr must be positive, got {lr!r}")
     if threshold_init not in THRESHOLD_INITS:
         raise ValueError(f"threshold_init must be one of {', '.join(THRESHOLD_INITS)}, got {threshold_init!r}")
+    if isinstance(n_check, bool) or int(n_check) != n_check or n_check < 1:
+        raise ValueError(f"n_check must be a positive integer, got {n_check!r}")
     if checkpoint is not None:
         check_output_path(checkpoint, "checkpoint")
     x_all, y_all = check_training_data(model, images, labels)
+    if validation is None:
+        check_x, check_y, check_what = x_all[:n_check], y_all[:n_check], f"the first {min(n_check, len(x_all))} training images"
+    else:
+        check_x, check_y = check_training_data(model, *validation)
+        check_what = f"{len(check_x)} validation images"
     normalise = _Normalise(mean, std, pixel_max, x_all.shape[1])
+    check = lambda m: _accuracy(m, normalise(check_x.float()), torch.as_tensor(check_y))
     y_all = torch.as_tensor(y_all)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -76,6 +94,7 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
               "mean": list(map(float, mean)), "std": list(map(float, std)), "pixel_max": float(pixel_max),
               "n_images": int(x_all.shape[0])}
     state = _load_resume(checkpoint) if resume and checkpoint is not None and Path(checkpoint).exists() else None
+    config["check"] = {"images": check_what, "accuracy_before": check(model)}  # the model as given
     if window is not None:
         model = clip_floor_shift_model(model, int(window), tuple(x_all.shape[1:]), channelwise)
         if state is None:
@@ -129,15 +148,49 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
             bar.update(1)
         bar.close()
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "seconds": time.perf_counter() - started})
+                        "seconds": time.perf_counter() - started, "accuracy": check(model)})
         if progress:
             tqdm.write(f"fine-tune {what}: epoch {epoch + 1}/{epochs} loss {loss_sum / seen:.3f}, "
-                       f"train accuracy {100 * correct / seen:.1f}%, {history[-1]['seconds']:.0f} s")
+                       f"train accuracy {100 * correct / seen:.1f}%, on {check_what} "
+                       f"{100 * history[-1]['accuracy']:.2f}% (before: {100 * config['check']['accuracy_before']:.2f}%), "
+                       f"{history[-1]['seconds']:.0f} s")
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, dict(config, history=history), optimizer, generator)
     model.eval()
-    model.finetune_record = dict(config, history=history)
+    record = dict(config, history=history, warning=collapse_warning(config, history, warn_drop))
+    if record["warning"]:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, record, optimizer, generator)
+        if progress:
+            tqdm.write(record["warning"], file=sys.stderr)
+    model.finetune_record = record
     return model
+
+
+def collapse_warning(config: dict, history: list, warn_drop: float) -> Optional[str]:
+    """One line when the last epoch's check accuracy is more than ``warn_drop`` points below the
+    model's before fine-tuning, naming what to try; ``None`` otherwise."""
+    before, after = config["check"]["accuracy_before"], history[-1]["accuracy"] if history else None
+    if after is None or 100 * (before - after) <= warn_drop:
+        return None
+    levels = "" if config["window"] is None else f", more levels (--window {2 * config['window']}, or graded spikes)"
+    return (f"warning: fine-tuning ended at {100 * after:.2f}% on {config['check']['images']}, "
+            f"{100 * (before - after):.1f} points below the model it started from ({100 * before:.2f}%): "
+            f"try more epochs{levels}, a lower learning rate (--lr {config['lr'] / 2:g}) or "
+            "--threshold-init least-squares")
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """``model``'s accuracy on normalised ``x`` in eval mode, on the model's device (its training
+    mode restored after)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    model.train(was_training)
+    return correct / max(len(x), 1)
 
 
 def check_training_data(model: nn.Module, images, labels):
