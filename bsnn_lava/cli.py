@@ -261,16 +261,27 @@ def _cmd_finetune(args) -> int:
                 check_training_data(model, images, labels)
         except ValueError as err:
             raise UsageError(f"{flag} {spec}: {err}") from None
+    teacher = _teacher(args)
     what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}"
     print(f"fine-tuning {type(model).__name__} with {what} on {len(x)} images for {args.epochs} epoch(s) on {device}; "
           f"checkpoint after every epoch: {args.out}", file=sys.stderr)
     finetune(model, x, y, window=None if args.relu else args.window, epochs=args.epochs, batch_size=args.batch_size,
              lr=args.lr, mean=mean, std=std, device=device, augment=not args.no_augment, seed=args.seed,
              percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume,
-             threshold_init=args.threshold_init, validation=validation, n_check=args.check)
+             threshold_init=args.threshold_init, validation=validation, n_check=args.check,
+             teacher=teacher, distill_weight=args.distill_weight)
     factory = f" --factory {args.factory}" if args.factory else ""
     print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
+
+
+def _teacher(args):
+    """``--teacher``: ``original`` (the model as given), a checkpoint of the same architecture (loaded
+    as MODEL is, e.g. a ReLU fine-tune), or ``None``."""
+    if args.teacher in (None, "original"):
+        return args.teacher
+    teacher, _, _ = _load_model(argparse.Namespace(**{**vars(args), "model": args.teacher, "random_weights": False}))
+    return teacher
 
 
 def _read_network(path):
@@ -496,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "model it started from says so and what to try")
     tune.add_argument("--check", type=positive_int, default=500,
                       help="images checked after every epoch (default: 500; of --validation, or of --data)")
+    tune.add_argument("--teacher", help="distil from 'original' (the model as given) or from a checkpoint of the "
+                      "same architecture (e.g. a --relu fine-tune): KL divergence to its outputs on the same batch")
+    tune.add_argument("--distill-weight", type=float, default=1.0,
+                      help="with --teacher: the loss is (1 - w) cross-entropy + w KL (default: 1)")
     tune.add_argument("--threshold-init", choices=("percentile", "least-squares"), default="percentile",
                       help="initial thresholds: the --percentile of each layer's positive activations, or the "
                            "threshold with the least quantization error at --window levels (default: percentile)")

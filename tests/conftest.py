@@ -90,3 +90,24 @@ def normalized(x_nhwc, mean, std):
     x = torch.as_tensor(x_nhwc, dtype=torch.float64).permute(0, 3, 1, 2) / 255.0
     return (x - torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)) / torch.tensor(
         std, dtype=torch.float64).view(1, -1, 1, 1)
+
+
+def interrupted_finetune(monkeypatch, after_epochs: int, run) -> None:
+    """Run ``run()`` (a fine-tuning with a checkpoint) so that it is "interrupted" (KeyboardInterrupt)
+    right after the checkpoint of epoch ``after_epochs``, as a Ctrl-C there would; the checkpoint stays."""
+    from bsnn_lava.training import trainer
+
+    real_save, saves = trainer.save_checkpoint, []
+
+    def save_then_stop(path, *args, **kw):
+        real_save(path, *args, **kw)
+        saves.append(path)
+        if len(saves) == after_epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(trainer, "save_checkpoint", real_save)

@@ -15,8 +15,7 @@ from bsnn_lava.quantize import quantize
 from bsnn_lava.sim import frame_forward, simulate
 from bsnn_lava.training import (ClipFloorShift, calibrate_thresholds, clip_floor_shift_model,
                                 clip_floor_shift_modules, finetune, save_checkpoint)
-from bsnn_lava.training import trainer as finetune_module
-from conftest import OptionAResNet, SmallVGG, TVStyleResNet, normalized, randomize_batchnorm
+from conftest import OptionAResNet, SmallVGG, TVStyleResNet, interrupted_finetune, normalized, randomize_batchnorm
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.3, 0.2)
 
@@ -173,19 +172,7 @@ def test_finetune_trains_thresholds_and_resumes_exactly(tmp_path, monkeypatch):
     learned = [float(m.threshold.detach()) for _, m in clip_floor_shift_modules(straight)]
     assert learned != [float(m.threshold.detach()) for _, m in clip_floor_shift_modules(start)]
 
-    saves = []
-    real_save = finetune_module.save_checkpoint
-
-    def save_then_stop(path, *args, **kw):  # "interrupted" right after epoch 2's checkpoint
-        real_save(path, *args, **kw)
-        saves.append(path)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(finetune_module, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(base, x, y, checkpoint=tmp_path / "resumed.th", **kwargs)
-    monkeypatch.setattr(finetune_module, "save_checkpoint", real_save)
+    interrupted_finetune(monkeypatch, 2, lambda: finetune(base, x, y, checkpoint=tmp_path / "resumed.th", **kwargs))
     resumed = finetune(base, x, y, checkpoint=tmp_path / "resumed.th", resume=True, **kwargs)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name

@@ -13,6 +13,7 @@ from bsnn_lava.thresholds import (clip_floor_shift, least_squares_threshold, pos
                                   quantization_error)
 from bsnn_lava.training import ClipFloorShift, calibrate_thresholds, clip_floor_shift_model, clip_floor_shift_modules
 from bsnn_lava.training.activation import THRESHOLD_INITS
+from conftest import interrupted_finetune
 
 
 @pytest.mark.parametrize("levels", [1, 2, 4])
@@ -110,3 +111,49 @@ def test_the_check_accuracy_is_recorded_and_a_collapse_is_named(capsys):
     assert warning.startswith("warning: fine-tuning ended at") and "100 validation images" in warning
     assert "more epochs" in warning and "--lr 25" in warning and "\n" not in warning
     assert warning in capsys.readouterr().err
+
+
+def test_distillation_from_the_original_model_lowers_its_loss_and_resumes_exactly(tmp_path, monkeypatch):
+    from bsnn_lava.training import finetune
+
+    x_train, y_train, _, _ = load_digits_uint8()
+    model = train_digits_model(x_train, y_train, epochs=4)
+    kwargs = dict(window=2, epochs=3, batch_size=64, augment=False, progress=False, n_calibration=100,
+                  teacher="original", distill_weight=1.0)
+    tuned = finetune(model, x_train[:400], y_train[:400], checkpoint=tmp_path / "a.th", **kwargs)
+    history = tuned.finetune_record["history"]
+    assert tuned.finetune_record["distillation"] == {"teacher": "original", "weight": 1.0}
+    assert history[-1]["loss"] < history[0]["loss"]  # the KL divergence to the teacher falls
+    interrupted_finetune(monkeypatch, 2, lambda: finetune(model, x_train[:400], y_train[:400],
+                                                          checkpoint=tmp_path / "b.th", **kwargs))
+    resumed = finetune(model, x_train[:400], y_train[:400], checkpoint=tmp_path / "b.th", resume=True, **kwargs)
+    for (name, a), b in zip(tuned.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in resumed.finetune_record["history"]] == [h["loss"] for h in history]
+    # the ReLU model distilled from itself (the teacher in eval mode, so only BatchNorm's batch statistics
+    # differ): a far smaller loss than its cross-entropy
+    relu = dict(window=None, epochs=1, augment=False, progress=False)
+    itself = finetune(model, x_train[:400], y_train[:400], teacher="original", **relu)
+    plain = finetune(model, x_train[:400], y_train[:400], **relu)
+    assert itself.finetune_record["history"][0]["loss"] < plain.finetune_record["history"][0]["loss"] / 3
+    with pytest.raises(ValueError, match="teacher must be"):
+        finetune(model, x_train[:64], y_train[:64], teacher="best", progress=False)
+
+
+def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
+    from bsnn_lava.cli import main
+
+    x_train, y_train, _, _ = load_digits_uint8()
+    torch.save(train_digits_model(x_train, y_train, epochs=2).state_dict(), tmp_path / "digits.pt")
+    common = ["finetune", str(tmp_path / "digits.pt"), "--factory", "bsnn_lava.demo:DigitsResNet", "--data", "digits",
+              "--limit", "300", "--window", "2", "--epochs", "1", "--no-augment"]
+    assert main([*common, "--teacher", "original", "--distill-weight", "0.5", "--threshold-init", "least-squares",
+                 "--validation", "digits:test", "--check", "100", "--out", str(tmp_path / "ft.th")]) == 0
+    record = torch.load(tmp_path / "ft.th", weights_only=True)["bsnn_finetune"]
+    assert record["distillation"] == {"teacher": "original", "weight": 0.5}
+    assert record["check"]["images"] == "100 validation images" and record["threshold_init"] == "least-squares"
+    assert main([*common, "--lr", "40", "--out", str(tmp_path / "broken.th")]) == 0
+    assert "warning: fine-tuning ended at" in capsys.readouterr().err
+    assert torch.load(tmp_path / "broken.th", weights_only=True)["bsnn_finetune"]["warning"].startswith("warning:")
+    assert main([*common, "--teacher", str(tmp_path / "missing.th"), "--out", str(tmp_path / "x.th")]) == 2
+    assert "missing.th" in capsys.readouterr().err and not (tmp_path / "x.th").exists()

@@ -35,7 +35,8 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
              device: str = "cpu", augment: bool = True, seed: int = 0, percentile: float = 99.9,
              channelwise: bool = False, n_calibration: int = 300, checkpoint: Union[str, Path, None] = None,
              resume: bool = False, progress: bool = True, threshold_init: str = "percentile",
-             validation=None, n_check: int = 500, warn_drop: float = 10.0) -> nn.Module:
+             validation=None, n_check: int = 500, warn_drop: float = 10.0,
+             teacher: Union[None, str, nn.Module] = None, distill_weight: float = 1.0) -> nn.Module:
     """Fine-tune ``model`` for a bistable window of ``window`` steps; returns the trained model (eval mode).
 
     Args:
@@ -62,6 +63,10 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         warn_drop: when the last epoch's check accuracy is more than this many points below the
             model's before fine-tuning, the record's ``warning`` says so in one line (printed too),
             naming what to try.
+        teacher: distillation: ``"original"`` (the model as given, a frozen copy), another model
+            (e.g. a ReLU model fine-tuned first), or ``None``. The loss becomes
+            ``(1 - distill_weight) * cross-entropy + distill_weight * KL(teacher || model)`` on the
+            softmax of the logits, the teacher seeing the same augmented batch (in eval mode).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_calibration", n_calibration)):
         if isinstance(value, bool) or int(value) != value or value < 1:
@@ -74,6 +79,10 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         raise ValueError(f"threshold_init must be one of {', '.join(THRESHOLD_INITS)}, got {threshold_init!r}")
     if isinstance(n_check, bool) or int(n_check) != n_check or n_check < 1:
         raise ValueError(f"n_check must be a positive integer, got {n_check!r}")
+    if not (teacher is None or teacher == "original" or isinstance(teacher, nn.Module)):
+        raise ValueError(f"teacher must be None, 'original' or a torch module, got {teacher!r}")
+    if not 0.0 <= distill_weight <= 1.0:
+        raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
     if checkpoint is not None:
         check_output_path(checkpoint, "checkpoint")
     x_all, y_all = check_training_data(model, images, labels)
@@ -95,6 +104,12 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
               "n_images": int(x_all.shape[0])}
     state = _load_resume(checkpoint) if resume and checkpoint is not None and Path(checkpoint).exists() else None
     config["check"] = {"images": check_what, "accuracy_before": check(model)}  # the model as given
+    config["distillation"] = None if teacher is None else {
+        "teacher": teacher if isinstance(teacher, str) else type(teacher).__name__, "weight": float(distill_weight)}
+    if teacher is not None:
+        teacher = copy.deepcopy(model if teacher == "original" else teacher).to(device).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
     if window is not None:
         model = clip_floor_shift_model(model, int(window), tuple(x_all.shape[1:]), channelwise)
         if state is None:
@@ -136,6 +151,11 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
             logits = model(x)
             loss = F.cross_entropy(logits, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = F.softmax(teacher(x), dim=1)
+                distill = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
+                loss = (1.0 - distill_weight) * loss + distill_weight * distill
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -155,15 +175,13 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
                        f"{100 * history[-1]['accuracy']:.2f}% (before: {100 * config['check']['accuracy_before']:.2f}%), "
                        f"{history[-1]['seconds']:.0f} s")
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, dict(config, history=history), optimizer, generator)
+            save_checkpoint(checkpoint, model, dict(config, history=history,
+                                                    warning=collapse_warning(config, history, warn_drop)),
+                            optimizer, generator)
     model.eval()
-    record = dict(config, history=history, warning=collapse_warning(config, history, warn_drop))
-    if record["warning"]:
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, record, optimizer, generator)
-        if progress:
-            tqdm.write(record["warning"], file=sys.stderr)
-    model.finetune_record = record
+    model.finetune_record = dict(config, history=history, warning=collapse_warning(config, history, warn_drop))
+    if model.finetune_record["warning"] and progress:
+        tqdm.write(model.finetune_record["warning"], file=sys.stderr)
     return model
 
 
