@@ -157,3 +157,34 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
     assert torch.load(tmp_path / "broken.th", weights_only=True)["bsnn_finetune"]["warning"].startswith("warning:")
     assert main([*common, "--teacher", str(tmp_path / "missing.th"), "--out", str(tmp_path / "x.th")]) == 2
     assert "missing.th" in capsys.readouterr().err and not (tmp_path / "x.th").exists()
+
+
+def test_a_frame_reset_network_is_compared_with_its_frame():
+    """What a frame-reset BSNN equals is its frame (the quantized ANN): the run's ANN accuracy and
+    predictions are the frame's (reference and Lava), not the ReLU rates of the same weights."""
+    from bsnn_lava.conversion import convert
+    from bsnn_lava.lava.run import run_lava
+    from bsnn_lava.quantize import quantize
+    from bsnn_lava.sim import ann_forward, frame_forward, simulate
+    from bsnn_lava.training import finetune
+
+    x_train, y_train, x_test, y_test = load_digits_uint8()
+    model = train_digits_model(x_train, y_train, epochs=2)
+    tuned = finetune(model, x_train[:300], y_train[:300], window=2, epochs=1, augment=False, progress=False,
+                     n_calibration=100)
+    network = quantize(convert(tuned, x_train[:200]), "loihi2", calibration_images=x_train[:200])
+    images = torch.as_tensor(x_test, dtype=torch.float64).reshape(-1, 1, 8, 8)
+    frame = frame_forward(network, images)[0].argmax(1).numpy()
+    rates = ann_forward(network, images)[0].argmax(1).numpy()
+    assert (frame != rates).any()  # the two ANNs differ on this network: the test can tell them apart
+    result = simulate(network, x_test, y_test, steps=network.latency_steps)
+    assert result.extras["ann"] == "frame"
+    np.testing.assert_array_equal(result.ann_predictions, frame)
+    assert result.ann_accuracy == result.final_accuracy == float((frame == y_test).mean())  # exact from frame 1
+    lava = run_lava(network, x_test[:5], y_test[:5], steps=network.latency_steps, progress=False)
+    np.testing.assert_array_equal(lava.ann_predictions, frame[:5])
+    assert lava.extras["ann"] == "frame"
+    post = convert(model, x_train[:200])  # no frame reset: it approximates the rates
+    run = simulate(post, x_test, y_test, steps=20)
+    np.testing.assert_array_equal(run.ann_predictions, ann_forward(post, images)[0].argmax(1).numpy())
+    assert run.extras["ann"] == "rates"

@@ -28,7 +28,8 @@ from bsnn_lava.ir import GatedIF, Network
 from bsnn_lava.lava.compat import LavaNotInstalled
 from bsnn_lava.lava.compat import ensure_lava_importable
 from bsnn_lava.lava.build import LavaNetwork, build, check_runnable, load_network, outgoing_synapses, synapse_name
-from bsnn_lava.sim import SimResult, StreamRecord, ann_forward
+from bsnn_lava.sim import SimResult, StreamRecord
+from bsnn_lava.sim.ann import ReferenceANN
 from bsnn_lava.sim.kernels import NetworkKernels
 
 BACKENDS = ("cpu", "loihi2")
@@ -132,7 +133,7 @@ def run_lava(network_or_path, images, labels=None, steps: Optional[int] = None, 
     result = tally.result(logs.synapse_columns)
     result.frame_limit = network.readout.schedule.frames
     timing["n_processes"] = lava_net.n_processes
-    result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
+    result.extras.update(timing=timing, backend=backend, select_tag=select_tag, ann=tally.ann.kind)
     return result
 
 
@@ -166,7 +167,7 @@ def _run_stream(network: Network, images, labels, plan: StreamPlan, backend: str
             lava_net.stop() if finished else lava_net.abort()
         result = tally.result(logs, record)
     timing["n_processes"] = lava_net.n_processes
-    result.extras.update(timing=timing, backend=backend, select_tag=select_tag)
+    result.extras.update(timing=timing, backend=backend, select_tag=select_tag, ann=tally.ann.kind)
     return result
 
 
@@ -178,6 +179,7 @@ class _StreamTally:
     def __init__(self, network: Network, x: torch.Tensor, y, plan: StreamPlan, steps: int, ring: int):
         self.network, self.x, self.y, self.plan, self.steps, self.ring = network, x, y, plan, steps, ring
         self.kernels = NetworkKernels(network, torch.float64 if network.numeric == "int" else torch.float32, "cpu")
+        self.ann = ReferenceANN(network, self.kernels)
         self.n_sin = {layer.name: 0 for layer in network.spiking_layers if layer.role == "neuron"}
         self.rows: List[tuple] = []  # per round: (predictions, readout, prediction step, ANN predictions)
         self.images_done = 0
@@ -195,7 +197,7 @@ class _StreamTally:
             start, stop = self.plan.round_images(k)
             ann_predicted = np.zeros(0, dtype=np.int64)
             if n:  # (a lane share of a stream may have no image in the last round)
-                logits, pre = ann_forward(net, self.x[start:stop].to(self.kernels.dtype), self.kernels)
+                logits, pre = self.ann(self.x[start:stop])
                 ann_predicted = logits.argmax(dim=1).numpy()
                 for name in self.n_sin:
                     spiked = logs.maps[name]["frame_spiked"][:n, k % self.ring]
@@ -292,6 +294,7 @@ class _Tally:
         self.network, self.x, self.y, self.steps, self.record = network, x, y, steps, record
         dtype = torch.float64 if network.numeric == "int" else torch.float32  # the reference's arithmetic
         self.kernels = NetworkKernels(network, dtype, "cpu")
+        self.ann = ReferenceANN(network, self.kernels)
         self.spiking = [layer.name for layer in network.spiking_layers]
         self.sums: Dict[str, Dict[str, np.ndarray]] = {}
         self.n_sin = {layer.name: 0 for layer in network.spiking_layers if layer.role == "neuron"}
@@ -318,8 +321,8 @@ class _Tally:
 
     def _compare_with_ann(self) -> None:
         start = len(self.predictions_per_step) - len(self.pending_totals)
-        images = self.x[start:start + len(self.pending_totals)].to(self.kernels.dtype)
-        logits, pre = ann_forward(self.network, images, self.kernels)
+        images = self.x[start:start + len(self.pending_totals)]
+        logits, pre = self.ann(images)
         for name in self.n_sin:
             totals = np.stack([sample[name] for sample in self.pending_totals])
             self.n_sin[name] += int(((pre[name].numpy() <= 0) & (totals > 0)).sum())

@@ -82,3 +82,32 @@ def frame_forward(network: Network, images: torch.Tensor, kernels: Optional[Netw
             return v, {name: c for name, c in counts.items() if name != network.input.name}
         counts[layer.name], _ = window_spike_count(v, params["threshold"], layer.window_count_max)
     raise ValueError("the network has no readout")
+
+
+class ReferenceANN:
+    """The ANN a run of ``network`` is compared with (``SimResult.ann_predictions``, ``ann_accuracy``)
+    and the pre-activations that SIN is counted against.
+
+    A bistable network with frame reset computes its frame at every complete frame, exactly (the
+    clip-floor-shift ANN of a fine-tuned model, the P-level quantized ANN of a post-training one):
+    its ANN is :func:`frame_forward` (float64). Any other network approximates the rates of
+    :func:`ann_forward`, which stays its ANN (and where an integer network's frame is not a function
+    of its counts, :func:`frame_forward` refuses and the rates are used). ``kind``: ``frame`` or ``rates``.
+    """
+
+    def __init__(self, network: Network, kernels: NetworkKernels):
+        self.network, self.kernels = network, kernels
+        self.kind = "frame" if network.mode == "bistable" and network.frame_reset else "rates"
+        self.frame_kernels = None
+
+    def __call__(self, images: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """``(logits, pre_activations)`` of raw ``images`` (batch, C, H, W)."""
+        logits, pre = ann_forward(self.network, images.to(self.kernels.dtype), self.kernels)
+        if self.kind == "frame":
+            if self.frame_kernels is None:
+                self.frame_kernels = NetworkKernels(self.network, torch.float64, images.device)
+            try:
+                logits, _ = frame_forward(self.network, images, self.frame_kernels)
+            except ValueError:
+                self.kind = "rates"
+        return logits, pre

@@ -28,7 +28,7 @@ from ..dynamics import (SYNAPSE_DELAY_STEPS, StreamPlan, frame_starts, gated_if_
                         stream_prediction_step, stream_steps, window_payload, window_spike_count)
 from ..interrupts import Interrupted, note_progress
 from ..ir import GatedIF, Network
-from .ann import ann_forward
+from .ann import ReferenceANN
 from .kernels import NetworkKernels
 from .result import SimResult, StreamRecord
 
@@ -147,6 +147,7 @@ def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, 
     result.frame_limit = network.readout.schedule.frames
     if plan is not None and y_all is not None:
         result.final_correct = int((torch.as_tensor(result.predictions) == y_all[result.stream.image_index]).sum())
+    result.extras["ann"] = run.ann.kind
     if method == "window":
         result.extras["n_windows_stepwise"] = run.n_windows_stepwise
         result.extras["window_arithmetic"] = str(window_kernels.dtype).replace("torch.", "")
@@ -241,6 +242,7 @@ class _Run:
         self.plan = plan
         self.records = {layer.name: [] for layer in network.layers[1:]} if record else None
         self.kernels = kernels
+        self.ann = ReferenceANN(network, kernels)
         self.window_kernels = window_kernels or kernels
         self.n_steps = n_steps
         self.state_bits = state_bits
@@ -297,7 +299,7 @@ class _Run:
                                 for name in self.counters["sin"]}
             self.ann_predictions.append(np.zeros(0, dtype=np.int64))
             return
-        logits, pre = ann_forward(self.network, x[:n].to(self.kernels.dtype), self.kernels)
+        logits, pre = self.ann(x[:n])
         self.inactive[k] = {name: pre[name] <= 0 for name in self.counters["sin"]}
         ann_predicted = logits.argmax(dim=1)
         if y is not None:
