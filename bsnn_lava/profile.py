@@ -28,6 +28,7 @@ import numpy as np
 from hw_profiles import HardwareProfile, load_ann_reference, load_profile
 
 from .ir import GatedIF, Network
+from .resources import check_resources
 from .sim.result import SimResult
 
 
@@ -191,10 +192,11 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
     one_frame = streamed or (network.mode == "bistable" and network.frame_reset
                              and network.readout.schedule.frames == 1 and result.n_steps >= network.latency_steps)
     events_nj = energy["total"] - (energy["neuron_updates"] or 0.0)  # synops and spikes: the same either way
+    chips = check_resources(network, hw).n_chips
     throughput = {
         "one_at_a_time": _throughput(network.latency_steps if streamed else result.n_steps, events_nj, n_updating,
-                                     network, hw),
-        "streamed": _throughput(network.frame_steps, events_nj, n_updating, network, hw) if one_frame else None}
+                                     chips, hw),
+        "streamed": _throughput(network.frame_steps, events_nj, n_updating, chips, hw) if one_frame else None}
     return Profile(
         hardware=hw.name, frames=frames, n_steps=result.n_steps, n_samples=n,
         accuracy=result.final_accuracy, ann_accuracy=result.ann_accuracy,
@@ -208,16 +210,13 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
         throughput_sources={k: hw.sources.get(k, "not published") for k in ("step_time_us", "static_power_w")})
 
 
-def _throughput(steps_per_image: int, events_nj: float, n_updating: int, network: Network,
+def _throughput(steps_per_image: int, events_nj: float, n_updating: int, chips: int,
                 hw: HardwareProfile) -> Dict[str, Optional[float]]:
     """Per image at ``steps_per_image`` steps: images per second, and the energy: dynamic (the events'
-    ``events_nj`` plus ``steps_per_image`` updates of every neuron), static (every chip's static
-    power for the image's share of time)."""
-    from .resources import check_resources
-
+    ``events_nj`` plus ``steps_per_image`` updates of every neuron), static (the static power of the
+    network's ``chips`` for the image's share of time)."""
     dynamic = events_nj + (n_updating * steps_per_image * (hw.neuron_update_energy_pj or 0.0)) / 1e3
     seconds = None if hw.step_time_us is None else steps_per_image * hw.step_time_us * 1e-6
-    chips = check_resources(network, hw).n_chips
     static = None if seconds is None or hw.static_power_w is None else hw.static_power_w * chips * seconds * 1e9
     return {"steps_per_image": float(steps_per_image), "images_per_s": None if seconds is None else 1.0 / seconds,
             "chips": float(chips), "energy_nj": {"dynamic": dynamic, "static": static,
