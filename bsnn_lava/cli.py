@@ -470,8 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bistable neurons restart from V(0) at every integrate window, so every frame equals the "
                            "first (default: on for a model from bsnn finetune, else off)")
     conv.add_argument("--frames", type=positive_int,
-                      help="every layer stops after this many frames (default: no limit); with frame reset, 1 "
-                           "processes each image exactly once")
+                      help="store a frame limit in the file: every layer stops after this many frames (default: "
+                           "none stored; runs of a frame-reset network stop after one frame anyway, and bsnn "
+                           "simulate/profile --frames chooses per run)")
     conv.add_argument("--spikes", choices=("binary", "graded"), default="binary",
                       help="graded (Loihi 2): each layer integrates one step and sends its count as one spike's "
                            "payload, 2 steps per layer instead of P + 1 (default: binary)")
