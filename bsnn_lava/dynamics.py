@@ -12,7 +12,7 @@ neuron's own integer scale in a quantized network, or real units in a float netw
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 #: Every synapse delivers its output one step after the spike that caused it, as Lava's Dense and
 #: Conv process models do (they send the previous step's accumulation to avoid deadlocks).
@@ -242,3 +242,19 @@ def window_payload(count: Any, j: int, payload_max: int) -> Any:
     :func:`window_spike_count`): ``clip(count - j * payload_max, 0, payload_max)``; for binary spikes
     (``payload_max`` 1) this is 1 where ``count > j``."""
     return (count - j * payload_max).clip(0, payload_max)
+
+
+def max_pool(x: Any, taps: Any, maximum: Callable[[Any, Any], Any]) -> Any:
+    """Max pooling of what a layer sends: ``x`` (batch, inputs) flattened in (C, H, W) order, ``taps``
+    (outputs, k) the input each output reads per kernel tap (:meth:`bsnn_lava.ir.MaxPool.taps`),
+    ``maximum`` the backend's elementwise maximum (``numpy.maximum``, ``torch.maximum``). Returns
+    (batch, outputs).
+
+    Exact on counts and on step by step messages: ``window_payload`` is monotone in the count, so
+    ``window_payload(max_i c_i, j) = max_i window_payload(c_i, j)`` for every step j of a fire
+    window (binary spikes: the OR of the pooled neurons' spikes).
+    """
+    pooled = x[:, taps[:, 0]]
+    for j in range(1, taps.shape[1]):
+        pooled = maximum(pooled, x[:, taps[:, j]])
+    return pooled

@@ -16,7 +16,9 @@ spikes of layers with graded payloads) are counted apart and priced at the profi
 (an estimate on Loihi 2, marked; the binary figure where the profile has none). The ANN comparison counts the converted
 network's multiply-accumulates (nonzero weights times the outputs they reach; relays excluded,
 shortcut branches counted as additions) at Horowitz's 45 nm figures. The common "0.9 pJ per synop"
-SNN estimate (synops x FP32 add, graded input synapses as FP32 MACs) is reported beside it.
+SNN estimate (synops x FP32 add, graded input synapses as FP32 MACs) is reported beside it. A
+max-pooled synapse's synaptic operations include its pooling stage's events, priced as synaptic
+operations (an estimate, named in ``sources["max_pool"]``).
 """
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ def ann_operations(network: Network) -> Dict[str, float]:
     for layer in network.layers[1:]:
         for s in layer.synapses:
             kind = kinds[next(names)]
-            n = float(s.op.fan_out(network[s.source].shape).sum())
+            n = float(s.op.fan_out(s.input_shape(network[s.source].shape)).sum())  # a max pool: comparisons
             if kind == "shortcut":
                 adds += n
             elif kind != "relay":
@@ -176,6 +178,10 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
     sources = {f"{k}_energy_pj": hw.sources.get(f"{k}_energy_pj", "not published") for k in
                ("synop", "graded_synop", "neuron_update", "spike")}
     sources.update({"ann": ann.source, "estimates": ", ".join(sorted(hw.estimates)) or "none"})
+    if any(s.pool is not None for layer in network.layers[1:] for s in layer.synapses):
+        sources["max_pool"] = ("estimate: a max-pooled synapse's pooling-stage events (each event times the windows "
+                               "reading it) are priced as synaptic operations; no Loihi figure for a dendritic join "
+                               "is published")
     ops = ann_operations(network)
     ann_energy = {"fp32": (ops["macs"] * ann.fp32_mac_pj + ops["adds"] * ann.fp32_add_pj) / 1e3,
                   "int8": (ops["macs"] * ann.int8_mac_pj + ops["adds"] * ann.int8_add_pj) / 1e3}

@@ -90,7 +90,8 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
         bias, bias_exp, n_bias_clipped = _quantize_bias(layer.bias * scale, hw)
         changes = dict(synapses=synapses, bias=bias, scale=scale)
         if isinstance(layer, GatedIF):
-            changes.update(threshold=np.maximum(np.round(layer.threshold * scale), 1), v_init=np.round(layer.v_init * scale))
+            changes.update(threshold=np.maximum(np.round(layer.threshold * scale), 1), v_init=np.round(layer.v_init * scale),
+                           ann_clip=None if layer.ann_clip is None else layer.ann_clip * scale)
         layers.append(replace(layer, **changes))
         records[layer.name] = {"scale": scale, "weight_exp": list(exps), "bias_exp": bias_exp,
                                "n_bias_clipped": n_bias_clipped}
@@ -120,7 +121,8 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
 
     Layer by layer, on the integer network's own ANN rates (float64), earlier layers already done:
     the mantissas are rounded with :func:`_error_feedback_rounding` (up to
-    :data:`MAX_ERROR_FEEDBACK_FAN_IN` inputs per neuron), then every neuron's bias becomes
+    :data:`MAX_ERROR_FEEDBACK_FAN_IN` inputs per neuron; grouped convolutions, whose neurons read
+    different inputs, are rounded to nearest), then every neuron's bias becomes
     the mean over the images of ``scale * z_float - (z_int - bias_int)``. Relays keep their exact
     identity weights and a zero bias (they pass spikes one for one); their error is corrected in the
     layer they feed.
@@ -129,6 +131,7 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
     from tqdm.auto import tqdm
 
     from .data import as_nchw
+    from .sim.ann import activation
     from .sim.kernels import NetworkKernels, SynapseKernel, layer_param
 
     x = as_nchw(images, float_net.input.shape[0]).to(torch.float64)
@@ -145,12 +148,13 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
         z_float = (float_kernels.synaptic_input(layer_f.name, rates["float"], integer_input=False)
                    + float_kernels.params[layer_f.name]["bias"])
         is_relay = getattr(layer_q, "role", "") == "relay"
-        feedback = not is_relay and sum(s.op.weight[0].size for s in layer_q.synapses) <= MAX_ERROR_FEEDBACK_FAN_IN
+        feedback = (not is_relay and sum(s.op.weight[0].size for s in layer_q.synapses) <= MAX_ERROR_FEEDBACK_FAN_IN
+                    and all(getattr(s.op, "groups", 1) == 1 for s in layer_q.synapses))
         if feedback:
             layer_q = replace(layer_q, synapses=_error_feedback_rounding(layer_f, layer_q, rates["int"], mant_max))
         records[layer_q.name]["rounding"] = "error feedback" if feedback else "nearest"
-        z_int = sum(SynapseKernel(s.op, torch.float64, "cpu", 1.0)(rates["int"][s.source], integer_input=False)
-                    for s in layer_q.synapses)
+        z_int = sum(SynapseKernel(s.op, torch.float64, "cpu", 1.0, s.pool, int_net[s.source].shape)(
+            rates["int"][s.source], integer_input=False) for s in layer_q.synapses)
         if not is_relay:
             target = (z_float * layer_q.scale - z_int).mean(dim=0).expand(*layer_q.shape)
             bias, bias_exp, n_clipped = _quantize_bias(target.numpy(), hw)
@@ -160,7 +164,8 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
         z_int = z_int + layer_param(layer_q.bias, layer_q.shape, torch.float64, "cpu")
         for kind, layer, z in (("float", layer_f, z_float), ("int", layer_q, z_int)):
             if isinstance(layer, GatedIF):
-                rates[kind][layer.name] = torch.relu(z) / layer_param(layer.threshold, layer.shape, torch.float64, "cpu")
+                rates[kind][layer.name] = activation(z, layer) / layer_param(layer.threshold, layer.shape,
+                                                                             torch.float64, "cpu")
             for source in [s for s in rates[kind] if last_use.get(s, 0) <= i]:
                 del rates[kind][source]
     provenance = dict(int_net.provenance)
@@ -180,15 +185,24 @@ def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int, block: int 
     import torch
     import torch.nn.functional as F
 
-    def patches(op, source_rates):  # (samples, fan-in) in the order of op.weight.reshape(out, -1)
+    from .dynamics import max_pool
+
+    def patches(synapse, source_rates):  # (samples, fan-in) in the order of op.weight.reshape(out, -1)
+        op = synapse.op
+        if synapse.pool is not None:  # the op reads the max-pooled rates
+            shape = tuple(source_rates.shape[1:])
+            taps = torch.as_tensor(synapse.pool.taps(shape))
+            source_rates = max_pool(source_rates.reshape(len(source_rates), -1), taps, torch.maximum).reshape(
+                len(source_rates), *synapse.pool.output_shape(shape))
         if isinstance(op, Conv2d):
-            cols = F.unfold(source_rates, op.weight.shape[2:], padding=op.padding, stride=op.stride)
+            cols = F.unfold(source_rates, op.weight.shape[2:], dilation=op.dilation, padding=op.padding,
+                            stride=op.stride)
             return cols.transpose(1, 2).reshape(-1, cols.shape[1])
         return source_rates.reshape(source_rates.shape[0], -1)
 
     n_images = min(rates[layer_f.synapses[0].source].shape[0],
                    math.ceil(_HESSIAN_SAMPLES / math.prod(layer_f.shape[1:])))
-    inputs = torch.cat([patches(s.op, rates[s.source][:n_images]) for s in layer_f.synapses], dim=1)
+    inputs = torch.cat([patches(s, rates[s.source][:n_images]) for s in layer_f.synapses], dim=1)
     weight = torch.cat([torch.from_numpy(s.op.weight.reshape(s.op.weight.shape[0], -1) * layer_q.scale)
                         for s in layer_f.synapses], dim=1)
     sizes = [s.op.weight[0].size for s in layer_f.synapses]
@@ -214,7 +228,7 @@ def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int, block: int 
             rounded[:, j], errors[:, j - start] = q, error
         weight[:, end:] -= errors @ inverse_factor[start:end, end:]
     mantissas = torch.split((rounded / grid)[:, torch.argsort(order)], sizes, dim=1)
-    return tuple(Synapse(s.source, replace(s.op, weight=m.reshape(s.op.weight.shape).numpy()))
+    return tuple(replace(s, op=replace(s.op, weight=m.reshape(s.op.weight.shape).numpy()))
                  for s, m in zip(layer_q.synapses, mantissas))
 
 
@@ -224,7 +238,7 @@ def _quantize_synapse(synapse: Synapse, scale: float, mant_max: int, exp_max: in
     peak = float(np.max(np.abs(scaled)))
     exp = 0 if peak <= mant_max else min(exp_max, math.ceil(math.log2(peak / mant_max)))
     mant = np.clip(np.round(scaled / 2.0 ** exp), -mant_max - 1, mant_max)
-    return Synapse(synapse.source, replace(synapse.op, weight=mant, weight_exp=exp)), exp
+    return replace(synapse, op=replace(synapse.op, weight=mant, weight_exp=exp)), exp
 
 
 def _quantize_bias(scaled: np.ndarray, hw: HardwareProfile) -> Tuple[np.ndarray, int, int]:

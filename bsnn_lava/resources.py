@@ -6,7 +6,9 @@ can; a neuron's synapses are its nonzero fan-in weights, stored at the profile's
 (no weight sharing assumed, which is conservative for convolutions on Loihi 2); a core's input axons
 are the distinct source neurons its neurons read. A core's neuron count is the largest that meets the
 neurons-per-core, synaptic-memory and input-axon limits. The pixel input is injected from the host and
-takes no core.
+takes no core. A max-pooled synapse adds one pooling compartment per pooled value to its target's
+cores (a dendritic compartment joining its window's spikes with a MAX, as Loihi's multi-compartment
+neurons can; not verified on hardware here) and its axons are the source neurons under the windows.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class LayerUsage:
     neurons_per_core: int
     axons_per_core: int
     synaptic_bits_per_core: int
+    pool_compartments: int = 0
 
 
 @dataclass
@@ -85,6 +88,11 @@ def check_resources(network: Network, profile: Union[str, HardwareProfile] = "lo
     if graded and max(graded).bit_length() <= hw.graded_payload_bits:
         report.notes.append(f"graded spikes in {len(graded)} layers: payloads up to {max(graded)} need "
                             f"{max(graded).bit_length()}-bit messages; {hw.name} carries {hw.graded_payload_bits}")
+    pooled = sum(u.pool_compartments for u in report.layers)
+    if pooled:
+        report.notes.append(f"max pooling: {pooled} pooling compartments (one per pooled value, a MAX join of its "
+                            "window's spikes) counted on their target layers' cores; this mapping is an estimate, "
+                            "not checked on Loihi")
     if hw.graded_payload_bits < 8:
         report.violations.append(f"input {network.input.name!r}: the pixels reach the first layer as graded spikes, "
                                  f"which need 8 payload bits; {hw.name} has {hw.graded_payload_bits} (binary spikes "
@@ -120,8 +128,10 @@ def _axons(network: Network, layer, neurons: int) -> int:
         if isinstance(s.op, Conv2d) and len(layer.shape) == 3:
             c_out, h_out, w_out = layer.shape
             rows = min(h_out, math.ceil(neurons / (c_out * w_out)))
-            span = min(source_shape[1], (rows - 1) * s.op.stride[0] + s.op.weight.shape[2])
-            total += source_shape[0] * span * source_shape[2]
+            span = (rows - 1) * s.op.stride[0] + s.op.kernel_extent[0]  # rows of the op's input
+            if s.pool is not None:  # the source rows under those pooled rows
+                span = (span - 1) * s.pool.stride[0] + s.pool.kernel[0]
+            total += source_shape[0] * min(source_shape[1], span) * source_shape[2]
         else:
             total += int(np.prod(source_shape))
     return total
@@ -129,9 +139,11 @@ def _axons(network: Network, layer, neurons: int) -> int:
 
 def _map_layer(network: Network, layer, hw: HardwareProfile, violations: List[str]) -> LayerUsage:
     n = int(np.prod(layer.shape))
+    pools = sum(int(np.prod(s.input_shape(network[s.source].shape))) for s in layer.synapses if s.pool is not None)
     fan_in = _fan_in(layer)
     bits_per_neuron = max(1, fan_in * hw.weight_mantissa_bits)
-    per_core = min(n, hw.neurons_per_core, hw.synaptic_memory_bits_per_core // bits_per_neuron)
+    # pooling compartments share the cores in proportion: (1 + pools / n) compartments per neuron
+    per_core = min(n, max(1, int(hw.neurons_per_core * n / (n + pools))), hw.synaptic_memory_bits_per_core // bits_per_neuron)
     if per_core < 1:
         violations.append(f"layer {layer.name!r}: one neuron needs {bits_per_neuron} bits of synaptic memory "
                           f"(fan-in {fan_in} x {hw.weight_mantissa_bits} bits), a core has "
@@ -146,7 +158,7 @@ def _map_layer(network: Network, layer, hw: HardwareProfile, violations: List[st
                           "input axons")
     kind = layer.role if isinstance(layer, GatedIF) else "readout"
     return LayerUsage(layer.name, kind, n, fan_in, math.ceil(n / per_core), per_core, axons,
-                      per_core * bits_per_neuron)
+                      per_core * bits_per_neuron, pools)
 
 
 def _range_violations(network: Network, hw: HardwareProfile) -> List[str]:

@@ -62,8 +62,8 @@ def fill_netx(h5: h5py.File, network: Network, path: str) -> None:
         if isinstance(op, Conv2d):
             h5io.put_ints(group, "stride", op.stride)
             h5io.put_ints(group, "padding", op.padding)
-            h5io.put_ints(group, "dilation", (1, 1))
-            h5io.put_int(group, "groups", 1)
+            h5io.put_ints(group, "dilation", op.dilation)
+            h5io.put_int(group, "groups", op.groups)
         h5io.put_array(group, "bias", _bias(layer, where), np.float32)
         _write_cuba(group.create_group("neuron"), layer, where)
 
@@ -73,6 +73,8 @@ def _single_synapse(layer, previous: str, where: Where):
         sources = [s.source for s in layer.synapses]
         raise where.export_error("inputs", f"sources {sources}; netx mode needs exactly one synapse from the "
                                  f"previous layer {previous!r} (stock netx has no residual connections)")
+    if layer.synapses[0].pool is not None:
+        raise where.export_error("pool_kernel", "max pooling: stock netx has no pooling layer (write the bsnn format)")
     return layer.synapses[0].op
 
 

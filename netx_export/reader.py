@@ -19,7 +19,7 @@ from . import h5io
 from .errors import NetxFormatError, UnknownTypeError, one_line
 from .h5io import DIGEST_FIELD, H5_ERRORS, Where
 from .limits import limits_from_provenance
-from .schema import READABLE_VERSIONS, Context, layer_codec_for_file, synapse_codec_for_file
+from .schema import READABLE_VERSIONS, Context, layer_codec_for_file, read_pool, synapse_codec_for_file
 
 
 def read(path) -> Network:
@@ -151,8 +151,13 @@ def _read_synapses(group: h5py.Group, ctx: Context, layer_type: str, inputs, sha
             codec = synapse_codec_for_file(synapse_type)
         except UnknownTypeError as err:
             raise sub_where.error("type", err) from None
-        source_shape = previous[source].shape
         sub_ctx = Context(sub_where, ctx.numeric, ctx.limits, ctx.version)
+        pool = read_pool(target, sub_ctx, previous[source].shape)
+        if pool is not None and getattr(previous[source], "schedule", None) is not None \
+                and previous[source].kind == "gated_if" and previous[source].schedule.mode != "bistable":
+            raise sub_where.error("pool_kernel", f"max-pools layer {source}, whose mode is "
+                                  f"{previous[source].schedule.mode!r}: only bistable spikes can be max-pooled")
+        source_shape = previous[source].shape if pool is None else pool.output_shape(previous[source].shape)
         try:
             op = codec.read(target, sub_ctx, source_shape, shape)
             out_shape = op.output_shape(source_shape)
@@ -161,7 +166,7 @@ def _read_synapses(group: h5py.Group, ctx: Context, layer_type: str, inputs, sha
         if out_shape != shape:
             raise sub_where.error("weight", f"gives shape {out_shape} from source {source} of shape "
                                   f"{source_shape}, but the layer shape is {shape}")
-        synapses.append(Synapse(previous[source].name, op))
+        synapses.append(Synapse(previous[source].name, op, pool))
     return tuple(synapses)
 
 

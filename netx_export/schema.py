@@ -11,13 +11,13 @@ in the layer's own units (``scale`` integer units per float unit). Steps are sim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
 
 from bsnn_lava.dynamics import MODES
-from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Conv2d, Dense, GatedIF, Input, Readout, Schedule
+from bsnn_lava.ir import LAYER_TYPES, SYNAPSE_TYPES, Conv2d, Dense, GatedIF, Input, IRError, MaxPool, Readout, Schedule
 
 from . import h5io
 from .errors import UnknownTypeError
@@ -26,10 +26,12 @@ from .limits import (Limits, bias_problem, integer_problem, payload_problem, sta
                      weight_problem)
 
 #: Version 2 added ``neuron/frame_reset`` (gated IF) and ``neuron/frames`` (every schedule); version 3
-#: ``neuron/payload_max`` (gated IF: 1 binary spikes, above 1 graded). Older files still read (no frame
-#: reset, no frame limit, binary spikes).
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: ``neuron/payload_max`` (gated IF: 1 binary spikes, above 1 graded); version 4 conv ``dilation`` and
+#: ``groups`` other than 1, ``neuron/ann_clip`` (gated IF; 0: none) and a synapse's max pooling
+#: (``pool_kernel``, ``pool_stride``, ``pool_padding``; absent: none). Older files still read (no frame reset, no frame limit, binary spikes,
+#: dense undilated convolutions).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 ROLES = ("neuron", "relay")
 
 
@@ -70,12 +72,12 @@ def _read_weight(group: h5py.Group, ctx: Context, expected: Callable) -> Tuple[n
 
 
 def write_conv2d(group: h5py.Group, op: Conv2d, ctx: Context) -> None:
-    """Torch layout (out, in, kH, kW); stride, padding (H, W) in pixels; dilation 1, groups 1."""
+    """Torch layout (out, in / groups, kH, kW); stride, padding, dilation (H, W) in pixels; groups."""
     _write_weight(group, op, ctx)
     h5io.put_ints(group, "stride", op.stride)
     h5io.put_ints(group, "padding", op.padding)
-    h5io.put_ints(group, "dilation", (1, 1))
-    h5io.put_int(group, "groups", 1)
+    h5io.put_ints(group, "dilation", op.dilation)
+    h5io.put_int(group, "groups", op.groups)
 
 
 def read_conv2d(group: h5py.Group, ctx: Context, source_shape, shape) -> Conv2d:
@@ -84,21 +86,51 @@ def read_conv2d(group: h5py.Group, ctx: Context, source_shape, shape) -> Conv2d:
     padding = h5io.get_ints(group, "padding", where, 2)
     if min(stride) < 1 or min(padding) < 0:
         raise where.error("stride" if min(stride) < 1 else "padding", "must be >= 1 (stride), >= 0 (padding)")
-    if h5io.get_ints(group, "dilation", where, 2) != (1, 1):
-        raise where.error("dilation", "only dilation (1, 1) is supported")
-    if h5io.get_int(group, "groups", where) != 1:
-        raise where.error("groups", "only groups = 1 is supported")
+    dilation = h5io.get_ints(group, "dilation", where, 2)
+    if min(dilation) < 1 or (ctx.version < 4 and dilation != (1, 1)):
+        raise where.error("dilation", f"is {dilation}; expected two integers >= 1 (format version 4 and later; "
+                                      "(1, 1) before)")
+    groups = h5io.get_int(group, "groups", where)
     if len(source_shape) != 3 or len(shape) != 3:
         raise where.error("type", f"conv needs (C, H, W) source and layer shapes, got {source_shape} -> {shape}")
+    if groups < 1 or (ctx.version < 4 and groups != 1) or shape[0] % groups or source_shape[0] % groups:
+        raise where.error("groups", f"is {groups}; expected a positive integer dividing the source's "
+                                    f"{source_shape[0]} and the layer's {shape[0]} channels (1 before format version 4)")
 
     def expected(w_shape):
-        fits = len(w_shape) == 4 and w_shape[:2] == (shape[0], source_shape[0]) and all(
-            1 <= w_shape[2 + i] <= source_shape[1 + i] + 2 * padding[i] for i in range(2))
-        return None if fits else (f"has shape {w_shape}, expected ({shape[0]}, {source_shape[0]}, kH, kW) "
+        fits = len(w_shape) == 4 and w_shape[:2] == (shape[0], source_shape[0] // groups) and all(
+            1 <= dilation[i] * (w_shape[2 + i] - 1) + 1 <= source_shape[1 + i] + 2 * padding[i] for i in range(2))
+        return None if fits else (f"has shape {w_shape}, expected ({shape[0]}, {source_shape[0] // groups}, kH, kW) "
                                   f"with kernels fitting the padded source {source_shape}")
 
     weight, weight_exp = _read_weight(group, ctx, expected)
-    return Conv2d(weight, stride=stride, padding=padding, weight_exp=weight_exp)
+    return Conv2d(weight, stride=stride, padding=padding, weight_exp=weight_exp, dilation=dilation, groups=groups)
+
+
+def write_pool(group: h5py.Group, pool: MaxPool) -> None:
+    """A synapse's max pooling of its source (format version 4): ``pool_kernel``, ``pool_stride``,
+    ``pool_padding``, (H, W) in pixels. Absent: no pooling."""
+    h5io.put_ints(group, "pool_kernel", pool.kernel)
+    h5io.put_ints(group, "pool_stride", pool.stride)
+    h5io.put_ints(group, "pool_padding", pool.padding)
+
+
+def read_pool(group: h5py.Group, ctx: Context, source_shape) -> Optional[MaxPool]:
+    """The synapse's :class:`MaxPool`, or ``None`` where the file has none (every file before
+    version 4)."""
+    where = ctx.where
+    if ctx.version < 4 or not h5io.has(group, "pool_kernel", where):
+        return None
+    fields = {name: h5io.get_ints(group, f"pool_{name}", where, 2) for name in ("kernel", "stride", "padding")}
+    if min(fields["kernel"]) < 1 or min(fields["stride"]) < 1 or min(fields["padding"]) < 0:
+        bad = next(n for n in ("kernel", "stride", "padding") if min(fields[n]) < (0 if n == "padding" else 1))
+        raise where.error(f"pool_{bad}", f"is {fields[bad]}; expected integers >= {0 if bad == 'padding' else 1}")
+    try:
+        pool = MaxPool(**fields)
+        pool.output_shape(tuple(source_shape))
+    except IRError as err:
+        raise where.error("pool_kernel", err) from None
+    return pool
 
 
 def write_dense(group: h5py.Group, op: Dense, ctx: Context) -> None:
@@ -182,6 +214,7 @@ def write_gated_if(group: h5py.Group, neuron: h5py.Group, layer: GatedIF, ctx: C
     h5io.put_int(neuron, "frame_reset", int(layer.frame_reset))
     _check(ctx.where.sub("neuron"), "payload_max", payload_problem(layer.payload_max, ctx.limits), reading=False)
     h5io.put_int(neuron, "payload_max", layer.payload_max)
+    h5io.put_float(neuron, "ann_clip", layer.ann_clip or 0.0)
     for key in ("threshold", "v_init", "bias"):
         _write_param(neuron, key, getattr(layer, key), ctx)
     h5io.put_float(neuron, "scale", layer.scale)
@@ -206,8 +239,12 @@ def read_gated_if(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str
     if payload_max < 1:
         raise where.error("payload_max", f"is {payload_max}; expected 1 (binary spikes) or more (graded)")
     _check(where, "payload_max", payload_problem(payload_max, ctx.limits), reading=True)
+    ann_clip = h5io.get_float(neuron, "ann_clip", where) if ctx.version >= 4 else 0.0
+    if not ann_clip >= 0:
+        raise where.error("ann_clip", f"is {ann_clip}; expected 0 (a ReLU) or the positive ceiling of a clipped "
+                                      "activation")
     return GatedIF(name, shape, synapses, schedule=schedule, role=role, frame_reset=bool(frame_reset),
-                   payload_max=payload_max,
+                   payload_max=payload_max, ann_clip=ann_clip or None,
                    scale=h5io.get_float(neuron, "scale", where),
                    origin=h5io.get_str(group, "origin", ctx.where), **params)
 

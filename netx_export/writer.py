@@ -19,7 +19,7 @@ from .errors import NetxExportError, one_line
 from .h5io import DIGEST_FIELD, Where
 from .limits import limits_from_provenance
 from .netx_mode import fill_netx
-from .schema import FORMAT_VERSION, Context, layer_codec, synapse_codec, synapse_kind
+from .schema import FORMAT_VERSION, Context, layer_codec, synapse_codec, synapse_kind, write_pool
 
 WRITE_MODES = ("bsnn", "netx")
 
@@ -83,6 +83,8 @@ def _write_layer(group: h5py.Group, layer, index: Dict[str, int], ctx: Context) 
             target, where = group.create_group(f"synapse/{k}"), ctx.where.sub(f"synapse/{k}")
             h5io.put_str(target, "type", scodec.file_type)
         scodec.write(target, synapse.op, replace(ctx, where=where))
+        if synapse.pool is not None:
+            write_pool(target, synapse.pool)
     neuron = group.create_group("neuron")
     h5io.put_str(neuron, "type", codec.file_type)
     codec.write(group, neuron, layer, ctx)

@@ -73,6 +73,8 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
     if any(float(s) <= 0 for s in std):
         raise ValueError(f"std must be positive, got {list(std)}")
     real = lower(model, tuple(images.shape[1:]), mean, std, pixel_max)
+    if neuron != "bistable":
+        _refuse_max_pooling(real, neuron)
     learned = clip_floor_shift_layers(model, real)
     if spikes == "graded":
         levels = _graded_levels(learned, levels, neuron, window, v_init)
@@ -115,6 +117,18 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
                         "learned_thresholds": len(learned)},
     }
     return network.replace(provenance=provenance)
+
+
+def _refuse_max_pooling(network: Network, neuron: str) -> None:
+    """Max pooling of spiking layers is exact only for bistable neurons: name the first pooled layer."""
+    for layer in network.layers[1:]:
+        for s in layer.synapses:
+            if s.pool is not None and s.source != network.input.name:
+                raise ConversionError(
+                    f"layer {layer.name!r} reads a max pool of layer {s.source!r} ({network[s.source].origin}): max "
+                    f"pooling converts only with bistable neurons, whose window sends a count c on its first c "
+                    f"steps, so the max of the spikes is the max of the counts; {neuron!r} spikes have no such "
+                    "order. Use neuron='bistable'")
 
 
 def clip_floor_shift_layers(model: nn.Module, real: Network) -> Dict[str, ClipFloorShift]:

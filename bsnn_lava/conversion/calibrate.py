@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..ir import Network
-from ..sim.ann import ann_forward
+from ..sim.ann import activation, ann_forward
 from ..sim.kernels import NetworkKernels
 from ..thresholds import positive_percentile
 
@@ -30,7 +30,7 @@ def calibrate(network: Network, images: torch.Tensor, percentile: float = 99.9, 
     for start in tqdm(starts, desc="calibrate", disable=not progress, leave=False):
         _, pre = ann_forward(network, images[start:start + batch_size], kernels)
         for name, z in pre.items():
-            act = torch.relu(z).to(torch.float32)
+            act = activation(z, network[name]).to(torch.float32)
             # channels first, everything else flattened: (C, batch * H * W)
             collected[name].append(act.transpose(0, 1).reshape(act.shape[1], -1).cpu().numpy())
     scales = {}
@@ -38,4 +38,7 @@ def calibrate(network: Network, images: torch.Tensor, percentile: float = 99.9, 
         act = np.concatenate(chunks, axis=1)
         scales[name] = (np.array([positive_percentile(row, percentile) for row in act]) if channelwise
                         else np.array(positive_percentile(act.ravel(), percentile)))
+        clip = network[name].ann_clip
+        if clip is not None:  # a clipped activation's neuron saturates at or below its clip
+            scales[name] = np.minimum(scales[name], clip)
     return scales

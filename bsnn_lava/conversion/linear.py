@@ -6,6 +6,7 @@ one dense matrix: Lava then delivers it with a single synaptic delay. Arithmetic
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -19,10 +20,24 @@ class FoldError(ValueError):
 
 @dataclass(frozen=True)
 class ConvMap:
-    """Cross-correlation with zero padding: ``weight`` (out, in, kh, kw), ``stride``, ``padding``."""
+    """Cross-correlation with zero padding: ``weight`` (out, in, kh, kw), ``stride``, ``padding``.
+
+    ``groups``, ``dilation``: the structure of a grouped or dilated torch convolution the map
+    comes from, kept while per-channel maps (BatchNorm, normalisation) fold in: ``weight`` is zero
+    outside the groups' blocks and between the dilated taps (:func:`compact_conv`).
+    """
     weight: torch.Tensor
     stride: Tuple[int, int]
     padding: Tuple[int, int]
+    groups: int = 1
+    dilation: Tuple[int, int] = (1, 1)
+
+    @property
+    def channel_diagonal(self) -> bool:
+        """A per-channel scale: 1x1, stride 1, no padding, no weight across channels."""
+        w = self.weight
+        return (w.shape[2:] == (1, 1) and w.shape[0] == w.shape[1] and self.stride == (1, 1)
+                and self.padding == (0, 0) and bool((w[:, :, 0, 0] == torch.diag(torch.diagonal(w[:, :, 0, 0]))).all()))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, None, self.stride, self.padding)
@@ -45,11 +60,17 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
 
 
 def conv_map(weight, stride=1, padding=0, groups=1, dilation=1) -> ConvMap:
-    """A torch conv's weight as a :class:`ConvMap` (grouped weights expanded to a full matrix)."""
+    """A torch conv's weight as a :class:`ConvMap`: grouped weights expanded to a full matrix,
+    dilated kernels to dense ones with zeros between the taps (the same map, which composes with
+    any other; the IR synapse gets its groups and dilation back, :func:`compact_conv`)."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
-    if pair(dilation) != (1, 1):
-        raise FoldError("dilated convolutions are not supported")
     weight = _f64(weight)
+    dy, dx = pair(dilation)
+    if (dy, dx) != (1, 1):
+        kh, kw = weight.shape[2:]
+        dilated = torch.zeros(*weight.shape[:2], dy * (kh - 1) + 1, dx * (kw - 1) + 1, dtype=torch.float64)
+        dilated[:, :, ::dy, ::dx] = weight
+        weight = dilated
     if groups > 1:
         out_ch, in_per_group = weight.shape[:2]
         full = torch.zeros(out_ch, in_per_group * groups, *weight.shape[2:], dtype=torch.float64)
@@ -58,7 +79,18 @@ def conv_map(weight, stride=1, padding=0, groups=1, dilation=1) -> ConvMap:
             g = o // per_group
             full[o, g * in_per_group:(g + 1) * in_per_group] = weight[o]
         weight = full
-    return ConvMap(weight, pair(stride), pair(padding))
+    return ConvMap(weight, pair(stride), pair(padding), groups, (dy, dx))
+
+
+def compact_conv(m: ConvMap) -> torch.Tensor:
+    """``m``'s full kernel as its (out, in / groups, kH, kW) weight of groups ``m.groups`` and
+    dilation ``m.dilation``: only the zeros between groups and between dilated taps are dropped."""
+    out_ch, in_ch = m.weight.shape[:2]
+    out_per, in_per = out_ch // m.groups, in_ch // m.groups
+    taps = m.weight[:, :, ::m.dilation[0], ::m.dilation[1]]
+    compact = torch.cat([taps[g * out_per:(g + 1) * out_per, g * in_per:(g + 1) * in_per] for g in range(m.groups)])
+    assert int((compact != 0).sum()) == int((m.weight != 0).sum()), "a grouped or dilated map lost a weight"
+    return compact
 
 
 def channel_scale_map(scale: torch.Tensor) -> ConvMap:
@@ -125,4 +157,6 @@ def _conv_after_conv(first: ConvMap, second: ConvMap) -> ConvMap:
                 "oc,cikl->oikl", second.weight[:, :, m, n], first.weight)
     stride = (s1[0] * second.stride[0], s1[1] * second.stride[1])
     padding = (p1[0] + s1[0] * second.padding[0], p1[1] + s1[1] * second.padding[1])
-    return ConvMap(weight, stride, padding)
+    structure = ((first.groups, first.dilation) if second.channel_diagonal else
+                 (second.groups, second.dilation) if first.channel_diagonal else (1, (1, 1)))
+    return ConvMap(weight, stride, padding, *structure)

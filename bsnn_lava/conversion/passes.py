@@ -7,6 +7,7 @@ import numpy as np
 
 from ..dynamics import SYNAPSE_DELAY_STEPS
 from ..ir import Conv2d, Dense, GatedIF, Network, Schedule, Synapse, replace
+from .trace import ConversionError
 
 
 def apply_thresholds(network: Network, scales: Mapping[str, np.ndarray], v_init: float) -> Network:
@@ -17,7 +18,7 @@ def apply_thresholds(network: Network, scales: Mapping[str, np.ndarray], v_init:
     spike_value.update({name: np.asarray(s, dtype=np.float64) for name, s in scales.items()})
     layers = [network.input]
     for layer in network.layers[1:]:
-        synapses = tuple(Synapse(s.source, _scale_inputs(s.op, spike_value[s.source], network[s.source].shape))
+        synapses = tuple(replace(s, op=_scale_inputs(s.op, spike_value[s.source], s.input_shape(network[s.source].shape)))
                          for s in layer.synapses)
         if isinstance(layer, GatedIF):
             theta = spike_value[layer.name]
@@ -57,6 +58,12 @@ def insert_relays(network: Network) -> Network:
         synapses = []
         for synapse in layer.synapses:
             source = synapse.source
+            if source == network.input.name and deepest > 0:
+                raise ConversionError(
+                    f"layer {layer.name!r} ({layer.origin}) reads the input pixels directly and also spiking layers: "
+                    "a linear path from the image (e.g. a stem convolution without a ReLU, concatenated or added "
+                    "later) skips the first spiking layer, and a relay cannot carry pixel values; put a ReLU "
+                    "after the stem")
             for k in range(1, deepest - depth[source] + 1):
                 shape = network[synapse.source].shape
                 relay_name = f"{synapse.source}_relay{k}_{layer.name}"
@@ -65,7 +72,7 @@ def insert_relays(network: Network) -> Network:
                                       origin=f"synchronous relay {k} of {synapse.source} -> {layer.name}"))
                 depth[relay_name] = depth[synapse.source] + k
                 source = relay_name
-            synapses.append(Synapse(source, synapse.op))
+            synapses.append(replace(synapse, source=source))  # a max pool stays after the relays
         depth[layer.name] = deepest + 1
         layers.append(replace(layer, synapses=tuple(synapses)))
     return network.with_layers(layers)

@@ -10,8 +10,9 @@ schedule pass (``passes.py``) set them.
 """
 from __future__ import annotations
 
+import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,10 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..ir import Conv2d, Dense, GatedIF, Input, Network, Readout, Schedule, Synapse
-from ..training.activation import ClipFloorShift
+from ..ir import Conv2d, Dense, GatedIF, Input, MaxPool, Network, Readout, Schedule, Synapse
+from ..training.activation import ClipError, ClipFloorShift, relu_ceiling
 from .linear import (ConvMap, DenseMap, FoldError, LinearMap, avg_pool_map, channel_pad_map,
-                     channel_scale_map, compose, conv_map, subsample_map)
+                     channel_scale_map, compact_conv, compose, conv_map, subsample_map)
 
 
 class ConversionError(ValueError):
@@ -32,16 +33,15 @@ class ConversionError(ValueError):
 
 
 #: Schedule of a freshly lowered layer; ``passes.assign_schedules`` replaces it.
-UNSCHEDULED = Schedule("if", 0, 1)
+UNSCHEDULED = Schedule("bistable", 0, 1)
 
-_ACTIVATION_HINT = "only ReLU converts to integrate-and-fire neurons: replace it with nn.ReLU and retrain"
-_MAXPOOL_HINT = ("max pooling cannot be rate-coded: replace it with nn.AvgPool2d (same kernel and stride) "
-                 "and retrain")
+_ACTIVATION_HINT = ("only ReLU (and ReLUs clipped above: ReLU6, Hardtanh(0, c), clamp(0, c)) converts to "
+                    "integrate-and-fire neurons: replace it with nn.ReLU and retrain")
 _UNSUPPORTED_MODULES = {
-    nn.MaxPool1d: _MAXPOOL_HINT, nn.MaxPool2d: _MAXPOOL_HINT, nn.AdaptiveMaxPool2d: _MAXPOOL_HINT,
+    nn.MaxPool1d: "only 2-D max pooling (nn.MaxPool2d) is supported",
     nn.Sigmoid: _ACTIVATION_HINT, nn.Tanh: _ACTIVATION_HINT, nn.GELU: _ACTIVATION_HINT,
     nn.SiLU: _ACTIVATION_HINT, nn.ELU: _ACTIVATION_HINT, nn.LeakyReLU: _ACTIVATION_HINT,
-    nn.ReLU6: _ACTIVATION_HINT + " (ReLU6 clips at 6)", nn.Hardswish: _ACTIVATION_HINT,
+    nn.Hardswish: _ACTIVATION_HINT,
     nn.Softmax: "drop the softmax: the readout's argmax gives the same prediction",
     nn.MultiheadAttention: "attention multiplies activations with each other, which spikes cannot do; "
                            "use a convolutional network",
@@ -49,24 +49,29 @@ _UNSUPPORTED_MODULES = {
     nn.GroupNorm: "only BatchNorm (fixed statistics) can be folded into weights; use BatchNorm",
 }
 _UNSUPPORTED_FUNCTIONS = {
-    F.max_pool2d: _MAXPOOL_HINT, torch.max_pool2d: _MAXPOOL_HINT, F.adaptive_max_pool2d: _MAXPOOL_HINT,
     torch.sigmoid: _ACTIVATION_HINT, F.sigmoid: _ACTIVATION_HINT, torch.tanh: _ACTIVATION_HINT,
     F.gelu: _ACTIVATION_HINT, F.silu: _ACTIVATION_HINT, F.softmax: "drop the softmax",
     F.scaled_dot_product_attention: "attention is not supported; use a convolutional network",
-    torch.cat: "concatenation is not supported (a later format version may add it)",
     torch.matmul: "activation-by-activation products are not supported",
 }
-_RELU = {F.relu, torch.relu, torch.relu_}
 _ADD = {operator.add, operator.iadd, torch.add}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_SCALE = {operator.mul, torch.mul, operator.truediv, torch.div}
 _PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 @dataclass
 class _Value:
-    """A tensor of the ANN as a linear expression of layer outputs: ``sum(map(source)) + bias``."""
+    """A tensor of the ANN as a linear expression of layer outputs: ``sum(map(source)) + bias``.
+
+    A source may be a max-pooled layer output (:meth:`_Lowering._pooled_source`). ``pending_pool``:
+    a max pool met before the activation (conv-BN-maxpool-ReLU): the value is still the pre-pool
+    one (``shape`` before pooling); the activation's neurons take that resolution and the pool
+    moves after them (a ReLU or clip-floor-shift is monotone, so the max commutes with it)."""
     terms: List[Tuple[str, Optional[LinearMap]]]
     bias: Optional[torch.Tensor]
     shape: Tuple[int, ...]
+    pending_pool: Optional[MaxPool] = None
 
 
 class _Tracer(fx.Tracer):
@@ -125,6 +130,8 @@ class _Lowering:
         self.pixel_max = float(pixel_max)
         self.layers: List = []
         self.source_shapes: Dict[str, Tuple[int, ...]] = {}
+        #: a pooled source's name -> (the layer it pools, the pool); its shape is the pooled one
+        self.pooled: Dict[str, Tuple[str, MaxPool]] = {}
         self.env: Dict[fx.Node, object] = {}
 
     # --- driver -------------------------------------------------------------------------------
@@ -134,7 +141,14 @@ class _Lowering:
             try:
                 if node.op == "output":
                     return self._finish(node)
+                ceiling = relu_ceiling(node, self.modules)
+                if ceiling is not None:
+                    origin = node.target if node.op == "call_module" else self._origin(node)
+                    self.env[node] = self._neuron(node, self._value(node, node.args[0]), origin, ceiling)
+                    continue
                 self.env[node] = getattr(self, "_op_" + node.op)(node)
+            except ClipError as err:
+                raise self._unsupported(node, str(err)) from err
             except (FoldError, ValueError) as err:
                 if isinstance(err, ConversionError):
                     raise
@@ -190,7 +204,7 @@ class _Lowering:
     def _op_call_module(self, node):
         mod = self.modules[node.target]
         x = self._value(node, node.args[0])
-        if isinstance(mod, (nn.ReLU, ClipFloorShift)):
+        if isinstance(mod, ClipFloorShift):
             return self._neuron(node, x, origin=node.target)
         if isinstance(mod, _PASS_MODULES):
             return x
@@ -208,18 +222,24 @@ class _Lowering:
                                   mod.count_include_pad, mod.divisor_override)
         if isinstance(mod, nn.AdaptiveAvgPool2d):
             return self._adaptive_avg_pool(node, x)
+        if isinstance(mod, nn.MaxPool2d):
+            return self._max_pool(node, x, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode,
+                                  mod.return_indices)
+        if isinstance(mod, nn.AdaptiveMaxPool2d):
+            return self._adaptive_max_pool(node, x, mod.return_indices)
         if isinstance(mod, nn.Flatten):
             return self._flatten(node, x)
         raise ConversionError(f"module {node.target!r} ({type(mod).__name__}) is not supported: the converter "
-                              "handles Conv2d, Linear, BatchNorm, ReLU, AvgPool2d, AdaptiveAvgPool2d, Flatten, "
-                              "Dropout, Identity, residual adds and option-A shortcuts")
+                              "handles Conv2d, Linear, BatchNorm, ReLU (and ReLU6, Hardtanh(0, c)), AvgPool2d, "
+                              "MaxPool2d, their adaptive forms, Flatten, Dropout, Identity, concatenation, residual "
+                              "adds and option-A shortcuts")
 
     def _op_call_function(self, node):
         fn = node.target
-        if fn in _RELU:
-            return self._neuron(node, self._value(node, node.args[0]), origin=self._origin(node))
         if fn in _ADD:
             return self._add(node)
+        if fn in _SCALE:
+            return self._scale(node, divide=fn in (operator.truediv, torch.div))
         if fn is operator.getitem:
             return self._getitem(node)
         if fn is F.pad:
@@ -233,18 +253,26 @@ class _Lowering:
                                   args["divisor_override"])
         if fn is F.adaptive_avg_pool2d:
             return self._adaptive_avg_pool(node, self._value(node, node.args[0]))
+        if fn in (F.max_pool2d, torch.max_pool2d):
+            args = _bind(node, ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+                         dict(stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False))
+            return self._max_pool(node, self._value(node, args["input"]), args["kernel_size"], args["stride"],
+                                  args["padding"], args["dilation"], args["ceil_mode"], args["return_indices"])
+        if fn is F.adaptive_max_pool2d:
+            args = _bind(node, ["input", "output_size", "return_indices"], dict(return_indices=False))
+            return self._adaptive_max_pool(node, self._value(node, args["input"]), args["return_indices"])
         if fn is torch.flatten:
             return self._flatten(node, self._value(node, node.args[0]))
         if fn in (F.dropout, F.dropout2d):
             return self._value(node, node.args[0])
+        if fn in _CAT:
+            return self._cat(node)
         if fn is getattr:
             return None  # x.shape: used only for view/reshape sizes, checked through tensor_meta
         raise self._unsupported(node, f"function {getattr(fn, '__name__', fn)} has no spiking equivalent here")
 
     def _op_call_method(self, node):
         method = node.target
-        if method in ("relu", "relu_"):
-            return self._neuron(node, self._value(node, node.args[0]), origin=self._origin(node))
         if method in ("add", "add_", "__add__", "__iadd__"):
             return self._add(node)
         if method in ("size", "dim"):
@@ -263,6 +291,7 @@ class _Lowering:
 
     # --- operations ---------------------------------------------------------------------------
     def _apply(self, node, x: _Value, m: LinearMap, add_bias=None, out_shape=None) -> _Value:
+        self._no_pending_pool(node, x)
         out_shape = out_shape or self._shape(node)
         if isinstance(m, ConvMap) and len(x.shape) != 3:
             raise self._unsupported(node, "a convolution needs a (C, H, W) input")
@@ -280,6 +309,12 @@ class _Lowering:
             raise self._unsupported(node, "BatchNorm without running statistics cannot be folded")
         scale = (bn.weight.detach().double() if bn.affine else 1.0) / torch.sqrt(bn.running_var.double() + bn.eps)
         shift = (bn.bias.detach().double() if bn.affine else 0.0) - bn.running_mean.double() * scale
+        if x.pending_pool is not None:  # max(a z + b) = a max(z) + b where a > 0: fold it before the pool
+            if bool((scale <= 0).any()):
+                raise self._unsupported(node, "a BatchNorm with a non-positive scale (weight) after a max pool does "
+                                              "not commute with the max; move the max pool after the BatchNorm")
+            folded = self._apply(node, replace(x, pending_pool=None), channel_scale_map(scale), shift, out_shape=x.shape)
+            return replace(folded, pending_pool=x.pending_pool)
         if len(x.shape) == 3:
             m = channel_scale_map(scale)
         else:
@@ -318,6 +353,7 @@ class _Lowering:
         return _Value(pooled.terms, None if pooled.bias is None else pooled.bias.reshape(-1), self._shape(node))
 
     def _flatten(self, node, x: _Value) -> _Value:
+        self._no_pending_pool(node, x)
         out_shape = self._shape(node)
         if len(out_shape) != 1 or out_shape[0] != int(np.prod(x.shape)):
             raise self._unsupported(node, f"reshaping {x.shape} to {out_shape}: only flattening to "
@@ -326,6 +362,8 @@ class _Lowering:
 
     def _add(self, node) -> _Value:
         a, b = (self._value(node, arg) for arg in node.args[:2])
+        self._no_pending_pool(node, a)
+        self._no_pending_pool(node, b)
         if len(node.args) > 2 or "alpha" in node.kwargs or a.shape != b.shape:
             raise self._unsupported(node, f"only plain adds of equal shapes are supported ({a.shape} + {b.shape})")
         if a.bias is None or b.bias is None:
@@ -333,6 +371,46 @@ class _Lowering:
         else:
             bias = a.bias + b.bias
         return _Value(a.terms + b.terms, bias, a.shape)
+
+    def _scale(self, node, divide: bool) -> _Value:
+        """An activation times (or divided by) a constant number: a per-channel scale."""
+        a, b = node.args[:2]
+        tensor, number = (a, b) if isinstance(a, fx.Node) else (b, a)
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or node.kwargs or (divide and tensor is b):
+            raise self._unsupported(node, "only products of an activation and a constant number are supported "
+                                          "(activation-by-activation products have no spiking equivalent)")
+        x = self._value(node, tensor)
+        factor = 1.0 / number if divide else float(number)
+        scale = torch.full((x.shape[0],), factor, dtype=torch.float64)
+        m = channel_scale_map(scale) if len(x.shape) == 3 else DenseMap(torch.diag(scale))
+        return self._apply(node, x, m)
+
+    def _cat(self, node) -> _Value:
+        """Concatenation of channels (or features): every input's terms placed at its channels'
+        offset (a 1x1 convolution or a matrix into the wider output), so a conv, linear layer or
+        pooling after it reads each source through its own synapse (exact: they are linear in
+        their input's channels)."""
+        args = _bind(node, ["tensors", "dim"], dict(dim=0))
+        values = [self._value(node, arg) for arg in args["tensors"]]
+        for v in values:
+            self._no_pending_pool(node, v)
+        out_shape = self._shape(node)
+        dim = args["dim"] % (len(out_shape) + 1)
+        if dim != 1 or any(v.shape[1:] != out_shape[1:] for v in values):
+            raise self._unsupported(node, "only concatenation along the channels (dim 1) is supported")
+        terms, bias, offset = [], torch.zeros(out_shape, dtype=torch.float64), 0
+        for v in values:
+            channels, after = v.shape[0], out_shape[0] - offset - v.shape[0]
+            if len(out_shape) == 3:
+                place = channel_pad_map(channels, offset, after)
+            else:
+                place = DenseMap(torch.eye(out_shape[0], dtype=torch.float64)[:, offset:offset + channels])
+            terms += [(src, compose(m, place, self.source_shapes[src])) for src, m in v.terms]
+            if v.bias is not None:
+                bias[offset:offset + channels] = v.bias
+            offset += channels
+        has_bias = any(v.bias is not None for v in values)
+        return _Value(terms, bias if has_bias else None, out_shape)
 
     def _getitem(self, node):
         base = self.env.get(node.args[0])
@@ -360,14 +438,72 @@ class _Lowering:
                                           "supported; spatial padding belongs in the convolution")
         return self._apply(node, x, channel_pad_map(x.shape[0], pad[4], pad[5]))
 
-    def _neuron(self, node, x: _Value, origin: str) -> _Value:
+    def _neuron(self, node, x: _Value, origin: str, ceiling: float = math.inf) -> _Value:
+        """A spiking layer for a ReLU (``ceiling`` infinite) or a ReLU clipped above (ReLU6: 6)."""
         name = node.name
-        synapses = tuple(Synapse(src, _to_ir_op(m, self.source_shapes[src], x.shape)) for src, m in x.terms)
-        bias = torch.zeros(x.shape, dtype=torch.float64) if x.bias is None else x.bias
-        self.layers.append(GatedIF(name, x.shape, synapses, threshold=1.0, bias=_compact_bias(bias),
-                                   v_init=0.0, schedule=UNSCHEDULED, origin=origin))
+        self.layers.append(GatedIF(name, x.shape, self._synapses(x), threshold=1.0,
+                                   bias=_compact_bias(torch.zeros(x.shape, dtype=torch.float64) if x.bias is None
+                                                      else x.bias),
+                                   v_init=0.0, schedule=UNSCHEDULED, origin=origin,
+                                   ann_clip=None if math.isinf(ceiling) else ceiling))
         self.source_shapes[name] = x.shape
-        return _Value([(name, None)], None, x.shape)
+        out = _Value([(name, None)], None, x.shape)
+        return out if x.pending_pool is None else self._pool_value(node, out, x.pending_pool)
+
+    def _synapses(self, x: _Value) -> Tuple[Synapse, ...]:
+        """One IR synapse per term of ``x`` (a pooled source: the layer it pools, with the pool)."""
+        synapses = []
+        for src, m in x.terms:
+            source, pool = self.pooled.get(src, (src, None))
+            synapses.append(Synapse(source, _to_ir_op(m, self.source_shapes[src], x.shape), pool))
+        return tuple(synapses)
+
+    # --- max pooling --------------------------------------------------------------------------
+    def _max_pool(self, node, x: _Value, kernel, stride, padding, dilation, ceil_mode, return_indices) -> _Value:
+        """``max_pool2d``: exact on the counts of bistable neurons (see :class:`bsnn_lava.ir.MaxPool`).
+        On a layer's output (or one scaled per channel by a positive factor, plus a per-channel
+        shift: BatchNorm, the input normalisation) the pool goes on the synapses that read it; on a
+        pre-activation it waits for the activation and moves after it."""
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+        if ceil_mode or return_indices or pair(dilation) != (1, 1):
+            raise self._unsupported(node, "max pooling with ceil_mode, dilation or return_indices")
+        if len(x.shape) != 3:
+            raise self._unsupported(node, "max pooling needs a (C, H, W) input")
+        self._no_pending_pool(node, x)
+        kernel = pair(kernel)
+        pool = MaxPool(kernel, kernel if stride in (None, []) else pair(stride), pair(padding))
+        return self._pool_value(node, x, pool)
+
+    def _adaptive_max_pool(self, node, x: _Value, return_indices) -> _Value:
+        out_hw = self._shape(node)[1:]
+        if return_indices or len(x.shape) != 3 or any(x.shape[1 + i] % out_hw[i] for i in range(2)):
+            raise self._unsupported(node, f"adaptive max pooling from {x.shape[1:]} to {out_hw} is not a fixed max "
+                                          "pooling; use sizes that divide")
+        kernel = tuple(x.shape[1 + i] // out_hw[i] for i in range(2))
+        return self._max_pool(node, x, kernel, kernel, 0, 1, False, False)
+
+    def _pool_value(self, node, x: _Value, pool: MaxPool) -> _Value:
+        out_shape = pool.output_shape(x.shape)
+        if len(x.terms) == 1 and _positive_channel_scale(x.terms[0][1]) and _uniform_per_channel(x.bias):
+            src, m = x.terms[0]
+            if src in self.pooled:  # a pool of a pool: one pool over the union of the windows, where it is one
+                src, first = self.pooled[src]
+                pool = _pool_of_pool(first, pool)
+                if pool is None:
+                    raise self._unsupported(node, "two max pools in a row without a layer between them, whose "
+                                                  "windows do not combine into one (the second one padded, or the "
+                                                  "first one leaving gaps)")
+            pooled = f"{src}@maxpool{len(self.pooled)}"
+            self.pooled[pooled] = (src, pool)
+            self.source_shapes[pooled] = out_shape
+            bias = None if x.bias is None else x.bias[:, :out_shape[1], :out_shape[2]].clone()
+            return _Value([(pooled, m)], bias, out_shape)
+        return replace(x, pending_pool=pool)
+
+    def _no_pending_pool(self, node, x: _Value) -> None:
+        if x.pending_pool is not None:
+            raise self._unsupported(node, "a max pool before the activation must reach the activation (ReLU) with "
+                                          "at most a BatchNorm between them")
 
     def _finish(self, node) -> Network:
         arg = node.args[0]
@@ -377,7 +513,8 @@ class _Lowering:
                                   "giving (batch, classes)")
         if len(self.layers) == 1:
             raise ConversionError("the model has no ReLU: nothing to convert to spiking neurons")
-        synapses = tuple(Synapse(src, _to_ir_op(m, self.source_shapes[src], x.shape)) for src, m in x.terms)
+        self._no_pending_pool(node, x)
+        synapses = self._synapses(x)
         bias = np.zeros(x.shape) if x.bias is None else x.bias.numpy()
         origin = arg.target if arg.op == "call_module" else arg.name
         self.layers.append(Readout("readout", x.shape, synapses, bias, UNSCHEDULED, origin=str(origin)))
@@ -395,8 +532,29 @@ def _to_ir_op(m: Optional[LinearMap], source_shape, target_shape):
     if isinstance(m, ConvMap):
         if len(target_shape) != 3:
             raise ConversionError("a ReLU directly after flatten is not supported: apply the ReLU first")
-        return Conv2d(m.weight.numpy(), m.stride, m.padding)
+        return Conv2d(compact_conv(m).numpy(), m.stride, m.padding, dilation=m.dilation, groups=m.groups)
     return Dense(m.weight.numpy())
+
+
+def _pool_of_pool(first: MaxPool, second: MaxPool) -> Optional[MaxPool]:
+    """The one max pool equal to ``second`` after ``first``, or ``None``: exact when the second has
+    no padding (every window it takes is a real one) and the first's windows leave no gaps
+    (stride <= kernel), so the windows under a second-pool output form one block."""
+    if any(second.padding) or any(first.stride[i] > first.kernel[i] for i in range(2)):
+        return None
+    return MaxPool(tuple(first.kernel[i] + first.stride[i] * (second.kernel[i] - 1) for i in range(2)),
+                   tuple(first.stride[i] * second.stride[i] for i in range(2)), first.padding)
+
+
+def _positive_channel_scale(m: Optional[LinearMap]) -> bool:
+    """The identity, or a per-channel scale by positive factors (max pooling commutes with it)."""
+    return m is None or (isinstance(m, ConvMap) and m.channel_diagonal
+                         and bool((torch.diagonal(m.weight[:, :, 0, 0]) > 0).all()))
+
+
+def _uniform_per_channel(bias: Optional[torch.Tensor]) -> bool:
+    """No bias, or one constant over each channel's pixels."""
+    return bias is None or (bias.ndim == 3 and bool((bias == bias[:, :1, :1]).all()))
 
 
 def _compact_bias(bias: torch.Tensor) -> np.ndarray:

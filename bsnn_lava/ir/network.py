@@ -184,8 +184,13 @@ def validate_layers(layers, numeric: str) -> List[str]:
                 continue
             if synapse.source == layers[-1].name:
                 problems.append(f"layer {layer.name!r}: the readout cannot be a synapse source")
+            source = next(l for l in layers if l.name == synapse.source)
+            if synapse.pool is not None and isinstance(source, GatedIF) and source.schedule.mode != "bistable":
+                problems.append(f"layer {layer.name!r}: synapse from {synapse.source!r} max-pools the spikes of a "
+                                f"{source.schedule.mode!r} layer: only bistable windows (a neuron with count c fires "
+                                "on the first c steps) give the max of the counts step by step")
             try:
-                out_shape = synapse.op.output_shape(shapes[synapse.source])
+                out_shape = synapse.op.output_shape(synapse.input_shape(shapes[synapse.source]))
             except IRError as err:
                 problems.append(f"layer {layer.name!r}: synapse from {synapse.source!r}: {err}")
                 continue

@@ -69,45 +69,78 @@ class Schedule:
 
 @dataclass(frozen=True, eq=False)
 class Conv2d:
-    """2-D cross-correlation synapse (torch semantics, zero padding), groups = 1.
+    """2-D cross-correlation synapse (torch semantics, zero padding).
 
-    ``weight``: (out_channels, in_channels, kernel_h, kernel_w); ``stride``, ``padding``: (h, w) in
-    pixels; ``weight_exp``: integer networks apply ``weight * 2**weight_exp`` (0 for float networks).
+    ``weight``: (out_channels, in_channels / groups, kernel_h, kernel_w); ``stride``, ``padding``,
+    ``dilation``: (h, w) in pixels; ``groups``: input and output channels split into this many
+    groups, output group g reading input group g only (depthwise: groups = channels);
+    ``weight_exp``: integer networks apply ``weight * 2**weight_exp`` (0 for float networks).
     """
     weight: np.ndarray
     stride: Tuple[int, int] = (1, 1)
     padding: Tuple[int, int] = (0, 0)
     weight_exp: int = 0
+    dilation: Tuple[int, int] = (1, 1)
+    groups: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "weight", _array(self.weight, "?", "weight"))
         object.__setattr__(self, "stride", _pair(self.stride, "?", "stride"))
         object.__setattr__(self, "padding", _pair(self.padding, "?", "padding"))
+        object.__setattr__(self, "dilation", _pair(self.dilation, "?", "dilation"))
         if self.weight.ndim != 4:
             raise IRError(f"conv2d weight must have 4 dimensions, got shape {self.weight.shape}")
-        if min(self.stride) < 1:
-            raise IRError(f"conv2d stride must be >= 1, got {self.stride}")
+        if min(self.stride) < 1 or min(self.dilation) < 1:
+            raise IRError(f"conv2d stride and dilation must be >= 1, got {self.stride}, {self.dilation}")
+        if isinstance(self.groups, bool) or int(self.groups) != self.groups or self.groups < 1 \
+                or self.weight.shape[0] % self.groups:
+            raise IRError(f"conv2d groups must be a positive integer dividing the {self.weight.shape[0]} output "
+                          f"channels, got {self.groups!r}")
+        object.__setattr__(self, "groups", int(self.groups))
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def kernel_extent(self) -> Tuple[int, int]:
+        """The input pixels one kernel spans (h, w): ``dilation * (kernel - 1) + 1``."""
+        return tuple(self.dilation[i] * (self.weight.shape[2 + i] - 1) + 1 for i in range(2))
 
     def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
-        if len(input_shape) != 3 or input_shape[0] != self.weight.shape[1]:
-            raise IRError(f"conv2d expects input (C={self.weight.shape[1]}, H, W), got {input_shape}")
-        out_hw = [(input_shape[1 + i] + 2 * self.padding[i] - self.weight.shape[2 + i]) // self.stride[i] + 1
-                  for i in range(2)]
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise IRError(f"conv2d expects input (C={self.in_channels}, H, W), got {input_shape}")
+        extent = self.kernel_extent
+        out_hw = [(input_shape[1 + i] + 2 * self.padding[i] - extent[i]) // self.stride[i] + 1 for i in range(2)]
         if min(out_hw) < 1:
             raise IRError(f"conv2d kernel {self.weight.shape[2:]} does not fit input {input_shape}")
         return (self.weight.shape[0], out_hw[0], out_hw[1])
+
+    def full_weight(self) -> np.ndarray:
+        """The weight as one (out_channels, in_channels, extent_h, extent_w) kernel of groups 1 and
+        dilation 1: zeros between groups and between dilated taps (the same map)."""
+        out_ch, per_group = self.weight.shape[:2]
+        full = np.zeros((out_ch, self.in_channels, *self.kernel_extent))
+        dy, dx = self.dilation
+        for g in range(self.groups):
+            rows = slice(g * out_ch // self.groups, (g + 1) * out_ch // self.groups)
+            full[rows, g * per_group:(g + 1) * per_group, ::dy, ::dx] = self.weight[rows]
+        return full
 
     def fan_out(self, input_shape: Tuple[int, ...]) -> np.ndarray:
         """Synaptic operations one event of each input neuron causes: its nonzero weights onto
         output neurons that exist (padding borders and strides included). Shape ``input_shape``."""
         _, out_h, out_w = self.output_shape(input_shape)
-        c_in, h_in, w_in = input_shape
-        nonzero = (self.weight != 0).sum(axis=0)  # (in_channels, kh, kw): output channels per tap
+        _, h_in, w_in = input_shape
+        out_ch, per_group, kh, kw = self.weight.shape
+        # (in_channels, kh, kw): output channels of its group each input channel reaches per tap
+        nonzero = (self.weight != 0).reshape(self.groups, out_ch // self.groups, per_group, kh, kw).sum(axis=1)
+        nonzero = nonzero.reshape(self.in_channels, kh, kw)
         counts = np.zeros(input_shape, dtype=np.int64)
-        for ky in range(self.weight.shape[2]):
-            rows = _tap_hits(h_in, ky, self.padding[0], self.stride[0], out_h)
-            for kx in range(self.weight.shape[3]):
-                cols = _tap_hits(w_in, kx, self.padding[1], self.stride[1], out_w)
+        for ky in range(kh):
+            rows = _tap_hits(h_in, ky * self.dilation[0], self.padding[0], self.stride[0], out_h)
+            for kx in range(kw):
+                cols = _tap_hits(w_in, kx * self.dilation[1], self.padding[1], self.stride[1], out_w)
                 counts += nonzero[:, ky, kx, None, None] * (rows[:, None] & cols[None, :])
         return counts
 
@@ -146,11 +179,72 @@ def _tap_hits(size_in: int, tap: int, padding: int, stride: int, size_out: int) 
 SynapseOp = Union[Conv2d, Dense]
 
 
+@dataclass(frozen=True)
+class MaxPool:
+    """Max pooling of a source's outputs before a synapse's op (torch's ``max_pool2d``, padding never
+    winning: every output is non-negative). ``kernel``, ``stride``, ``padding``: (h, w) in pixels.
+
+    A bistable neuron whose window count is c fires on the first c steps of its fire window (binary
+    spikes: a thermometer code) or sends c once (graded), so the per-step maximum of what the pooled
+    neurons send is what the neuron with the largest count sends: the max of the counts, step by
+    step (:func:`bsnn_lava.dynamics.max_pool`).
+    """
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int] = (0, 0)
+
+    def __post_init__(self):
+        for field_name in ("kernel", "stride", "padding"):
+            object.__setattr__(self, field_name, _pair(getattr(self, field_name), "?", f"pool {field_name}"))
+        if min(self.kernel) < 1 or min(self.stride) < 1:
+            raise IRError(f"max pool kernel and stride must be >= 1, got {self.kernel}, {self.stride}")
+        if any(2 * self.padding[i] > self.kernel[i] for i in range(2)):
+            raise IRError(f"max pool padding {self.padding} must be at most half the kernel {self.kernel}")
+
+    def output_shape(self, input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        if len(input_shape) != 3:
+            raise IRError(f"max pool expects a (C, H, W) source, got {input_shape}")
+        out_hw = [(input_shape[1 + i] + 2 * self.padding[i] - self.kernel[i]) // self.stride[i] + 1 for i in range(2)]
+        if min(out_hw) < 1:
+            raise IRError(f"max pool kernel {self.kernel} does not fit input {input_shape}")
+        return (input_shape[0], out_hw[0], out_hw[1])
+
+    def taps(self, input_shape: Tuple[int, ...]) -> np.ndarray:
+        """(outputs, kernel_h * kernel_w) int64: the flat (C, H, W) input index each output reads per
+        kernel tap; a tap in the padding repeats one of its window's inputs (which leaves the max as
+        it is)."""
+        c, out_h, out_w = self.output_shape(input_shape)
+        _, h, w = input_shape
+        ch, oy, ox, ky, kx = np.ix_(np.arange(c), np.arange(out_h), np.arange(out_w), np.arange(self.kernel[0]),
+                                    np.arange(self.kernel[1]))
+        iy = oy * self.stride[0] - self.padding[0] + ky
+        ix = ox * self.stride[1] - self.padding[1] + kx
+        # a padded tap reads the window's nearest input instead (always one of the window's own)
+        iy, ix = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
+        index = (ch * h + iy) * w + ix
+        return np.broadcast_to(index, (c, out_h, out_w, *self.kernel)).reshape(c * out_h * out_w, -1).astype(np.int64)
+
+    def coverage(self, input_shape: Tuple[int, ...]) -> np.ndarray:
+        """How many pooling windows read each input neuron (shape ``input_shape``): the events one
+        spike makes in the pooling stage."""
+        taps = self.taps(input_shape)
+        hits = np.zeros(int(np.prod(input_shape)), dtype=np.int64)
+        for row in taps:
+            hits[np.unique(row)] += 1
+        return hits.reshape(input_shape)
+
+
 @dataclass(frozen=True, eq=False)
 class Synapse:
-    """A weighted connection from layer ``source`` (by name) into the layer that owns it."""
+    """A weighted connection from layer ``source`` (by name) into the layer that owns it; with a
+    ``pool``, the op reads the max-pooled source."""
     source: str
     op: SynapseOp
+    pool: Optional[MaxPool] = None
+
+    def input_shape(self, source_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The shape the op reads: the source's, pooled where the synapse pools."""
+        return tuple(source_shape) if self.pool is None else self.pool.output_shape(tuple(source_shape))
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,7 +295,10 @@ class GatedIF:
     counts instead of carrying the residual potential over. ``payload_max``: the largest value one
     spike carries: 1 for binary spikes; above 1 a *graded* spike carries
     ``clip(floor(v / threshold), 0, payload_max)`` (Loihi 2's graded spikes) and subtracts that many
-    thresholds; a synapse multiplies its weight by the payload.
+    thresholds; a synapse multiplies its weight by the payload. ``ann_clip``: the upper bound of the
+    ANN activation it replaces, in the layer's units (ReLU6: 6 scale units; ``None``: a ReLU). Only
+    the reference ANN (:func:`bsnn_lava.sim.ann_forward`) reads it: the converter keeps the threshold
+    at or below it, and a spike rate saturates at the threshold, so the neuron clips by itself.
     """
     name: str
     shape: Tuple[int, ...]
@@ -215,6 +312,7 @@ class GatedIF:
     origin: str = ""
     frame_reset: bool = False
     payload_max: int = 1
+    ann_clip: Optional[float] = None
     kind = "gated_if"
 
     def __post_init__(self):
@@ -233,6 +331,10 @@ class GatedIF:
         if isinstance(self.payload_max, bool) or int(self.payload_max) != self.payload_max or self.payload_max < 1:
             raise IRError(f"layer {self.name!r}: payload_max must be a positive integer, got {self.payload_max!r}")
         object.__setattr__(self, "payload_max", int(self.payload_max))
+        if self.ann_clip is not None:
+            if not np.isfinite(self.ann_clip) or self.ann_clip <= 0:
+                raise IRError(f"layer {self.name!r}: ann_clip must be None or a positive number, got {self.ann_clip!r}")
+            object.__setattr__(self, "ann_clip", float(self.ann_clip))
         if self.frame_reset and self.schedule.mode != "bistable":
             raise IRError(f"layer {self.name!r}: frame_reset needs a bistable schedule, got mode {self.schedule.mode!r}")
 

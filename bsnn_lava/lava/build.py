@@ -174,7 +174,7 @@ def check_memory(network: Network, available: Optional[int] = None) -> int:
     """The bytes the CPU models' synapse matrices need (:data:`MATRIX_BYTES_PER_WEIGHT` per nonzero
     weight, plus :data:`BUILD_BYTES_PER_WEIGHT` for the largest layer); ``ValueError`` naming that
     layer when more than ``available`` (default: the memory available now)."""
-    weights = {layer.name: sum(int(s.op.fan_out(network[s.source].shape).sum()) for s in layer.synapses)
+    weights = {layer.name: sum(int(s.op.fan_out(s.input_shape(network[s.source].shape)).sum()) for s in layer.synapses)
                for layer in network.layers[1:]}
     largest = max(weights, key=weights.get)
     need = MATRIX_BYTES_PER_WEIGHT * sum(weights.values()) + BUILD_BYTES_PER_WEIGHT * weights[largest]
@@ -220,7 +220,7 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             one whose synapse matrices would not fit the memory available (:func:`check_memory`).
     """
     from bsnn_lava.lava.procs import GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess
-    from bsnn_lava.lava.procs import conv_synapse, dense_synapse
+    from bsnn_lava.lava.procs import conv_synapse, dense_synapse, pooled_fan_out, pooled_synapse
 
     network = load_network(network_or_path)
     check_runnable(network, select_tag)
@@ -236,12 +236,20 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
     for layer in network.layers[1:]:  # the synapses, and each sender's fan-outs in outgoing_synapses order
         incoming[layer.name] = []
         for synapse in layer.synapses:
-            op, in_shape = synapse.op, network[synapse.source].shape
+            op, source_shape = synapse.op, network[synapse.source].shape
+            in_shape = synapse.input_shape(source_shape)
             max_input = 255 if synapse.source == source.name else network[synapse.source].payload_max
-            spec = (conv_synapse(op.weight, in_shape, op.stride, op.padding, op.weight_exp, max_input)
+            spec = (conv_synapse(op.weight, in_shape, op.stride, op.padding, op.weight_exp, max_input, op.dilation,
+                                 op.groups)
                     if isinstance(op, Conv2d) else dense_synapse(op.weight, in_shape, op.weight_exp, max_input))
-            incoming[layer.name].append(spec)
-            fan_outs[synapse.source].append(op.fan_out(in_shape))
+            if synapse.pool is None:
+                incoming[layer.name].append(spec)
+                fan_outs[synapse.source].append(op.fan_out(in_shape))
+            else:
+                taps = synapse.pool.taps(source_shape)
+                incoming[layer.name].append(pooled_synapse(spec, source_shape, taps))
+                fan_outs[synapse.source].append(pooled_fan_out(synapse.pool.coverage(source_shape), taps,
+                                                               op.fan_out(in_shape)))
 
     def common(layer):
         s = layer.schedule

@@ -3,7 +3,8 @@
 :func:`ann_forward`: each spiking layer as a ReLU, each rate in spikes per step.
 
 For a layer with threshold theta and synaptic pre-activation ``z = sum(W r_source) + bias`` the
-ANN rate is ``relu(z) / theta`` (the firing rate the SNN approximates, unclipped); the input's rate is
+ANN rate is ``relu(z) / theta`` (the firing rate the SNN approximates, not clipped at the threshold;
+``min(relu(z), ann_clip) / theta`` for a clipped activation such as ReLU6); the input's rate is
 the raw pixel value; the readout's logits are ``z``. For a network fresh from ``lower`` (all
 thresholds 1) this is exactly the source model applied to normalised images.
 """
@@ -38,8 +39,15 @@ def ann_forward(network: Network, images: torch.Tensor, kernels: Optional[Networ
             logits = z
         else:
             pre_activations[layer.name] = z
-            rates[layer.name] = torch.relu(z) / params["threshold"]
+            rates[layer.name] = activation(z, layer) / params["threshold"]
     return logits, pre_activations
+
+
+def activation(z: torch.Tensor, layer) -> torch.Tensor:
+    """The ANN activation a spiking layer stands for: ``relu(z)``, clipped at ``layer.ann_clip``
+    where it has one (ReLU6 and other clipped ReLUs), in the layer's units."""
+    clip = getattr(layer, "ann_clip", None)
+    return torch.relu(z) if clip is None else z.clamp(0.0, clip)
 
 
 @torch.no_grad()

@@ -1,17 +1,42 @@
 """Torch tensors for a network's synapses and per-layer parameters (shared by every simulator)."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ir import Conv2d, Network
+from ..dynamics import max_pool
+from ..ir import Conv2d, MaxPool, Network
 
 
 #: float32 represents every integer up to 2**24 exactly.
 _FLOAT32_EXACT = 2 ** 24
+
+
+@dataclass
+class Outgoing:
+    """A synapse as its source counts it: column ``index`` of the synaptic operation log;
+    ``fan_out``, the op's nonzero weights from each of its inputs. A max-pooled synapse also has the
+    pool's ``taps`` and its ``coverage`` (pooling windows reading each source neuron): an event
+    costs ``coverage`` operations in the pooling stage, and every event the pool passes on (the OR
+    of a window's events, :func:`bsnn_lava.dynamics.max_pool`) its ``fan_out``."""
+    index: int
+    fan_out: torch.Tensor
+    taps: Optional[torch.Tensor] = None
+    coverage: Optional[torch.Tensor] = None
+
+    def synops(self, events: torch.Tensor) -> torch.Tensor:
+        """The operations of ``events``: a boolean (batch, *source shape), or for an unpooled
+        synapse also its per-neuron sum over the batch."""
+        if self.taps is None:
+            per_neuron = events.sum(dim=0) if events.dtype == torch.bool else events
+            return (per_neuron.to(self.fan_out.dtype) * self.fan_out).sum()
+        flat = events.reshape(events.shape[0], -1).to(self.fan_out.dtype)
+        pooled = max_pool(flat, self.taps, torch.maximum).sum(dim=0)
+        return (pooled * self.fan_out.reshape(-1)).sum() + (flat.sum(dim=0) * self.coverage.reshape(-1)).sum()
 
 
 class SynapseKernel:
@@ -23,7 +48,11 @@ class SynapseKernel:
     and the result is converted to ``dtype``. Real-valued inputs (ANN rates) always use ``dtype``.
     """
 
-    def __init__(self, op, dtype: torch.dtype, device, max_input: float):
+    def __init__(self, op, dtype: torch.dtype, device, max_input: float, pool: Optional[MaxPool] = None,
+                 source_shape: Optional[Tuple[int, ...]] = None):
+        #: max pooling of the source before the op: (taps on the device, pooled shape), or ``None``
+        self.pool = None if pool is None else (torch.as_tensor(pool.taps(source_shape), device=device),
+                                               pool.output_shape(source_shape))
         row_sums = np.abs(op.weight).reshape(op.weight.shape[0], -1).sum(axis=1)
         integer = np.array_equal(op.weight, np.round(op.weight))
         #: True when float32 computes this synapse exactly for integer inputs up to ``max_input``
@@ -36,17 +65,19 @@ class SynapseKernel:
         self.output_bound = max_input * float(row_sums.max()) * self.weight_scale
         self.dtype = dtype
         self.is_conv = isinstance(op, Conv2d)
-        self.stride = getattr(op, "stride", None)
-        self.padding = getattr(op, "padding", None)
+        self.conv_args = (op.stride, op.padding, op.dilation, op.groups) if self.is_conv else None
 
     def __call__(self, x: torch.Tensor, absolute: bool = False, integer_input: bool = True) -> torch.Tensor:
         """The synapse's output; ``absolute=True`` uses ``|weight|`` (a bound on partial sums);
         ``integer_input=False`` for real-valued inputs."""
         weight = self.weight_float32 if integer_input and self.weight_float32 is not None else self.weight
         weight = weight.abs() if absolute else weight
+        if self.pool is not None:
+            taps, shape = self.pool
+            x = max_pool(x.reshape(x.shape[0], -1), taps, torch.maximum).reshape(x.shape[0], *shape)
         x = x.to(weight.dtype)
         if self.is_conv:
-            y = F.conv2d(x, weight, None, self.stride, self.padding)
+            y = F.conv2d(x, weight, None, *self.conv_args)
         else:
             y = x.reshape(x.shape[0], -1) @ weight.T
         y = y.to(self.dtype)
@@ -73,18 +104,23 @@ class NetworkKernels:
         max_input = {layer.name: float(window * getattr(layer, "payload_max", 1)) for layer in network.layers}
         max_input[network.input.name] = 255.0 * window
         self.synapses: Dict[str, List[Tuple[str, SynapseKernel]]] = {
-            layer.name: [(s.source, SynapseKernel(s.op, dtype, device, max_input[s.source])) for s in layer.synapses]
+            layer.name: [(s.source, SynapseKernel(s.op, dtype, device, max_input[s.source], s.pool,
+                                                  network[s.source].shape)) for s in layer.synapses]
             for layer in network.layers}
         # synaptic operations per event of each source neuron, one entry per synapse, in layer order
         self.synapse_names: List[str] = []
-        self.outgoing: Dict[str, List[Tuple[int, torch.Tensor]]] = {layer.name: [] for layer in network.layers}
+        self.outgoing: Dict[str, List[Outgoing]] = {layer.name: [] for layer in network.layers}
         for layer in network.layers:
-            for s in layer.synapses:
+            for (_, kernel), s in zip(self.synapses[layer.name], layer.synapses):
                 name = f"{layer.name}<-{s.source}"
                 while name in self.synapse_names:
                     name += "'"
-                fan_out = torch.tensor(s.op.fan_out(network[s.source].shape), dtype=dtype, device=device)
-                self.outgoing[s.source].append((len(self.synapse_names), fan_out))
+                source_shape = network[s.source].shape
+                fan_out = torch.tensor(s.op.fan_out(s.input_shape(source_shape)), dtype=dtype, device=device)
+                coverage = None if s.pool is None else torch.tensor(s.pool.coverage(source_shape), dtype=dtype,
+                                                                    device=device)
+                self.outgoing[s.source].append(Outgoing(len(self.synapse_names), fan_out,
+                                                        None if s.pool is None else kernel.pool[0], coverage))
                 self.synapse_names.append(name)
         #: per layer: the largest ``|synaptic input|`` of one window, every source at its largest value
         self.drive_bound = {layer.name: sum(k.output_bound for _, k in self.synapses[layer.name])

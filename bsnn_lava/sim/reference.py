@@ -282,13 +282,13 @@ class _Run:
         if spikes:
             self.spikes_per_step[t, self.index[source]] += n_events
             self.spikes_per_neuron[source] += per_neuron
-        for index, fan_out in self.kernels.outgoing[source]:
-            self.synops_per_step[t, index] += (per_neuron * fan_out).sum()
+        for outgoing in self.kernels.outgoing[source]:
+            self.synops_per_step[t, outgoing.index] += outgoing.synops(active)
         return n_events
 
     def _count_input(self, t: int, x: torch.Tensor) -> None:
         """The synaptic operations of the pixels the input shows at step t (nonzero pixels are events)."""
-        self._count_events(t, self.network.input.name, (x != 0).sum(dim=0).to(torch.float64), spikes=False)
+        self._count_events(t, self.network.input.name, x != 0, spikes=False)
 
     def _open_round(self, source, k: int) -> None:
         """Round k enters: the ANN on its images gives their ANN predictions and, per neuron layer,

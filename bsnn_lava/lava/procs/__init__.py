@@ -9,6 +9,7 @@ from bsnn_lava.lava.compat import ensure_lava_importable
 ensure_lava_importable()
 
 from bsnn_lava.lava.procs.process import (MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout,  # noqa: E402
-                                          conv_synapse, dense_synapse)
+                                          conv_synapse, dense_synapse, pooled_fan_out, pooled_synapse)
 
-__all__ = ["GatedIF", "Readout", "PixelInput", "EventCount", "conv_synapse", "dense_synapse", "MAX_INPUTS"]
+__all__ = ["GatedIF", "Readout", "PixelInput", "EventCount", "conv_synapse", "dense_synapse", "pooled_fan_out",
+           "pooled_synapse", "MAX_INPUTS"]

@@ -37,7 +37,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from scipy import sparse
 
-from bsnn_lava.dynamics import StreamPlan, frame_starts, gated_if_step, phase, stream_frame
+from bsnn_lava.dynamics import StreamPlan, frame_starts, gated_if_step, max_pool, phase, stream_frame
 from bsnn_lava.lava.procs.process import MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout, batched
 
 #: Above this fraction of active inputs (active in some image of the batch) a synapse multiplies the
@@ -48,25 +48,28 @@ DENSE_INPUT_FRACTION = {"image": 0.25, "batch": 0.75}
 
 # --- synapses ----------------------------------------------------------------------------------------
 
-def conv_matrix(weight: np.ndarray, in_shape, stride, padding) -> sparse.csc_matrix:
-    """The (C_out*H_out*W_out, C_in*H*W) matrix of torch's ``conv2d`` (zero padding, groups 1), CSC.
+def conv_matrix(weight: np.ndarray, in_shape, stride, padding, dilation=(1, 1), groups: int = 1) -> sparse.csc_matrix:
+    """The (C_out*H_out*W_out, C_in*H*W) matrix of torch's ``conv2d`` (zero padding), CSC.
 
-    Rows and columns are flattened in (C, H, W) order; entries that fall into the padding or whose
-    weight is zero are left out.
+    ``weight``: (C_out, C_in / groups, kH, kW). Rows and columns are flattened in (C, H, W) order;
+    entries that fall into the padding or whose weight is zero are left out (so a grouped or
+    depthwise convolution stores only its own weights).
     """
-    n_out_ch, n_in_ch, kernel_h, kernel_w = weight.shape
+    n_out_ch, per_group, kernel_h, kernel_w = weight.shape
     _, height, width = in_shape
-    out_h = (height + 2 * padding[0] - kernel_h) // stride[0] + 1
-    out_w = (width + 2 * padding[1] - kernel_w) // stride[1] + 1
-    o, c, oy, ky, ox, kx = np.ix_(np.arange(n_out_ch), np.arange(n_in_ch), np.arange(out_h), np.arange(kernel_h),
+    out_h = (height + 2 * padding[0] - dilation[0] * (kernel_h - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kernel_w - 1) - 1) // stride[1] + 1
+    o, c, oy, ky, ox, kx = np.ix_(np.arange(n_out_ch), np.arange(per_group), np.arange(out_h), np.arange(kernel_h),
                                   np.arange(out_w), np.arange(kernel_w))
-    iy, ix = oy * stride[0] - padding[0] + ky, ox * stride[1] - padding[1] + kx
-    shape6 = (n_out_ch, n_in_ch, out_h, kernel_h, out_w, kernel_w)
+    iy = oy * stride[0] - padding[0] + ky * dilation[0]
+    ix = ox * stride[1] - padding[1] + kx * dilation[1]
+    in_channel = (o // (n_out_ch // groups)) * per_group + c  # output group g reads input group g
+    shape6 = (n_out_ch, per_group, out_h, kernel_h, out_w, kernel_w)
     values = np.broadcast_to(weight[o, c, ky, kx], shape6)
     keep = np.broadcast_to((iy >= 0) & (iy < height) & (ix >= 0) & (ix < width), shape6) & (values != 0)
     rows = np.broadcast_to((o * out_h + oy) * out_w + ox, shape6)[keep]
-    cols = np.broadcast_to((c * height + iy) * width + ix, shape6)[keep]
-    shape = (n_out_ch * out_h * out_w, n_in_ch * height * width)
+    cols = np.broadcast_to((in_channel * height + iy) * width + ix, shape6)[keep]
+    shape = (n_out_ch * out_h * out_w, per_group * groups * height * width)
     return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
 
 
@@ -84,13 +87,15 @@ class SynapticInput:
         self.batch_size = batch_size
         self.dense_fraction = DENSE_INPUT_FRACTION["image" if batch_size == 1 else "batch"]
         self.matrices = []
+        self.pool_taps = [synapse.get("pool_taps") for synapse in synapses]
         for k, synapse in enumerate(synapses):
             weight, weight_exp = synapse["weight"], synapse["weight_exp"]
             if integer and (weight_exp < 0 or not np.array_equal(weight, np.round(weight))):
                 raise ValueError(f"process {layer!r}, synapse {k}: fixed_pt needs integer weight mantissas and "
                                  f"weight_exp >= 0, got weight_exp {weight_exp}")
             effective = weight * 2.0 ** weight_exp
-            matrix = (conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"])
+            matrix = (conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"],
+                                  synapse["dilation"], synapse["groups"])
                       if synapse["kind"] == "conv" else sparse.csc_matrix(effective))
             row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
             narrow = integer and synapse["max_input"] * row_sum < 2 ** 24
@@ -100,8 +105,10 @@ class SynapticInput:
         """The summed input (B, n_out) of the messages ``received`` (one per synapse), or ``None``
         when every message was all zeros."""
         total = None
-        for matrix, message in zip(self.matrices, received):
+        for matrix, message, taps in zip(self.matrices, received, self.pool_taps):
             s = message.reshape(self.batch_size, -1)
+            if taps is not None:
+                s = max_pool(s, taps, np.maximum)
             active = np.flatnonzero((s != 0).any(axis=0))
             if active.size == 0:
                 continue
@@ -161,7 +168,10 @@ class _SenderModel(_ScheduledModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.fan_outs = np.stack(proc_params["fan_outs"], axis=1) if proc_params["fan_outs"] else None
+        entries = proc_params["fan_outs"]
+        columns = [e["coverage"] if isinstance(e, dict) else e for e in entries]
+        self.fan_outs = np.stack(columns, axis=1) if columns else None
+        self.pooled = [(j, e["taps"], e["fan_out"]) for j, e in enumerate(entries) if isinstance(e, dict)]
         self.silent = np.zeros(self.io_shape, dtype=self.message_dtype)
         self.outgoing = self.silent
 
@@ -172,7 +182,10 @@ class _SenderModel(_ScheduledModel):
         """``message`` (``layout``) goes out on the next step; its synaptic operations into the log."""
         self.outgoing = message.reshape(self.io_shape)
         if "synops" in self.logs and self.fan_outs is not None:
-            self.logs["synops"][:, t] = (message.reshape(self.batch_size, -1) != 0) @ self.fan_outs
+            events = message.reshape(self.batch_size, -1) != 0
+            self.logs["synops"][:, t] = events @ self.fan_outs
+            for j, taps, fan_out in self.pooled:  # the events the pool passes on (:class:`Outgoing`)
+                self.logs["synops"][:, t, j] += max_pool(events, taps, np.maximum) @ fan_out
 
 
 class _LayerModel(_ScheduledModel):

@@ -168,29 +168,55 @@ def dense_synapse(weight, in_shape, weight_exp: int = 0, max_input: int = 255) -
                 max_input=_integer_at_least(max_input, "max_input"))
 
 
-def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: int = 0, max_input: int = 255) -> dict:
-    """A 2-D cross-correlation synapse (torch semantics: zero padding, groups = 1) as a layer
-    process's ``synapses`` entry.
+def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: int = 0, max_input: int = 255,
+                 dilation=(1, 1), groups: int = 1) -> dict:
+    """A 2-D cross-correlation synapse (torch semantics: zero padding) as a layer process's
+    ``synapses`` entry.
 
     Args:
-        weight: (out_channels, in_channels, kernel_h, kernel_w) mantissas.
+        weight: (out_channels, in_channels / groups, kernel_h, kernel_w) mantissas.
         in_shape: the source's (C, H, W); the output shape follows torch's ``conv2d``.
-        stride, padding: (h, w) in pixels.
+        stride, padding, dilation: (h, w) in pixels.
         weight_exp, max_input: as for :func:`dense_synapse`.
+        groups: output group g reads input group g only (depthwise: groups = channels).
     """
     weight, weight_exp = _weight(weight, weight_exp)
     in_shape = tuple(int(s) for s in in_shape)
     stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
-    if weight.ndim != 4 or len(in_shape) != 3 or weight.shape[1] != in_shape[0]:
-        raise ValueError(f"weight (out, in, kh, kw) {weight.shape} does not fit input (C, H, W) {in_shape}")
-    if len(stride) != 2 or len(padding) != 2 or min(stride) < 1 or min(padding) < 0:
-        raise ValueError(f"stride must be two integers >= 1 and padding two integers >= 0, got {stride}, {padding}")
-    out_hw = [(in_shape[1 + i] + 2 * padding[i] - weight.shape[2 + i]) // stride[i] + 1 for i in range(2)]
+    dilation, groups = tuple(int(d) for d in dilation), int(groups)
+    if weight.ndim != 4 or len(in_shape) != 3 or groups < 1 or weight.shape[0] % groups \
+            or weight.shape[1] * groups != in_shape[0]:
+        raise ValueError(f"weight (out, in / groups, kh, kw) {weight.shape} with groups {groups} does not fit "
+                         f"input (C, H, W) {in_shape}")
+    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2 or min(stride + dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"stride and dilation must be two integers >= 1 and padding two integers >= 0, got "
+                         f"{stride}, {dilation}, {padding}")
+    out_hw = [(in_shape[1 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+              for i in range(2)]
     if min(out_hw) < 1:
         raise ValueError(f"kernel {weight.shape[2:]} does not fit input {in_shape} with padding {padding}")
     return dict(kind="conv", weight=weight, weight_exp=weight_exp, in_shape=in_shape,
-                out_shape=(weight.shape[0], *out_hw), stride=stride, padding=padding,
-                max_input=_integer_at_least(max_input, "max_input"))
+                out_shape=(weight.shape[0], *out_hw), stride=stride, padding=padding, dilation=dilation,
+                groups=groups, max_input=_integer_at_least(max_input, "max_input"))
+
+
+def pooled_synapse(spec: dict, source_shape, taps) -> dict:
+    """``spec`` (:func:`conv_synapse` or :func:`dense_synapse` on the pooled shape) reading the
+    max-pooled messages of a source of ``source_shape``: ``taps`` (pooled neurons, k), the source
+    neuron each pooled neuron reads per kernel tap (:meth:`bsnn_lava.ir.MaxPool.taps`)."""
+    source_shape = tuple(int(s) for s in source_shape)
+    taps = np.asarray(taps, dtype=np.int64)
+    if (taps.ndim != 2 or taps.shape[0] != int(np.prod(spec["in_shape"])) or taps.min() < 0
+            or taps.max() >= int(np.prod(source_shape))):
+        raise ValueError(f"taps {taps.shape} do not pool a source of shape {source_shape} into {spec['in_shape']}")
+    return dict(spec, pool_taps=taps, message_shape=source_shape)
+
+
+def pooled_fan_out(coverage, taps, fan_out) -> dict:
+    """A sender's ``fan_outs`` entry for a max-pooled synapse: each event costs ``coverage`` (pooling
+    windows reading the neuron), each event the pool passes on its ``fan_out`` (of the pooled shape)."""
+    return dict(coverage=np.asarray(coverage, dtype=np.int64).reshape(-1), taps=np.asarray(taps, dtype=np.int64),
+                fan_out=np.asarray(fan_out, dtype=np.int64).reshape(-1))
 
 
 def _add_inputs(process: AbstractProcess, synapses: ty.Sequence[dict], shape: ty.Tuple[int, ...],
@@ -203,16 +229,19 @@ def _add_inputs(process: AbstractProcess, synapses: ty.Sequence[dict], shape: ty
         if tuple(synapse["out_shape"]) != tuple(shape):
             raise ValueError(f"synapse {k} delivers shape {tuple(synapse['out_shape'])} to a layer of shape {shape}")
     for k in range(MAX_INPUTS):
-        port_shape = batched(synapses[k]["in_shape"], batch_size) if k < len(synapses) else (1,)
+        message_shape = synapses[k].get("message_shape", synapses[k]["in_shape"]) if k < len(synapses) else None
+        port_shape = batched(message_shape, batch_size) if k < len(synapses) else (1,)
         setattr(process, f"s_in{k}", InPort(shape=port_shape))
     process.proc_params["synapses"] = synapses
 
 
-def _fan_outs(fan_outs: ty.Sequence[np.ndarray], shape: ty.Tuple[int, ...]) -> ty.List[np.ndarray]:
-    """Per outgoing synapse, the nonzero weights each of the ``shape`` sources drives (int64, flat)."""
+def _fan_outs(fan_outs: ty.Sequence, shape: ty.Tuple[int, ...]) -> ty.List:
+    """Per outgoing synapse, the nonzero weights each of the ``shape`` sources drives (int64, flat),
+    or for a max-pooled synapse its :func:`pooled_fan_out`."""
     size = int(np.prod(shape))
-    checked = [np.asarray(f, dtype=np.int64).reshape(-1) for f in fan_outs]
-    if any(f.size != size or (f < 0).any() for f in checked):
+    checked = [f if isinstance(f, dict) else np.asarray(f, dtype=np.int64).reshape(-1) for f in fan_outs]
+    per_neuron = [f["coverage"] if isinstance(f, dict) else f for f in checked]
+    if any(f.size != size or (f < 0).any() for f in per_neuron):
         raise ValueError(f"every fan-out must hold {size} non-negative counts")
     return checked
 
@@ -240,7 +269,8 @@ class GatedIF(AbstractProcess):
         payload_max: 1 for binary spikes, else the largest payload of a graded spike.
         state_bits: signed width of ``v`` in ``fixed_pt`` (``None``: unbounded).
         batch_size: images run at once (module docstring).
-        fan_outs: per outgoing synapse, the nonzero weights each neuron drives (for the ``synops`` log).
+        fan_outs: per outgoing synapse, the nonzero weights each neuron drives (for the ``synops`` log;
+            :func:`pooled_fan_out` for a max-pooled one).
         log_paths: activity log files (module docstring), or ``None``.
 
     Vars: ``v`` (batched), ``threshold``, ``bias``, ``v_init`` (one value per neuron, shared by the
