@@ -424,3 +424,24 @@ def test_bsnn_convert_and_check_on_the_coverage_models(name, data, tmp_path):
     out = bsnn("check", tmp_path / "net.h5", "--hw", "loihi2", cwd=tmp_path)
     assert out.returncode == 0 and re.search(r"total: \d+ neurons, \d+ cores, 1 chip", out.stdout), out.stdout
     assert ("pooling compartments" in out.stdout) == (name in ("vgg16", "resnet18"))
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("pool_stride", np.array([0, 2]), r"field 'pool_stride': is \(0, 2\); expected integers >= 1"),
+    ("pool_kernel", np.array([64, 64]), r"field 'pool_kernel': max pool kernel \(64, 64\) does not fit"),
+    ("pool_padding", np.array([2, 2]), r"field 'pool_kernel': max pool padding \(2, 2\) must be at most half"),
+])
+def test_malformed_pool_fields_are_refused_in_one_line(field, value, pattern, data, tmp_path):
+    x, _ = data
+    torch.manual_seed(0)
+    network = convert(randomize_batchnorm(VGG16()), x, window=2, mean=MEAN, std=STD)
+    path = tmp_path / "vgg.h5"
+    netx_export.write(network, path)
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        index = next(i for i in range(len(h5["layer"])) if "pool_kernel" in h5[f"layer/{i}"])
+        del h5[f"layer/{index}/{field}"]
+        h5.create_dataset(f"layer/{index}/{field}", data=value)
+    with pytest.raises(netx_export.NetxFormatError, match=r"vgg.h5: layer \d+ \('[^']+'\), " + pattern):
+        netx_export.read(path)
