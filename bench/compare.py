@@ -4,6 +4,8 @@ For one CIFAR ResNet checkpoint, on the same test images and the same T axis (1.
 
 - ``bsnn_layer`` / ``bsnn_channel``: post-training BSNN (P=2, V(0)=theta/2, 99.9th-percentile
   thresholds per layer / per channel), float, the reference simulator;
+- ``graded8_layer`` ... ``graded16_channel``: the same with graded spikes (Loihi 2), L = 8 or 16
+  levels, layer- or channel-wise thresholds, for ``--graded-steps`` steps;
 - ``if``: plain IF neurons (reset by subtraction, layer-wise 99.9th-percentile thresholds);
 - ``bsnn_finetuned``: the window-aware fine-tuned BSNN (bench/finetune.py checkpoints, frame reset);
 - ``spikingjelly``: SpikingJelly 2.0.0 ``ann2snn.Converter`` with its ``RateCodingRecipe`` in
@@ -46,8 +48,13 @@ import torch
 from common import add_resnet20_data_args, command_line, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
-RUNS = ("bsnn_layer", "bsnn_channel", "if", "bsnn_finetuned", "spikingjelly")
+#: graded post-training runs: name -> (levels L, channel-wise thresholds)
+GRADED = {"graded8_layer": (8, False), "graded8_channel": (8, True), "graded16_layer": (16, False),
+          "graded16_channel": (16, True)}
+RUNS = ("bsnn_layer", "bsnn_channel", *GRADED, "if", "bsnn_finetuned", "spikingjelly")
 LABELS = {"bsnn_layer": "BSNN post-training, layer-wise", "bsnn_channel": "BSNN post-training, channel-wise",
+          **{run: f"BSNN graded L={levels} post-training, {'channel' if channel else 'layer'}-wise"
+             for run, (levels, channel) in GRADED.items()},
           "if": "IF (reset by subtraction)", "bsnn_finetuned": "BSNN fine-tuned, frame reset",
           "spikingjelly": "SpikingJelly 2.0.0 ann2snn (99.9%)"}
 FIXED_T = (32, 64, 96, 128, 192, 256, 384, 512)
@@ -62,6 +69,9 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--n-calib", type=int, default=300, help="calibration images (training set), every method")
     parser.add_argument("--steps", type=int, default=512)
+    parser.add_argument("--graded-steps", type=int, default=256,
+                        help="steps of the graded runs (they reach the ANN sooner; a run's table cells beyond "
+                             "its steps stay empty)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--part-size", type=int, default=500,
                         help="test images per resumable part: each finished part is kept in <cache>/parts/")
@@ -97,9 +107,9 @@ def main() -> None:
             save_run(cache_path(args, run), entry)
             for part in parts:
                 part.unlink()
-            print(f"{run}: {100 * entry['accuracy'][-1]:.2f}% after {args.steps} steps ({entry['wall_s']:.0f} s)",
+            print(f"{run}: {100 * entry['accuracy'][-1]:.2f}% after {run_steps(args, run)} steps ({entry['wall_s']:.0f} s)",
                   flush=True)
-    runs = {run: load_run(cache_path(args, run)) for run in RUNS if cache_path(args, run).exists()}
+    runs = {run: load_run(found) for run in RUNS if (found := cached(args, run)) is not None}
     previous = args.out / f"{args.name}.json"
     speed = json.loads(previous.read_text()).get("speed") if previous.exists() else None
     if not args.report_only and args.speed_images:
@@ -111,8 +121,23 @@ def main() -> None:
         write_results_doc(args.out)
 
 
+def run_steps(args, run: str) -> int:
+    """Steps simulated in ``run``."""
+    return min(args.graded_steps, args.steps) if run in GRADED else args.steps
+
+
 def cache_path(args, run: str) -> Path:
-    return args.cache / f"{Path(args.model).stem}_{run}_n{args.n_test}_T{args.steps}_c{args.n_calib}.npz"
+    return args.cache / f"{Path(args.model).stem}_{run}_n{args.n_test}_T{run_steps(args, run)}_c{args.n_calib}.npz"
+
+
+def cached(args, run: str):
+    """The run's cache file: the one for this invocation's steps, else (a report) the one with the
+    most steps among those of the same model, images and calibration; ``None`` if there is none."""
+    if cache_path(args, run).exists():
+        return cache_path(args, run)
+    pattern = f"{Path(args.model).stem}_{run}_n{args.n_test}_T*_c{args.n_calib}.npz"
+    found = sorted(args.cache.glob(pattern), key=lambda path: int(path.stem.split("_T")[-1].split("_")[0]))
+    return found[-1] if found else None
 
 
 def part_path(args, run: str, images: range) -> Path:
@@ -145,6 +170,9 @@ def networks(args, run, base, x_calib):
         return convert(base, x_calib, window=2, **norm)
     if run == "bsnn_channel":
         return convert(base, x_calib, window=2, channelwise=True, **norm)
+    if run in GRADED:
+        levels, channelwise = GRADED[run]
+        return convert(base, x_calib, spikes="graded", levels=levels, channelwise=channelwise, **norm)
     if run == "if":
         return convert(base, x_calib, neuron="if", **norm)
     if run == "bsnn_finetuned":
@@ -164,7 +192,7 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
     finished part is saved under ``<cache>/parts/``, so a run interrupted (a session's end, a
     killed job) resumes at its first unfinished part; the entry equals a one-part run's."""
     simulate_part = peer_simulator(args, base, x_calib) if run == "spikingjelly" else \
-        our_simulator(args, networks(args, run, base, x_calib))
+        our_simulator(args, networks(args, run, base, x_calib), run_steps(args, run))
     parts, paths = [], []
     for start in range(0, len(x_test), args.part_size):
         images = range(start, min(start + args.part_size, len(x_test)))
@@ -181,7 +209,7 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
         paths.append(path)
     correct = np.concatenate([p["correct"] for p in parts], axis=1)  # (steps, images)
     synops = np.cumsum(sum(np.asarray(p["synops"]) for p in parts)) / len(x_test)
-    steps = [t - 1 for t in args.fixed_t]
+    steps = [t - 1 for t in args.fixed_t if t <= run_steps(args, run)]
     entry = {"accuracy": correct.mean(axis=1), "ann_accuracy": sum(p["ann_correct"] for p in parts) / len(x_test),
              "correct_at": correct[steps], "synops_at": synops[steps], "method": parts[0]["method"],
              "wall_s": sum(p["wall_s"] for p in parts)}
@@ -190,13 +218,13 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
     return entry, paths
 
 
-def our_simulator(args, network):
+def our_simulator(args, network, steps: int):
     """``part(x, y)``: this project's reference simulator on some images, correctness after every
     step ``(steps, images)``, synaptic operations summed over them per step, correct ANN predictions."""
     from bsnn_lava import simulate
 
     def part(x, y) -> dict:
-        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size, progress=True,
+        result = simulate(network, x, y, steps=steps, batch_size=args.batch_size, progress=True,
                           frames="all")  # the fine-tuned network's every frame, as in its reports
         return {"correct": result.predictions_per_step == y, "synops": result.n_synops_per_step.sum(axis=1),
                 "ann_correct": int((result.ann_predictions == y).sum()), "method": result.method}
@@ -414,8 +442,9 @@ def report_payload(args, runs: dict, y_test, speed) -> dict:
             if run == "spikingjelly":
                 continue
             ours = np.asarray(entry["correct_at"])
-            paired = PairedComparison(len(y_test), ours.mean(axis=1), peer.mean(axis=1), (ours & ~peer).sum(axis=1),
-                                      (~ours & peer).sum(axis=1), entry["ann_accuracy"])
+            theirs = peer[:len(ours)]  # a shorter run: its fixed T values only
+            paired = PairedComparison(len(y_test), ours.mean(axis=1), theirs.mean(axis=1), (ours & ~theirs).sum(axis=1),
+                                      (~ours & theirs).sum(axis=1), entry["ann_accuracy"])
             payload["runs"][run]["minus_peer"] = {"difference": paired.difference.tolist(),
                                                   "standard_error": paired.standard_error.tolist()}
     return payload
@@ -444,13 +473,13 @@ def report_lines(payload) -> list:
     if not runs:
         return lines
     lines += ["", f"Original ANN: {100 * payload['original_ann_accuracy']:.2f}%. Accuracy (%) after T steps; "
-                  "T within 1 and 0.5 points of the original ANN, first and sustained (from then on to the last step; "
-                  "None: not by the last step).",
+                  "T within 1 and 0.5 points of the original ANN, first and sustained (from then on to the run's last "
+                  "step; None: not by then; '-': after the run's last step).",
               "", "| run | " + " | ".join(f"T={t}" for t in ts) + " | T within 1 (first / sustained) | T within 0.5 |",
               "|---|" + "---|" * (len(ts) + 2)]
     for r in runs.values():
         lines.append(f"| {r['label']} | "
-                     + " | ".join(f"{100 * r['accuracy_at'][str(t)]:.2f}" for t in ts)
+                     + " | ".join(_cell(r["accuracy_at"], t, lambda a: f"{100 * a:.2f}") for t in ts)
                      + f" | {r['T_within_1.0_first']} / {r['T_within_1.0_sustained']} | "
                      f"{r['T_within_0.5_first']} / {r['T_within_0.5_sustained']} |")
     paired = {k: r for k, r in runs.items() if "minus_peer" in r}
@@ -459,12 +488,12 @@ def report_lines(payload) -> list:
                   "| run | " + " | ".join(f"T={t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
         for r in paired.values():
             d = r["minus_peer"]
-            lines.append(f"| {r['label']} | " + " | ".join(f"{100 * a:+.2f} +- {100 * s:.2f}" for a, s in
-                                                           zip(d["difference"], d["standard_error"])) + " |")
+            cells = [f"{100 * a:+.2f} +- {100 * s:.2f}" for a, s in zip(d["difference"], d["standard_error"])]
+            lines.append(f"| {r['label']} | " + " | ".join(cells + ["-"] * (len(ts) - len(cells))) + " |")
     lines += ["", "Synaptic operations per inference (millions):", "",
               "| run | " + " | ".join(f"T={t}" for t in ts) + " |", "|---|" + "---|" * len(ts)]
     for r in runs.values():
-        lines.append(f"| {r['label']} | " + " | ".join(f"{r['synops_per_inference_at'][str(t)] / 1e6:.1f}"
+        lines.append(f"| {r['label']} | " + " | ".join(_cell(r["synops_per_inference_at"], t, lambda n: f"{n / 1e6:.1f}")
                                                        for t in ts) + " |")
     speed = payload.get("speed")
     if speed:
@@ -479,8 +508,13 @@ def report_lines(payload) -> list:
               "| run | command | finished (UTC) | wall time (min) | image-steps/s over the run |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['label']} | `{r['command']}` | {r['computed']} | {r['wall_s'] / 60:.0f} | "
-              f"{payload['n_test'] * payload['steps'] / r['wall_s']:.0f} |" for r in runs.values()]
+              f"{payload['n_test'] * len(r['accuracy']) / r['wall_s']:.0f} |" for r in runs.values()]
     return lines
+
+
+def _cell(values: dict, t: int, text) -> str:
+    """A table cell: ``text(values[T])``, or '-' where the run stopped before T."""
+    return text(values[str(t)]) if str(t) in values else "-"
 
 
 def write_results_doc(out: Path) -> None:
@@ -493,6 +527,10 @@ def write_results_doc(out: Path) -> None:
              "readout potential (SpikingJelly: of the summed outputs). The runs:", "",
              "- **BSNN post-training**: bistable neurons, window P=2 steps, V(0)=theta/2, thresholds at the 99.9th "
              "percentile of the ANN's activations per layer or per channel; synchronous relays on the shortcuts.",
+             "- **BSNN graded post-training** (Loihi 2's graded spikes): the same conversion with `spikes=\"graded\"`, "
+             "levels L = 8 or 16: every layer integrates for one step and sends its count (up to L) as one spike's "
+             "payload, so a frame is 2 steps; thresholds per layer or per channel. Run for fewer steps (`--graded-steps`): "
+             "'-' marks the T it did not reach.",
              "- **IF**: integrate-and-fire neurons with reset by subtraction, layer-wise 99.9th-percentile thresholds.",
              "- **BSNN fine-tuned**: the ANN fine-tuned with clip-floor-shift activations of its window "
              "(`bench/finetune.py`), converted exactly; frame reset makes every frame of 2P steps compute the same "
