@@ -275,6 +275,9 @@ def test_convert_says_which_stage_runs(digits, tmp_path):
     assert "calibrating thresholds on 60 images" in out.stderr
     assert "quantizing for loihi2 (error-feedback rounding and bias correction on 60 images)" in out.stderr
     assert "quantize (error-feedback rounding)" in out.stderr  # the per-layer progress bar
+    # a post-training binary conversion for a graded-spike chip recommends the measured alternative
+    assert "hint: loihi2 carries graded spikes; without fine-tuning, --spikes graded --levels 16 --channelwise" \
+        in out.stderr
 
 
 # --- item 11: permissions follow the umask -----------------------------------------------------------
