@@ -10,7 +10,8 @@ bench/results/finetune_*.md), so its accuracy is the BSNN's. Recipes (the levers
 - ``ls``: least-squares threshold start (``threshold_init="least-squares"``);
 - ``kd``: distillation from the original ReLU model (``teacher="original"``);
 - ``ls+kd``, ``ls+mix``: both, the latter with half cross-entropy (``distill_weight=0.5``);
-- ``ls+lr0.005``: the least-squares start with half the learning rate;
+- ``ls+lr0.005``, ``ls+lr0.002``: the least-squares start with a lower learning rate;
+- ``ls+kd+lr0.005``: least-squares start, distillation and half the learning rate;
 - ``relu``: the ReLU model fine-tuned the same way (the baseline the issue compares with).
 
 Also the accuracy of the clip-floor-shift model before training (each threshold start) and the wall
@@ -20,6 +21,7 @@ there, so the ablation can go on over several sessions. Writes ``<out>/<name>.{j
     python bench/finetune_recipe.py                                  # ResNet20 and ResNet56, P 2 4 8, 2 and 6 epochs
     python bench/finetune_recipe.py --models resnet20 --levels 4 --epochs 2
     python bench/finetune_recipe.py --report-only
+    python bench/finetune_recipe.py --report-only --merge results/finetune_recipe_r20b.json   # a parallel run
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ MODELS = {"resnet20": SHARED / "models" / "akamaster_resnet20-12fca82f.th",
 RECIPES = {"base": {}, "ls": {"threshold_init": "least-squares"}, "kd": {"teacher": "original"},
            "ls+kd": {"threshold_init": "least-squares", "teacher": "original"},
            "ls+mix": {"threshold_init": "least-squares", "teacher": "original", "distill_weight": 0.5},
-           "ls+lr0.005": {"threshold_init": "least-squares", "lr": 0.005}}
+           "ls+lr0.005": {"threshold_init": "least-squares", "lr": 0.005},
+           "ls+kd+lr0.005": {"threshold_init": "least-squares", "teacher": "original", "lr": 0.005},
+           "ls+lr0.002": {"threshold_init": "least-squares", "lr": 0.002}}
 
 
 def main() -> None:
@@ -61,9 +65,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="finetune_recipe")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="results of runs made in parallel under another --name: merged into this one")
     args = parser.parse_args()
     path = args.out / f"{args.name}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"benchmark": args.name, "runs": {}, "start": {}}
+    for other in map(json.loads, (p.read_text() for p in args.merge)):
+        payload["start"].update(other["start"])
+        payload["runs"].update(other["runs"])
+        payload["commands"] = payload.get("commands", []) + [c for c in other.get("commands", [])
+                                                             if c not in payload.get("commands", [])]
+    if args.merge:
+        write_json(path, payload)
     if args.report_only:
         write_report(args, payload)
         return
@@ -132,10 +145,11 @@ def write_report(args, payload: dict) -> None:
              "Commands: " + "; ".join(f"`{c}`" for c in payload.get("commands", [])), "",
              f"Machine: {machine_text(payload['machine'])}" if "machine" in payload else "", "",
              "Accuracy (%) of the fine-tuned clip-floor-shift ANN on all test images, which its BSNN (frame reset) "
-             "equals at every complete frame. Recipes: base (percentile thresholds, cross-entropy, lr 0.01), ls "
-             "(least-squares threshold start), kd (distillation from the original model), ls+kd, ls+mix (half "
-             "cross-entropy), ls+lr0.005; relu: the ReLU model fine-tuned the same way. 'before': the clip-floor-shift "
-             "model before training, percentile / least-squares start.", ""]
+             "equals at every complete frame. Recipes: base (percentile thresholds, cross-entropy, lr 0.01: the defaults "
+             "before this ablation), ls (least-squares threshold start), kd (distillation from the original model), "
+             "ls+kd, ls+mix (half cross-entropy), ls+lr0.005, ls+kd+lr0.005, ls+lr0.002 (the defaults since); relu: "
+             "the ReLU model fine-tuned the same way (lr 0.01). 'before': the clip-floor-shift model before "
+             "training, percentile / least-squares start.", ""]
     models = sorted({k.split("/")[0] for k in runs} | {k.split("/")[0] for k in start})
     for model_name in models:
         ann = start.get(f"{model_name}/ann")

@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--relu", action="store_true", help="keep the ReLUs (the baseline fine-tune)")
     tune.add_argument("--epochs", type=positive_int, default=4, help="epochs (default: 4)")
     tune.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
-    tune.add_argument("--lr", type=float, default=0.01, help="SGD learning rate, cosine decay (default: 0.01)")
+    tune.add_argument("--lr", type=float, default=0.002, help="SGD learning rate, cosine decay (default: 0.002)")
     tune.add_argument("--percentile", type=float, default=99.9, help="initial threshold percentile (default: 99.9)")
     tune.add_argument("--validation", help="data to check the model on before training and after every epoch "
                       "(default: the first --check training images); a run that ends more than 10 points below the "
@@ -520,9 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "same architecture (e.g. a --relu fine-tune): KL divergence to its outputs on the same batch")
     tune.add_argument("--distill-weight", type=float, default=1.0,
                       help="with --teacher: the loss is (1 - w) cross-entropy + w KL (default: 1)")
-    tune.add_argument("--threshold-init", choices=("percentile", "least-squares"), default="percentile",
+    tune.add_argument("--threshold-init", choices=("percentile", "least-squares"), default="least-squares",
                       help="initial thresholds: the --percentile of each layer's positive activations, or the "
-                           "threshold with the least quantization error at --window levels (default: percentile)")
+                           "threshold with the least quantization error at --window levels (default: least-squares)")
     tune.add_argument("--channelwise", action="store_true", help="one learned threshold per channel")
     tune.add_argument("--no-augment", action="store_true", help="no random crop and flip (e.g. for digits)")
     add_normalisation_arguments(tune)

@@ -342,7 +342,7 @@ def test_other_activations_stay_refused_naming_the_node(activation, pattern, dat
         convert(Net(), data[0])
 
 
-def test_max_pools_sit_on_the_synapses_at_the_neurons_resolution(data):
+def test_max_pools_sit_on_the_synapses_at_the_neurons_resolution(data, tmp_path):
     """After the ReLU: on the synapses that read it (the ResNet-18 stem's pool also on the shortcut's
     relay path); before it: the neurons take the conv's resolution and the pool moves after them."""
     x, _ = data
@@ -352,6 +352,11 @@ def test_max_pools_sit_on_the_synapses_at_the_neurons_resolution(data):
     stem = resnet.layers[1].name
     assert all(source == stem or source.startswith(stem + "_relay") for _, source in pooled) and len(pooled) == 2
     assert resnet.layers[1].shape == (8, 16, 16)
+    path = tmp_path / "resnet18.h5"  # the pools survive the file (format version 4)
+    netx_export.write(resnet, path)
+    again = netx_export.read(path)
+    assert [(l.name, [s.pool for s in l.synapses]) for l in again.layers[1:]] == [
+        (l.name, [s.pool for s in l.synapses]) for l in resnet.layers[1:]]
     before = convert(randomize_batchnorm(MaxPoolBeforeReLU()), x, window=2, mean=MEAN, std=STD)
     assert [layer.shape for layer in before.spiking_layers] == [(8, 32, 32), (8, 16, 16)]
     # the global max after the padded 3x3/2 pool: one 17x17 pool of stride 16 over the 32x32 neurons
