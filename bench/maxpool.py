@@ -24,6 +24,7 @@ resumes where it stopped. Writes ``<out>/<name>.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import time
 from pathlib import Path
@@ -242,8 +243,16 @@ def spikingjelly(args, ann, x_calib, x_test, y_test) -> dict:
 
 
 def _at_fixed_t(args, correct: np.ndarray) -> dict:
-    """Per-image correctness at the fixed T (as 0/1 lists, for paired comparisons)."""
-    return {str(t): correct[t - 1].astype(int).tolist() for t in FIXED_T if t <= correct.shape[0]}
+    """Per-image correctness at the fixed T, for paired comparisons: bits packed, base64 (:func:`unpack`)."""
+    return {str(t): pack(correct[t - 1]) for t in FIXED_T if t <= correct.shape[0]}
+
+
+def pack(bits: np.ndarray) -> str:
+    return base64.b64encode(np.packbits(np.asarray(bits, dtype=bool)).tobytes()).decode()
+
+
+def unpack(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -285,12 +294,12 @@ def write_report(args, payload: dict) -> None:
         for label, run in (("BSNN P=2, exact max pooling", ours), (f"SpikingJelly {(peer or {}).get('version', '')} "
                                                                    "ann2snn (max over spikes)", peer)):
             if run:
-                lines.append(f"| {label} | " + " | ".join(f"{100 * np.mean(v):.2f}" for v in run["correct_at"].values())
-                             + " |")
+                lines.append(f"| {label} | " + " | ".join(f"{100 * unpack(v, payload['n_test']).mean():.2f}"
+                                                           for v in run["correct_at"].values()) + " |")
         if ours and peer:
             cells = []
             for t, a in ours["correct_at"].items():
-                a, b = np.asarray(a, bool), np.asarray(peer["correct_at"][t], bool)
+                a, b = unpack(a, payload["n_test"]), unpack(peer["correct_at"][t], payload["n_test"])
                 paired = PairedComparison(len(a), np.array([a.mean()]), np.array([b.mean()]), np.array([(a & ~b).sum()]),
                                           np.array([(~a & b).sum()]), ours["ann_accuracy"])
                 cells.append(f"{100 * paired.difference[0]:+.2f} +- {100 * paired.standard_error[0]:.2f}")
