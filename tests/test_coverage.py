@@ -450,3 +450,15 @@ def test_malformed_pool_fields_are_refused_in_one_line(field, value, pattern, da
         h5.create_dataset(f"layer/{index}/{field}", data=value)
     with pytest.raises(netx_export.NetxFormatError, match=r"vgg.h5: layer \d+ \('[^']+'\), " + pattern):
         netx_export.read(path)
+
+
+def test_the_ir_refuses_a_max_pool_of_if_spikes():
+    from bsnn_lava.ir import Dense, GatedIF, Input, IRError, MaxPool, Network, Readout, Schedule, Synapse, replace
+
+    schedule = Schedule("if", 0, 1)
+    layers = [Input("x", (1, 4, 4), schedule),
+              GatedIF("h", (1, 4, 4), (Synapse("x", Conv2d(np.ones((1, 1, 1, 1)))),), 1.0, 0.0, 0.0, schedule),
+              Readout("out", (2,), (Synapse("h", Dense(np.ones((2, 4))), MaxPool(2, 2)),), 0.0, schedule)]
+    with pytest.raises(IRError, match=r"layer 'out': synapse from 'h' max-pools the spikes of a 'if' layer"):
+        Network(layers)
+    Network([layers[0], replace(layers[1], schedule=Schedule("bistable", 0, 1)), layers[2]])  # bistable: valid

@@ -166,6 +166,7 @@ def validate_layers(layers, numeric: str) -> List[str]:
     if not layers or not isinstance(layers[-1], Readout):
         problems.append("the last layer must be the Readout")
     shapes: Dict[str, Tuple[int, ...]] = {}
+    modes: Dict[str, str] = {}  # spiking layer -> schedule mode (a max pool needs bistable spikes)
     for position, layer in enumerate(layers):
         if not isinstance(layer, (Input, GatedIF, Readout)):
             problems.append(f"layer {position}: unknown layer type {type(layer).__name__}")
@@ -184,10 +185,9 @@ def validate_layers(layers, numeric: str) -> List[str]:
                 continue
             if synapse.source == layers[-1].name:
                 problems.append(f"layer {layer.name!r}: the readout cannot be a synapse source")
-            source = next(l for l in layers if l.name == synapse.source)
-            if synapse.pool is not None and isinstance(source, GatedIF) and source.schedule.mode != "bistable":
+            if synapse.pool is not None and modes.get(synapse.source, "bistable") != "bistable":
                 problems.append(f"layer {layer.name!r}: synapse from {synapse.source!r} max-pools the spikes of a "
-                                f"{source.schedule.mode!r} layer: only bistable windows (a neuron with count c fires "
+                                f"{modes[synapse.source]!r} layer: only bistable windows (a neuron with count c fires "
                                 "on the first c steps) give the max of the counts step by step")
             try:
                 out_shape = synapse.op.output_shape(synapse.input_shape(shapes[synapse.source]))
@@ -200,6 +200,8 @@ def validate_layers(layers, numeric: str) -> List[str]:
         if numeric == "int":
             problems.extend(_integer_problems(layer))
         shapes[layer.name] = layer.shape
+        if isinstance(layer, GatedIF):
+            modes[layer.name] = layer.schedule.mode
     return problems
 
 
