@@ -33,6 +33,14 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
+def add_command(payload: dict, command: str = None) -> None:
+    """Record ``command`` (default: this run's :func:`command_line`) once in ``payload["commands"]``."""
+    command = command or command_line()
+    commands = payload.setdefault("commands", [])
+    if command not in commands:
+        commands.append(command)
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(payload, indent=1))

@@ -37,7 +37,7 @@ from bsnn_lava import zoo
 from bsnn_lava.datasets import load_npz
 from bsnn_lava.training import calibrate_thresholds, clip_floor_shift_model, finetune
 
-from common import SHARED, command_line, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -73,16 +73,14 @@ def main() -> None:
     for other in map(json.loads, (p.read_text() for p in args.merge)):
         payload["start"].update(other["start"])
         payload["runs"].update(other["runs"])
-        payload["commands"] = payload.get("commands", []) + [c for c in other.get("commands", [])
-                                                             if c not in payload.get("commands", [])]
+        for command in other.get("commands", []):
+            add_command(payload, command)
     if args.merge:
         write_json(path, payload)
     if args.report_only:
         write_report(args, payload)
         return
-    payload.setdefault("commands", [])
-    if command_line() not in payload["commands"]:
-        payload["commands"].append(command_line())
+    add_command(payload)
     payload["machine"] = machine()
     x_train, y_train = load_npz(args.train_data)
     x_test, y_test = load_npz(args.test_data)

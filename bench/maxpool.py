@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common import SHARED, command_line, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
 FIXED_T = (16, 32, 64, 96, 128, 192, 256, 384, 512)
@@ -83,9 +83,7 @@ def main() -> None:
     if args.report_only:
         write_report(args, payload)
         return
-    payload.setdefault("commands", [])
-    if command_line() not in payload["commands"]:
-        payload["commands"].append(command_line())
+    add_command(payload)
     payload.update(machine=machine(), width=args.width, n_test=args.n_test, train_epochs=args.train_epochs,
                    finetune_epochs=args.finetune_epochs)
 

@@ -34,7 +34,7 @@ from bsnn_lava.profile import profile_run
 from bsnn_lava.quantize import quantize
 
 import finetune as finetune_bench
-from common import SHARED, command_line, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -75,9 +75,7 @@ def main() -> None:
     if payload.get("n_test", args.n_test) != args.n_test:
         parser.error(f"{path} holds runs on {payload['n_test']} test images; use --name for another file")
     payload.update(n_test=args.n_test, machine=machine())
-    payload.setdefault("commands", [])
-    if command_line() not in payload["commands"]:
-        payload["commands"].append(command_line())
+    add_command(payload)
     torch.manual_seed(0)
     args.checkpoints.mkdir(parents=True, exist_ok=True)
     x_train, y_train = load_npz(args.calib_data)

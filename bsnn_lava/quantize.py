@@ -185,15 +185,14 @@ def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int, block: int 
     import torch
     import torch.nn.functional as F
 
-    from .dynamics import max_pool
+    from .sim.kernels import pool_outputs
 
     def patches(synapse, source_rates):  # (samples, fan-in) in the order of op.weight.reshape(out, -1)
         op = synapse.op
         if synapse.pool is not None:  # the op reads the max-pooled rates
             shape = tuple(source_rates.shape[1:])
-            taps = torch.as_tensor(synapse.pool.taps(shape))
-            source_rates = max_pool(source_rates.reshape(len(source_rates), -1), taps, torch.maximum).reshape(
-                len(source_rates), *synapse.pool.output_shape(shape))
+            source_rates = pool_outputs(source_rates, torch.as_tensor(synapse.pool.taps(shape)),
+                                        synapse.pool.output_shape(shape))
         if isinstance(op, Conv2d):
             cols = F.unfold(source_rates, op.weight.shape[2:], dilation=op.dilation, padding=op.padding,
                             stride=op.stride)

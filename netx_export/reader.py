@@ -153,8 +153,7 @@ def _read_synapses(group: h5py.Group, ctx: Context, layer_type: str, inputs, sha
             raise sub_where.error("type", err) from None
         sub_ctx = Context(sub_where, ctx.numeric, ctx.limits, ctx.version)
         pool = read_pool(target, sub_ctx, previous[source].shape)
-        if pool is not None and getattr(previous[source], "schedule", None) is not None \
-                and previous[source].kind == "gated_if" and previous[source].schedule.mode != "bistable":
+        if pool is not None and previous[source].kind == "gated_if" and previous[source].schedule.mode != "bistable":
             raise sub_where.error("pool_kernel", f"max-pools layer {source}, whose mode is "
                                   f"{previous[source].schedule.mode!r}: only bistable spikes can be max-pooled")
         source_shape = previous[source].shape if pool is None else pool.output_shape(previous[source].shape)

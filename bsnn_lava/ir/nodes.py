@@ -227,11 +227,10 @@ class MaxPool:
     def coverage(self, input_shape: Tuple[int, ...]) -> np.ndarray:
         """How many pooling windows read each input neuron (shape ``input_shape``): the events one
         spike makes in the pooling stage."""
-        taps = self.taps(input_shape)
-        hits = np.zeros(int(np.prod(input_shape)), dtype=np.int64)
-        for row in taps:
-            hits[np.unique(row)] += 1
-        return hits.reshape(input_shape)
+        taps = np.sort(self.taps(input_shape), axis=1)
+        first = np.ones(taps.shape, dtype=bool)  # each window counts an input once (padded taps repeat)
+        first[:, 1:] = taps[:, 1:] != taps[:, :-1]
+        return np.bincount(taps[first], minlength=int(np.prod(input_shape))).reshape(input_shape)
 
 
 @dataclass(frozen=True, eq=False)

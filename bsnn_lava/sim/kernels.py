@@ -16,6 +16,12 @@ from ..ir import Conv2d, MaxPool, Network
 _FLOAT32_EXACT = 2 ** 24
 
 
+def pool_outputs(x: torch.Tensor, taps: torch.Tensor, pooled_shape: Tuple[int, ...]) -> torch.Tensor:
+    """A batch of a source's outputs ``(batch, *source_shape)`` max-pooled
+    (:func:`bsnn_lava.dynamics.max_pool` with ``taps``, :meth:`bsnn_lava.ir.MaxPool.taps`)."""
+    return max_pool(x.reshape(x.shape[0], -1), taps, torch.maximum).reshape(x.shape[0], *pooled_shape)
+
+
 @dataclass
 class Outgoing:
     """A synapse as its source counts it: column ``index`` of the synaptic operation log;
@@ -28,15 +34,13 @@ class Outgoing:
     taps: Optional[torch.Tensor] = None
     coverage: Optional[torch.Tensor] = None
 
-    def synops(self, events: torch.Tensor) -> torch.Tensor:
-        """The operations of ``events``: a boolean (batch, *source shape), or for an unpooled
-        synapse also its per-neuron sum over the batch."""
+    def synops(self, events: torch.Tensor, per_neuron: torch.Tensor) -> torch.Tensor:
+        """The operations of ``events``, a boolean (batch, *source shape), whose sum over the batch
+        is ``per_neuron`` (the caller's, computed once for all of a source's synapses)."""
         if self.taps is None:
-            per_neuron = events.sum(dim=0) if events.dtype == torch.bool else events
-            return (per_neuron.to(self.fan_out.dtype) * self.fan_out).sum()
-        flat = events.reshape(events.shape[0], -1).to(self.fan_out.dtype)
-        pooled = max_pool(flat, self.taps, torch.maximum).sum(dim=0)
-        return (pooled * self.fan_out.reshape(-1)).sum() + (flat.sum(dim=0) * self.coverage.reshape(-1)).sum()
+            return (per_neuron * self.fan_out).sum()
+        pooled = max_pool(events.reshape(events.shape[0], -1), self.taps, torch.maximum).sum(dim=0)
+        return (pooled.to(self.fan_out.dtype) * self.fan_out.reshape(-1)).sum() + (per_neuron * self.coverage).sum()
 
 
 class SynapseKernel:
@@ -73,8 +77,7 @@ class SynapseKernel:
         weight = self.weight_float32 if integer_input and self.weight_float32 is not None else self.weight
         weight = weight.abs() if absolute else weight
         if self.pool is not None:
-            taps, shape = self.pool
-            x = max_pool(x.reshape(x.shape[0], -1), taps, torch.maximum).reshape(x.shape[0], *shape)
+            x = pool_outputs(x, *self.pool)
         x = x.to(weight.dtype)
         if self.is_conv:
             y = F.conv2d(x, weight, None, *self.conv_args)

@@ -274,16 +274,16 @@ class _Run:
 
     def _count_events(self, t: int, source: str, active: torch.Tensor, spikes: bool = True) -> torch.Tensor:
         """Count the spikes (``spikes=True``) and synaptic operations of the events a source sends at
-        step t (``active``: a boolean ``(batch, *shape)``, or its per-neuron sum over the batch); return
-        the number of events (a 0-d tensor on the run's device: reading it is the caller's choice, as
-        it waits for the device). A graded spike is one event whatever its payload."""
-        per_neuron = (active.sum(dim=0) if active.dtype == torch.bool else active).to(torch.float64)
+        step t (``active``: a boolean ``(batch, *shape)``); return the number of events (a 0-d tensor on
+        the run's device: reading it is the caller's choice, as it waits for the device). A graded
+        spike is one event whatever its payload."""
+        per_neuron = active.sum(dim=0).to(torch.float64)
         n_events = per_neuron.sum()
         if spikes:
             self.spikes_per_step[t, self.index[source]] += n_events
             self.spikes_per_neuron[source] += per_neuron
         for outgoing in self.kernels.outgoing[source]:
-            self.synops_per_step[t, outgoing.index] += outgoing.synops(active)
+            self.synops_per_step[t, outgoing.index] += outgoing.synops(active, per_neuron)
         return n_events
 
     def _count_input(self, t: int, x: torch.Tensor) -> None:
