@@ -21,7 +21,8 @@ values, synaptic operations per inference there), so a comparison that takes hou
 machine can be done a run at a time (``--runs``), by several sessions or machines, and reported
 when complete; within a run, every ``--part-size`` images are kept as they finish
 (``<cache>/parts/``, also kept in the repository until the run completes and merges them), so an
-interrupted run resumes where it stopped, on any checkout. Speed: each simulator's
+interrupted run resumes where it stopped, on any checkout; a second process with ``--reverse-parts``
+works through the same run from its last part. Speed: each simulator's
 image-steps per second on the same ``--speed-images`` x ``--speed-steps`` in this run (BSNN: window
 path; IF: step path; SpikingJelly: its step-by-step forward without the counting hooks).
 
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--part-size", type=int, default=500,
                         help="test images per resumable part: each finished part is kept in <cache>/parts/")
+    parser.add_argument("--reverse-parts", action="store_true",
+                        help="compute the parts last first: a second process on the same cache works from the "
+                             "other end (parts either one finished are skipped; the first to find all done merges)")
     parser.add_argument("--finetuned-window", type=int, default=4)
     parser.add_argument("--finetuned-epochs", type=int, default=6)
     parser.add_argument("--finetuned-lr", type=float, default=0.01)
@@ -103,6 +107,9 @@ def main() -> None:
                 print(f"{run}: cached in {cache_path(args, run)}", flush=True)
                 continue
             entry, parts = compute_run(args, run, base, x_calib, x_test, y_test)
+            if entry is None:
+                print(f"{run}: finished by another process, in {cache_path(args, run)}", flush=True)
+                continue
             entry["command"], entry["machine"] = command_line(), machine()
             save_run(cache_path(args, run), entry)
             for part in parts:
@@ -190,11 +197,17 @@ def networks(args, run, base, x_calib):
 def compute_run(args, run, base, x_calib, x_test, y_test):
     """``(entry, part files)``: the run on every test image, ``--part-size`` images at a time. Each
     finished part is saved under ``<cache>/parts/``, so a run interrupted (a session's end, a
-    killed job) resumes at its first unfinished part; the entry equals a one-part run's."""
+    killed job) resumes at its first unfinished part; the entry equals a one-part run's.
+    ``(None, [])`` when another process merged the run meanwhile."""
     simulate_part = peer_simulator(args, base, x_calib) if run == "spikingjelly" else \
         our_simulator(args, networks(args, run, base, x_calib), run_steps(args, run))
-    parts, paths = [], []
-    for start in range(0, len(x_test), args.part_size):
+    starts = range(0, len(x_test), args.part_size)
+    parts = {}
+    for start in reversed(starts) if args.reverse_parts else starts:
+        if cache_path(args, run).exists():  # another process finished and merged the run
+            for path in (args.cache / "parts").glob(f"{cache_path(args, run).stem}_images*.npz"):
+                path.unlink()
+            return None, []
         images = range(start, min(start + args.part_size, len(x_test)))
         path = part_path(args, run, images)
         if path.exists():
@@ -205,8 +218,8 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
             part = simulate_part(x_test[images.start:images.stop], y_test[images.start:images.stop])
             part["wall_s"] = time.perf_counter() - started
             save_run(path, part)
-        parts.append(part)
-        paths.append(path)
+        parts[start] = (part, path)
+    parts, paths = zip(*(parts[start] for start in starts))
     correct = np.concatenate([p["correct"] for p in parts], axis=1)  # (steps, images)
     synops = np.cumsum(sum(np.asarray(p["synops"]) for p in parts)) / len(x_test)
     steps = [t - 1 for t in args.fixed_t if t <= run_steps(args, run)]

@@ -6,12 +6,14 @@ the training subset with one recipe at a time and score the fine-tuned clip-floo
 test images: the BSNN with frame reset equals it at every complete frame (tests/test_finetune.py,
 bench/results/finetune_*.md), so its accuracy is the BSNN's. Recipes (the levers):
 
-- ``base``: today's defaults (percentile thresholds, cross-entropy, lr 0.01);
+- ``base``: the defaults before this ablation (percentile thresholds, cross-entropy, lr 0.01);
 - ``ls``: least-squares threshold start (``threshold_init="least-squares"``);
 - ``kd``: distillation from the original ReLU model (``teacher="original"``);
 - ``ls+kd``, ``ls+mix``: both, the latter with half cross-entropy (``distill_weight=0.5``);
 - ``ls+lr0.005``, ``ls+lr0.002``: the least-squares start with a lower learning rate;
 - ``ls+kd+lr0.005``: least-squares start, distillation and half the learning rate;
+- ``ls+lr0.002+kdft``, ``ls+lr0.002+mixft``: the defaults with distillation from the ``relu`` model
+  (fine-tuned first, same epochs), all or half of the loss;
 - ``relu``: the ReLU model fine-tuned the same way (the baseline the issue compares with).
 
 Also the accuracy of the clip-floor-shift model before training (each threshold start) and the wall
@@ -43,13 +45,20 @@ MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"resnet20": SHARED / "models" / "akamaster_resnet20-12fca82f.th",
           "resnet56": SHARED / "models" / "akamaster_resnet56-4bfd9763.th"}
-#: recipe -> finetune() keyword arguments
-RECIPES = {"base": {}, "ls": {"threshold_init": "least-squares"}, "kd": {"teacher": "original"},
-           "ls+kd": {"threshold_init": "least-squares", "teacher": "original"},
-           "ls+mix": {"threshold_init": "least-squares", "teacher": "original", "distill_weight": 0.5},
+#: the defaults before this ablation (percentile thresholds, cross-entropy, lr 0.01)
+BEFORE = {"threshold_init": "percentile", "lr": 0.01}
+#: recipe -> finetune() keyword arguments (teacher "relu": the ``relu`` baseline model of the same epochs)
+RECIPES = {"base": BEFORE, "ls": {**BEFORE, "threshold_init": "least-squares"}, "kd": {**BEFORE, "teacher": "original"},
+           "ls+kd": {**BEFORE, "threshold_init": "least-squares", "teacher": "original"},
+           "ls+mix": {**BEFORE, "threshold_init": "least-squares", "teacher": "original", "distill_weight": 0.5},
            "ls+lr0.005": {"threshold_init": "least-squares", "lr": 0.005},
            "ls+kd+lr0.005": {"threshold_init": "least-squares", "teacher": "original", "lr": 0.005},
-           "ls+lr0.002": {"threshold_init": "least-squares", "lr": 0.002}}
+           "ls+lr0.002": {"threshold_init": "least-squares", "lr": 0.002},
+           "ls+lr0.002+kdft": {"threshold_init": "least-squares", "lr": 0.002, "teacher": "relu"},
+           "ls+lr0.002+mixft": {"threshold_init": "least-squares", "lr": 0.002, "teacher": "relu",
+                                "distill_weight": 0.5}}
+#: the baseline: the ReLU model fine-tuned with cross-entropy at lr 0.01
+RELU = {"window": None, "lr": 0.01}
 
 
 def main() -> None:
@@ -62,6 +71,8 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[4, 2, 8])
     parser.add_argument("--epochs", type=int, nargs="+", default=[2, 6])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES) + ["relu"], default=list(RECIPES) + ["relu"])
+    parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/bsnn-finetune"),
+                        help="where the ReLU baselines are kept (the teachers of the *ft recipes)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="finetune_recipe")
     parser.add_argument("--report-only", action="store_true")
@@ -105,20 +116,36 @@ def main() -> None:
                     if key in payload["runs"]:
                         continue
                     print(key, flush=True)
-                    payload["runs"][key] = one_run(base, recipe, levels, epochs, x_train, y_train, x_test, y_test)
+                    payload["runs"][key] = one_run(args, model_name, base, recipe, levels, epochs, x_train, y_train,
+                                                   x_test, y_test)
                     write_json(path, payload)
                     write_report(args, payload)
     write_report(args, payload)
 
 
-def one_run(base, recipe: str, levels: int, epochs: int, x_train, y_train, x_test, y_test) -> dict:
-    options = dict(window=None) if recipe == "relu" else dict(window=levels, **RECIPES[recipe])
+def one_run(args, model_name, base, recipe: str, levels: int, epochs: int, x_train, y_train, x_test, y_test) -> dict:
+    options = dict(RELU) if recipe == "relu" else dict(window=levels, **RECIPES[recipe])
     started = time.perf_counter()
-    model = finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, **options)
+    if recipe == "relu":
+        model = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
+    else:
+        teacher = options.get("teacher")
+        if teacher == "relu":
+            teacher = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
+        model = finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, **dict(options, teacher=teacher))
     record = model.finetune_record
-    return {"accuracy": accuracy(model, x_test, y_test), "options": {k: v for k, v in options.items()},
+    return {"accuracy": accuracy(model, x_test, y_test), "options": options,
             "seconds_per_epoch": [h["seconds"] for h in record["history"]], "warning": record["warning"],
             "check_accuracy": [h["accuracy"] for h in record["history"]], "wall_s": time.perf_counter() - started}
+
+
+def relu_finetuned(args, model_name: str, base, epochs: int, x_train, y_train):
+    """The ``relu`` baseline: ``base`` fine-tuned with :data:`RELU` for ``epochs``, kept in
+    ``--checkpoints`` (a teacher for the ``*ft`` recipes; a rerun loads it)."""
+    checkpoint = args.checkpoints / f"{model_name}_relu_e{epochs}.th"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    return finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, checkpoint=checkpoint, resume=True,
+                    **RELU)
 
 
 def normalise(images) -> torch.Tensor:
@@ -143,10 +170,11 @@ def write_report(args, payload: dict) -> None:
              "Commands: " + "; ".join(f"`{c}`" for c in payload.get("commands", [])), "",
              f"Machine: {machine_text(payload['machine'])}" if "machine" in payload else "", "",
              "Accuracy (%) of the fine-tuned clip-floor-shift ANN on all test images, which its BSNN (frame reset) "
-             "equals at every complete frame. Recipes: base (percentile thresholds, cross-entropy, lr 0.01: the defaults "
-             "before this ablation), ls (least-squares threshold start), kd (distillation from the original model), "
-             "ls+kd, ls+mix (half cross-entropy), ls+lr0.005, ls+kd+lr0.005, ls+lr0.002 (the defaults since); relu: "
-             "the ReLU model fine-tuned the same way (lr 0.01). 'before': the clip-floor-shift model before "
+             "equals at every complete frame. Recipes: base (percentile thresholds, cross-entropy, lr 0.01: the "
+             "defaults before this ablation), ls (least-squares threshold start), kd (distillation from the original "
+             "model), ls+kd, ls+mix (half cross-entropy), ls+lr0.005, ls+kd+lr0.005, ls+lr0.002 (the defaults since), "
+             "ls+lr0.002+kdft / +mixft (distillation from the relu model of the same epochs, all / half of the loss); "
+             "relu: the ReLU model fine-tuned the same way (lr 0.01). 'before': the clip-floor-shift model before "
              "training, percentile / least-squares start.", ""]
     models = sorted({k.split("/")[0] for k in runs} | {k.split("/")[0] for k in start})
     for model_name in models:
