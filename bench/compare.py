@@ -201,15 +201,16 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
     ``(None, [])`` when another process merged the run meanwhile."""
     simulate_part = peer_simulator(args, base, x_calib) if run == "spikingjelly" else \
         our_simulator(args, networks(args, run, base, x_calib), run_steps(args, run))
-    starts = range(0, len(x_test), args.part_size)
+    all_images = {start: range(start, min(start + args.part_size, len(x_test)))
+                  for start in range(0, len(x_test), args.part_size)}
+    paths = {start: part_path(args, run, images) for start, images in all_images.items()}
     parts = {}
-    for start in reversed(starts) if args.reverse_parts else starts:
+    for start in reversed(all_images) if args.reverse_parts else all_images:
         if cache_path(args, run).exists():  # another process finished and merged the run
-            for path in (args.cache / "parts").glob(f"{cache_path(args, run).stem}_images*.npz"):
-                path.unlink()
+            for path in paths.values():
+                path.unlink(missing_ok=True)
             return None, []
-        images = range(start, min(start + args.part_size, len(x_test)))
-        path = part_path(args, run, images)
+        images, path = all_images[start], paths[start]
         if path.exists():
             part = load_run(path)
         else:
@@ -218,8 +219,8 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
             part = simulate_part(x_test[images.start:images.stop], y_test[images.start:images.stop])
             part["wall_s"] = time.perf_counter() - started
             save_run(path, part)
-        parts[start] = (part, path)
-    parts, paths = zip(*(parts[start] for start in starts))
+        parts[start] = part
+    parts = [parts[start] for start in all_images]
     correct = np.concatenate([p["correct"] for p in parts], axis=1)  # (steps, images)
     synops = np.cumsum(sum(np.asarray(p["synops"]) for p in parts)) / len(x_test)
     steps = [t - 1 for t in args.fixed_t if t <= run_steps(args, run)]
@@ -228,7 +229,7 @@ def compute_run(args, run, base, x_calib, x_test, y_test):
              "wall_s": sum(p["wall_s"] for p in parts)}
     if run == "spikingjelly":
         entry["peer_version"] = peer_version()
-    return entry, paths
+    return entry, list(paths.values())
 
 
 def our_simulator(args, network, steps: int):

@@ -145,8 +145,9 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
 
     x_train, y_train, _, _ = load_digits_uint8()
     torch.save(train_digits_model(x_train, y_train, epochs=2).state_dict(), tmp_path / "digits.pt")
-    common = ["finetune", str(tmp_path / "digits.pt"), "--factory", "bsnn_lava.demo:DigitsResNet", "--data", "digits",
-              "--limit", "300", "--window", "2", "--epochs", "1", "--no-augment"]
+    relu = ["finetune", str(tmp_path / "digits.pt"), "--factory", "bsnn_lava.demo:DigitsResNet", "--data", "digits",
+            "--limit", "300", "--epochs", "1", "--no-augment"]
+    common = [*relu, "--window", "2"]
     assert main([*common, "--teacher", "original", "--distill-weight", "0.5", "--threshold-init", "least-squares",
                  "--validation", "digits:test", "--check", "100", "--out", str(tmp_path / "ft.th")]) == 0
     record = torch.load(tmp_path / "ft.th", weights_only=True)["bsnn_finetune"]
@@ -158,7 +159,6 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
     assert main([*common, "--teacher", str(tmp_path / "missing.th"), "--out", str(tmp_path / "x.th")]) == 2
     assert "missing.th" in capsys.readouterr().err and not (tmp_path / "x.th").exists()
     # the README's two steps: a ReLU fine-tune first, then the teacher of the window's fine-tune
-    relu = [arg for arg in common if arg not in ("--window", "2")]
     assert main([*relu, "--relu", "--out", str(tmp_path / "relu.th")]) == 0
     assert main([*common, "--teacher", str(tmp_path / "relu.th"), "--out", str(tmp_path / "kd.th")]) == 0
     distilled = torch.load(tmp_path / "kd.th", weights_only=True)["bsnn_finetune"]
