@@ -14,6 +14,14 @@ bench/results/finetune_*.md), so its accuracy is the BSNN's. Recipes (the levers
 - ``ls+kd+lr0.005``: least-squares start, distillation and half the learning rate;
 - ``ls+lr0.002+kdft``, ``ls+lr0.002+mixft``: the defaults with distillation from the ``relu`` model
   (fine-tuned first, same epochs), all or half of the loss;
+- ``ls+lr0.002+thlr0``, ``+thlr0.0002``, ``ls+lr0.01+thlr0.001``: the thresholds' own learning rate
+  (0: kept at their least-squares start), below the weights';
+- ``ls+lr0.001``, ``ls+lr0.002+bs32``: a lower rate; batches of 32 (four times the steps);
+- ``ls+lr0.002+ch``: one threshold per channel (least-squares start per channel): the defaults since;
+- ``ls+lr0.002+initft``, ``ls+lr0.002+ch+initft``: start from the ``relu`` model (fine-tuned first,
+  same epochs) instead of the original, layer- or channel-wise;
+- ``ls+lr0.002+prog2x``, ``+prog4x``, ``+ch+prog4x``: progressive levels, from 2P (4P) halving down
+  to P over equal shares of the epochs (``start_levels``), the last also channel-wise;
 - ``relu``: the ReLU model fine-tuned the same way (the baseline the issue compares with).
 
 Also the accuracy of the clip-floor-shift model before training (each threshold start) and the wall
@@ -45,18 +53,30 @@ MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"resnet20": SHARED / "models" / "akamaster_resnet20-12fca82f.th",
           "resnet56": SHARED / "models" / "akamaster_resnet56-4bfd9763.th"}
-#: the defaults before this ablation (percentile thresholds, cross-entropy, lr 0.01)
-BEFORE = {"threshold_init": "percentile", "lr": 0.01}
+#: the defaults before this ablation (percentile thresholds, one per layer, cross-entropy, lr 0.01)
+BEFORE = {"threshold_init": "percentile", "lr": 0.01, "channelwise": False}
+#: the least-squares start with one threshold per layer (the defaults between the first ablation and +ch)
+LS = {"threshold_init": "least-squares", "channelwise": False}
 #: recipe -> finetune() keyword arguments (teacher "relu": the ``relu`` baseline model of the same epochs)
 RECIPES = {"base": BEFORE, "ls": {**BEFORE, "threshold_init": "least-squares"}, "kd": {**BEFORE, "teacher": "original"},
            "ls+kd": {**BEFORE, "threshold_init": "least-squares", "teacher": "original"},
            "ls+mix": {**BEFORE, "threshold_init": "least-squares", "teacher": "original", "distill_weight": 0.5},
-           "ls+lr0.005": {"threshold_init": "least-squares", "lr": 0.005},
-           "ls+kd+lr0.005": {"threshold_init": "least-squares", "teacher": "original", "lr": 0.005},
-           "ls+lr0.002": {"threshold_init": "least-squares", "lr": 0.002},
-           "ls+lr0.002+kdft": {"threshold_init": "least-squares", "lr": 0.002, "teacher": "relu"},
-           "ls+lr0.002+mixft": {"threshold_init": "least-squares", "lr": 0.002, "teacher": "relu",
-                                "distill_weight": 0.5}}
+           "ls+lr0.005": {**LS, "lr": 0.005},
+           "ls+kd+lr0.005": {**LS, "teacher": "original", "lr": 0.005},
+           "ls+lr0.002": {**LS, "lr": 0.002},
+           "ls+lr0.002+kdft": {**LS, "lr": 0.002, "teacher": "relu"},
+           "ls+lr0.002+mixft": {**LS, "lr": 0.002, "teacher": "relu", "distill_weight": 0.5},
+           "ls+lr0.002+thlr0": {**LS, "lr": 0.002, "threshold_lr": 0.0},
+           "ls+lr0.002+thlr0.0002": {**LS, "lr": 0.002, "threshold_lr": 0.0002},
+           "ls+lr0.01+thlr0.001": {**LS, "lr": 0.01, "threshold_lr": 0.001},
+           "ls+lr0.002+bs32": {**LS, "lr": 0.002, "batch_size": 32},
+           "ls+lr0.002+initft": {**LS, "lr": 0.002, "start": "relu"},
+           "ls+lr0.001": {**LS, "lr": 0.001},
+           "ls+lr0.002+ch": {**LS, "lr": 0.002, "channelwise": True},
+           "ls+lr0.002+ch+initft": {**LS, "lr": 0.002, "channelwise": True, "start": "relu"},
+           "ls+lr0.002+prog2x": {**LS, "lr": 0.002, "start_levels": 2},
+           "ls+lr0.002+prog4x": {**LS, "lr": 0.002, "start_levels": 4},
+           "ls+lr0.002+ch+prog4x": {**LS, "lr": 0.002, "channelwise": True, "start_levels": 4}}
 #: the baseline: the ReLU model fine-tuned with cross-entropy at lr 0.01
 RELU = {"window": None, "lr": 0.01}
 
@@ -129,10 +149,15 @@ def one_run(args, model_name, base, recipe: str, levels: int, epochs: int, x_tra
     if recipe == "relu":
         model = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
     else:
-        teacher = options.get("teacher")
-        if teacher == "relu":
-            teacher = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
+        if "start_levels" in options:  # the recipe gives it as a multiple of P
+            options["start_levels"] *= levels
+        teacher, start = options.get("teacher"), options.pop("start", None)
+        if "relu" in (teacher, start):
+            relu = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
+            teacher, base = relu if teacher == "relu" else teacher, relu if start == "relu" else base
         model = finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, **dict(options, teacher=teacher))
+        if start is not None:
+            options["start"] = start
     record = model.finetune_record
     return {"accuracy": accuracy(model, x_test, y_test), "options": options,
             "seconds_per_epoch": [h["seconds"] for h in record["history"]], "warning": record["warning"],
@@ -172,30 +197,36 @@ def write_report(args, payload: dict) -> None:
              "Accuracy (%) of the fine-tuned clip-floor-shift ANN on all test images, which its BSNN (frame reset) "
              "equals at every complete frame. Recipes: base (percentile thresholds, cross-entropy, lr 0.01: the "
              "defaults before this ablation), ls (least-squares threshold start), kd (distillation from the original "
-             "model), ls+kd, ls+mix (half cross-entropy), ls+lr0.005, ls+kd+lr0.005, ls+lr0.002 (the defaults since), "
-             "ls+lr0.002+kdft / +mixft (distillation from the relu model of the same epochs, all / half of the loss); "
-             "relu: the ReLU model fine-tuned the same way (lr 0.01). 'before': the clip-floor-shift model before "
+             "model), ls+kd, ls+mix (half cross-entropy), ls+lr0.005, ls+kd+lr0.005, ls+lr0.002 (the defaults until "
+             "+ch), ls+lr0.002+kdft / +mixft (distillation from the relu model of the same epochs, all / half of the "
+             "loss); +thlr<r> (the thresholds' learning rate r; 0: kept at their start), ls+lr0.001, +bs32 (batches "
+             "of 32), +ch (channel-wise thresholds; ls+lr0.002+ch: the defaults since), +initft (starting from the "
+             "relu model of the same epochs, so twice the epochs in all), +prog2x / +prog4x (levels from 2P / 4P "
+             "halving down to P over the epochs); relu: the ReLU model fine-tuned the same way (lr 0.01). Recipes "
+             "without +ch have one threshold per layer. 'before': the clip-floor-shift model (layer-wise) before "
              "training, percentile / least-squares start.", ""]
     models = sorted({k.split("/")[0] for k in runs} | {k.split("/")[0] for k in start})
     for model_name in models:
         ann = start.get(f"{model_name}/ann")
         lines += [f"## {model_name} (original ANN {100 * ann:.2f}%)" if ann is not None else f"## {model_name}", ""]
-        recipes = [r for r in list(RECIPES) + ["relu"] if any(k.split("/")[2] == r for k in runs
-                                                                if k.startswith(model_name + "/"))]
-        epochs = sorted({int(k.split("/")[3][1:]) for k in runs if k.startswith(model_name + "/")})
-        levels = sorted({int(k.split("/")[1][1:]) for k in list(runs) + list(start)
-                         if k.startswith(model_name + "/P")})
-        lines += ["| P | epochs | before (pct / ls) | " + " | ".join(recipes) + " |",
-                  "|---|---|---|" + "---|" * len(recipes)]
-        for p in levels:
-            for e in epochs:
-                cells = []
-                for r in recipes:
-                    run = runs.get(f"{model_name}/relu/relu/e{e}" if r == "relu" else f"{model_name}/P{p}/{r}/e{e}")
-                    cells.append("" if run is None else f"{100 * run['accuracy']:.2f}" + (" (!)" if run["warning"] else ""))
-                before = [start.get(f"{model_name}/P{p}/{i}") for i in ("percentile", "least-squares")]
-                before = " / ".join("-" if b is None else f"{100 * b:.1f}" for b in before)
-                lines.append(f"| {p} | {e} | {before} | " + " | ".join(cells) + " |")
+        mine = [k for k in runs if k.startswith(model_name + "/")]
+        recipes = [r for r in list(RECIPES) + ["relu"] if any(k.split("/")[2] == r for k in mine)]
+        epochs = sorted({int(k.split("/")[3][1:]) for k in mine})
+        levels = sorted({int(k.split("/")[1][1:]) for k in list(runs) + list(start) if k.startswith(model_name + "/P")})
+        columns = [(p, e) for p in levels for e in epochs  # the budgets some window's run has
+                   if any(k.startswith(f"{model_name}/P{p}/") and k.endswith(f"/e{e}") for k in mine)]
+        lines += ["| recipe | " + " | ".join(f"P={p}, {e} epochs" for p, e in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        before = [" / ".join("-" if b is None else f"{100 * b:.1f}" for b in
+                             (start.get(f"{model_name}/P{p}/{i}") for i in ("percentile", "least-squares")))
+                  for p, _ in columns]
+        lines.append("| before (pct / ls) | " + " | ".join(before) + " |")
+        for r in recipes:
+            cells = []
+            for p, e in columns:
+                run = runs.get(f"{model_name}/relu/relu/e{e}" if r == "relu" else f"{model_name}/P{p}/{r}/e{e}")
+                cells.append("" if run is None else f"{100 * run['accuracy']:.2f}" + (" (!)" if run["warning"] else ""))
+            lines.append(f"| {r} | " + " | ".join(cells) + " |")
         seconds = [s for k, run in runs.items() if k.startswith(model_name + "/") for s in run["seconds_per_epoch"]]
         if seconds:
             lines += ["", f"Wall time per epoch: median {np.median(seconds):.0f} s (min {min(seconds):.0f}, max "

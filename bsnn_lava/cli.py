@@ -270,6 +270,8 @@ def _cmd_finetune(args) -> int:
                 check_training_data(model, images, labels)
         except ValueError as err:
             raise UsageError(f"{flag} {spec}: {err}") from None
+    if args.relu and args.start_levels is not None:
+        raise UsageError("--start-levels is for a --window fine-tune (the ReLU baseline has no levels)")
     teacher = _teacher(args)
     what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}"
     print(f"fine-tuning {type(model).__name__} with {what} on {len(x)} images for {args.epochs} epoch(s) on {device}; "
@@ -278,7 +280,8 @@ def _cmd_finetune(args) -> int:
              lr=args.lr, mean=mean, std=std, device=device, augment=not args.no_augment, seed=args.seed,
              percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume,
              threshold_init=args.threshold_init, validation=validation, n_check=args.check,
-             teacher=teacher, distill_weight=args.distill_weight)
+             teacher=teacher, distill_weight=args.distill_weight, threshold_lr=args.threshold_lr,
+             start_levels=args.start_levels)
     factory = f" --factory {args.factory}" if args.factory else ""
     print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
@@ -508,9 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     group = tune.add_mutually_exclusive_group()
     group.add_argument("--window", type=positive_int, default=4, help="window P = activation levels (default: 4)")
     group.add_argument("--relu", action="store_true", help="keep the ReLUs (the baseline fine-tune)")
+    tune.add_argument("--start-levels", type=positive_int,
+                      help="progressive: the activations start with this many levels (--window times a power of 2) "
+                           "and halve over equal shares of the epochs down to --window")
     tune.add_argument("--epochs", type=positive_int, default=4, help="epochs (default: 4)")
     tune.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     tune.add_argument("--lr", type=float, default=0.002, help="SGD learning rate, cosine decay (default: 0.002)")
+    tune.add_argument("--threshold-lr", type=float,
+                      help="the thresholds' learning rate, cosine decay (default: --lr; 0 keeps their start)")
     tune.add_argument("--percentile", type=float, default=99.9, help="initial threshold percentile (default: 99.9)")
     tune.add_argument("--validation", help="data to check the model on before training and after every epoch "
                       "(default: the first --check training images); a run that ends more than 10 points below the "
@@ -524,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threshold-init", choices=("percentile", "least-squares"), default="least-squares",
                       help="initial thresholds: the --percentile of each layer's positive activations, or the "
                            "threshold with the least quantization error at --window levels (default: least-squares)")
-    tune.add_argument("--channelwise", action="store_true", help="one learned threshold per channel")
+    tune.add_argument("--channelwise", action=argparse.BooleanOptionalAction, default=True,
+                      help="one learned threshold per channel (default), or one per layer (--no-channelwise)")
     tune.add_argument("--no-augment", action="store_true", help="no random crop and flip (e.g. for digits)")
     add_normalisation_arguments(tune)
     tune.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

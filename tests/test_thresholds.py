@@ -149,10 +149,18 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
             "--limit", "300", "--epochs", "1", "--no-augment"]
     common = [*relu, "--window", "2"]
     assert main([*common, "--teacher", "original", "--distill-weight", "0.5", "--threshold-init", "least-squares",
-                 "--validation", "digits:test", "--check", "100", "--out", str(tmp_path / "ft.th")]) == 0
+                 "--threshold-lr", "0.0005", "--no-channelwise", "--validation", "digits:test", "--check", "100",
+                 "--out", str(tmp_path / "ft.th")]) == 0
     record = torch.load(tmp_path / "ft.th", weights_only=True)["bsnn_finetune"]
     assert record["distillation"] == {"teacher": "original", "weight": 0.5}
     assert record["check"]["images"] == "100 validation images" and record["threshold_init"] == "least-squares"
+    assert record["threshold_lr"] == 0.0005 and record["channelwise"] is False
+    assert main([*common, "--threshold-lr", "-1", "--out", str(tmp_path / "bad.th")]) == 2
+    assert "threshold_lr must be 0 or more" in capsys.readouterr().err and not (tmp_path / "bad.th").exists()
+    assert main([*common, "--start-levels", "8", "--out", str(tmp_path / "bad.th")]) == 2
+    assert "give at least 3 epochs, not 1" in capsys.readouterr().err and not (tmp_path / "bad.th").exists()
+    assert main([*relu, "--relu", "--start-levels", "8", "--out", str(tmp_path / "bad.th")]) == 2
+    assert "--start-levels is for a --window" in capsys.readouterr().err
     assert main([*common, "--lr", "40", "--out", str(tmp_path / "broken.th")]) == 0
     assert "warning: fine-tuning ended at" in capsys.readouterr().err
     assert torch.load(tmp_path / "broken.th", weights_only=True)["bsnn_finetune"]["warning"].startswith("warning:")
@@ -164,6 +172,13 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
     distilled = torch.load(tmp_path / "kd.th", weights_only=True)["bsnn_finetune"]
     assert distilled["distillation"]["weight"] == 1.0 and distilled["distillation"]["teacher"] != "original"
     assert distilled["window"] == 2
+    # or the ReLU fine-tune as the start: the window's fine-tune begins where the ReLU one ended
+    assert main(["finetune", str(tmp_path / "relu.th"), *relu[2:], "--window", "2",
+                 "--out", str(tmp_path / "i.th")]) == 0
+    relu_record = torch.load(tmp_path / "relu.th", weights_only=True)["bsnn_finetune"]
+    started = torch.load(tmp_path / "i.th", weights_only=True)["bsnn_finetune"]
+    assert started["check"]["accuracy_before"] == relu_record["history"][-1]["accuracy"]
+    assert started["check"]["accuracy_before"] != distilled["check"]["accuracy_before"]  # the original model
 
 
 def test_a_frame_reset_network_is_compared_with_its_frame():

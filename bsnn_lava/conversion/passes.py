@@ -33,8 +33,11 @@ def _scale_inputs(op, value: np.ndarray, source_shape) -> object:
     """``op`` with its weight multiplied per input channel by ``value`` (scalar or (C,))."""
     if value.ndim == 0:
         return replace(op, weight=op.weight * value)
-    if isinstance(op, Conv2d):
-        return replace(op, weight=op.weight * value[None, :, None, None])
+    if isinstance(op, Conv2d):  # output group g reads input channels g * C_in/groups onwards
+        out_channels, in_per_group = op.weight.shape[:2]
+        group_of_output = np.arange(out_channels) // (out_channels // op.groups)
+        per_weight = value.reshape(op.groups, in_per_group)[group_of_output]
+        return replace(op, weight=op.weight * per_weight[:, :, None, None])
     per_input = np.repeat(value, int(np.prod(source_shape[1:])) if len(source_shape) == 3 else 1)
     return replace(op, weight=op.weight * per_input[None, :])
 
