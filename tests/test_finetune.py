@@ -218,6 +218,15 @@ def test_progressive_levels_halve_to_the_window_and_resume_exactly(tmp_path, mon
         finetune(base, x, y, **dict(kwargs, start_levels=6))
 
 
+def test_a_relu_fine_tune_resumes_whatever_channelwise_says(tmp_path):
+    x, y, _, _ = _digits()
+    base = train_digits_model(x, y, epochs=1)
+    kwargs = dict(window=None, batch_size=64, augment=False, progress=False, checkpoint=tmp_path / "relu.th")
+    finetune(base, x, y, epochs=1, channelwise=False, **kwargs)
+    resumed = finetune(base, x, y, epochs=2, resume=True, **kwargs)  # channelwise=True: no thresholds to differ
+    assert len(resumed.finetune_record["history"]) == 2
+
+
 def test_finetuned_checkpoint_loads_and_converts(tmp_path):
     model = clip_floor_shift_model(randomize_batchnorm(zoo.cifar_resnet(20)), 4, (3, 32, 32))
     for i, (_, m) in enumerate(clip_floor_shift_modules(model)):

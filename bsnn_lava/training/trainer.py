@@ -146,7 +146,7 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
     history, start_epoch = [], 0
     if state is not None:
-        for key in ("window", "channelwise"):
+        for key in ("window",) if window is None else ("window", "channelwise"):  # a ReLU model has no thresholds
             if state[CHECKPOINT_KEY].get(key) != config[key]:
                 raise ValueError(f"{checkpoint}: was trained with {key} {state[CHECKPOINT_KEY].get(key)}, not "
                                  f"{config[key]} (resume with the same {key}, or start a new checkpoint)")
