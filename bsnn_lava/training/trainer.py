@@ -58,12 +58,12 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
             activations, the converter's post-training choice).
         epochs, batch_size, lr, momentum, weight_decay: SGD with a cosine learning-rate decay to 0
             over all steps; weight decay on the weights only (not on biases, BatchNorm or thresholds).
-        threshold_lr: the thresholds' learning rate before the decay (``None``: ``lr``; 0 keeps
-            them at their start; from 0 to ``lr / 10`` the ablation found no clear difference).
             The defaults (least-squares start, lr 0.002) are what the recipe ablation favours on
             CIFAR ResNet20 and ResNet56 at P=4 (``bench/results/finetune_recipe.md``: ResNet56 with
             lr 0.01 collapses to 11% from the percentile start and to 36% at lr 0.005, and reaches
             73% after 2 epochs at lr 0.002).
+        threshold_lr: the thresholds' learning rate before the decay (``None``: ``lr``; 0 keeps
+            them at their start; from 0 to ``lr / 10`` the ablation found no clear difference).
         mean, std: the model's input normalisation, on pixels scaled to [0, 1] by ``pixel_max``.
         augment: random crop (zero padding of 4 pixels) and horizontal flip (images, not digits).
         checkpoint: a file written atomically after every epoch (model, optimizer, history);
@@ -113,7 +113,7 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     config = {"window": None if window is None else int(window), "channelwise": bool(channelwise),
-                            "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+              "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
               "threshold_lr": float(lr if threshold_lr is None else threshold_lr), "momentum": float(momentum),
               "weight_decay": float(weight_decay), "augment": bool(augment), "seed": int(seed),
               "percentile": float(percentile), "threshold_init": threshold_init, "level_schedule": schedule,
