@@ -151,13 +151,14 @@ def one_run(args, model_name, base, recipe: str, levels: int, epochs: int, x_tra
     else:
         if "start_levels" in options:  # the recipe gives it as a multiple of P
             options["start_levels"] *= levels
-        teacher, start = options.get("teacher"), options.pop("start", None)
-        if "relu" in (teacher, start):
+        kwargs = {k: v for k, v in options.items() if k != "start"}  # "start": the model fine-tuned
+        if "relu" in (options.get("teacher"), options.get("start")):
             relu = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
-            teacher, base = relu if teacher == "relu" else teacher, relu if start == "relu" else base
-        model = finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, **dict(options, teacher=teacher))
-        if start is not None:
-            options["start"] = start
+            if options.get("teacher") == "relu":
+                kwargs["teacher"] = relu
+            if options.get("start") == "relu":
+                base = relu
+        model = finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, **kwargs)
     record = model.finetune_record
     return {"accuracy": accuracy(model, x_test, y_test), "options": options,
             "seconds_per_epoch": [h["seconds"] for h in record["history"]], "warning": record["warning"],

@@ -180,15 +180,21 @@ def test_finetune_trains_thresholds_and_resumes_exactly(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def _assert_thresholds_at_least_squares_start(tuned, base, levels, x):
+    """``tuned``'s thresholds equal the least-squares channel-wise start at ``levels`` on ``x[:100]``."""
+    start = clip_floor_shift_model(base, levels, (1, 8, 8), channelwise=True)
+    calibrate_thresholds(start, as_nchw(x[:100], 1).float() / 255, init="least-squares")
+    for (name, a), (_, b) in zip(clip_floor_shift_modules(tuned), clip_floor_shift_modules(start)):
+        assert torch.equal(a.threshold.detach(), b.threshold.detach()), name
+    return start
+
+
 def test_threshold_learning_rate_zero_keeps_the_least_squares_start():
     x, y, _, _ = _digits()
     base = train_digits_model(x, y, epochs=1)
     frozen = finetune(base, x, y, window=2, epochs=1, batch_size=64, augment=False, progress=False,
                       n_calibration=100, threshold_lr=0.0)
-    start = clip_floor_shift_model(base, 2, (1, 8, 8), channelwise=True)  # the default
-    calibrate_thresholds(start, as_nchw(x[:100], 1).float() / 255, init="least-squares")
-    for (name, a), (_, b) in zip(clip_floor_shift_modules(frozen), clip_floor_shift_modules(start)):
-        assert torch.equal(a.threshold.detach(), b.threshold.detach()), name
+    start = _assert_thresholds_at_least_squares_start(frozen, base, 2, x)  # channel-wise: the default
     weights = [n for n, p in start.named_parameters() if p.ndim > 1]
     assert any(not torch.equal(frozen.get_parameter(n), start.get_parameter(n)) for n in weights)
     assert frozen.finetune_record["threshold_lr"] == 0.0 and frozen.finetune_record["lr"] == 0.002
@@ -203,11 +209,8 @@ def test_progressive_levels_halve_to_the_window_and_resume_exactly(tmp_path, mon
     straight = finetune(base, x, y, checkpoint=tmp_path / "straight.th", **kwargs)
     assert straight.finetune_record["level_schedule"] == [8, 4, 2]
     assert {m.levels for _, m in clip_floor_shift_modules(straight)} == {2}
-    start = clip_floor_shift_model(base, 8, (1, 8, 8), channelwise=True)  # thresholds: the choice for 8 levels
-    calibrate_thresholds(start, as_nchw(x[:100], 1).float() / 255, init="least-squares")
-    frozen = finetune(base, x, y, **dict(kwargs, epochs=3, threshold_lr=0.0))
-    for (name, a), (_, b) in zip(clip_floor_shift_modules(frozen), clip_floor_shift_modules(start)):
-        assert torch.equal(a.threshold.detach(), b.threshold.detach()), name
+    frozen = finetune(base, x, y, **dict(kwargs, threshold_lr=0.0))
+    _assert_thresholds_at_least_squares_start(frozen, base, 8, x)  # the choice for 8 levels, not 2
     interrupted_finetune(monkeypatch, 2, lambda: finetune(base, x, y, checkpoint=tmp_path / "resumed.th", **kwargs))
     resumed = finetune(base, x, y, checkpoint=tmp_path / "resumed.th", resume=True, **kwargs)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):

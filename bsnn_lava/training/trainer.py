@@ -136,13 +136,11 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
     else:
         model = copy.deepcopy(model)
     model.to(device)
-    thresholds = {id(m.threshold) for _, m in clip_floor_shift_modules(model)}
-    groups = [{"params": [p for p in model.parameters() if p.ndim > 1 and id(p) not in thresholds],
-               "weight_decay": weight_decay, "initial_lr": lr},
-              {"params": [p for p in model.parameters() if p.ndim <= 1 and id(p) not in thresholds],
-               "weight_decay": 0.0, "initial_lr": lr},
-              {"params": [p for p in model.parameters() if id(p) in thresholds],
-               "weight_decay": 0.0, "initial_lr": config["threshold_lr"]}]
+    thresholds = [m.threshold for _, m in clip_floor_shift_modules(model)]
+    others = [p for p in model.parameters() if all(p is not t for t in thresholds)]
+    groups = [{"params": [p for p in others if p.ndim > 1], "weight_decay": weight_decay, "initial_lr": lr},
+              {"params": [p for p in others if p.ndim <= 1], "weight_decay": 0.0, "initial_lr": lr},
+              {"params": thresholds, "weight_decay": 0.0, "initial_lr": config["threshold_lr"]}]
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
     history, start_epoch = [], 0
     if state is not None:
