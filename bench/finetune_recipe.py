@@ -22,6 +22,11 @@ bench/results/finetune_*.md), so its accuracy is the BSNN's. Recipes (the levers
   same epochs) instead of the original, layer- or channel-wise;
 - ``ls+lr0.002+prog2x``, ``+prog4x``, ``+ch+prog4x``: progressive levels, from 2P (4P) halving down
   to P over equal shares of the epochs (``start_levels``), the last also channel-wise;
+- ``ls+lr0.002+ch+initft+kdft``: both: start from the ``relu`` model and distil from it;
+- ``ls+lr0.002+ch+relu2``: two steps in one call (``relu_epochs=2``): 2 of the epochs fine-tune the
+  ReLU model (lr 0.01, as ``relu``), the rest the window's model from it (``+initft`` at 3 epochs
+  is the same with 3 + 3); ``ls+lr0.005+ch+relu3``: 3 + 3 with the window's step at lr 0.005;
+- ``+s1``: the same recipe with another seed (the ReLU start too): the run-to-run spread;
 - ``relu``: the ReLU model fine-tuned the same way (the baseline the issue compares with).
 
 Also the accuracy of the clip-floor-shift model before training (each threshold start) and the wall
@@ -76,7 +81,12 @@ RECIPES = {"base": BEFORE, "ls": {**BEFORE, "threshold_init": "least-squares"}, 
            "ls+lr0.002+ch+initft": {**LS, "lr": 0.002, "channelwise": True, "start": "relu"},
            "ls+lr0.002+prog2x": {**LS, "lr": 0.002, "start_levels": 2},
            "ls+lr0.002+prog4x": {**LS, "lr": 0.002, "start_levels": 4},
-           "ls+lr0.002+ch+prog4x": {**LS, "lr": 0.002, "channelwise": True, "start_levels": 4}}
+           "ls+lr0.002+ch+prog4x": {**LS, "lr": 0.002, "channelwise": True, "start_levels": 4},
+           "ls+lr0.002+ch+initft+kdft": {**LS, "lr": 0.002, "channelwise": True, "start": "relu", "teacher": "relu"},
+           "ls+lr0.002+ch+relu2": {**LS, "lr": 0.002, "channelwise": True, "relu_epochs": 2},
+           "ls+lr0.005+ch+relu3": {**LS, "lr": 0.005, "channelwise": True, "relu_epochs": 3},
+           "ls+lr0.002+ch+s1": {**LS, "lr": 0.002, "channelwise": True, "seed": 1},
+           "ls+lr0.002+ch+initft+s1": {**LS, "lr": 0.002, "channelwise": True, "start": "relu", "seed": 1}}
 #: the baseline: the ReLU model fine-tuned with cross-entropy at lr 0.01
 RELU = {"window": None, "lr": 0.01}
 
@@ -153,7 +163,7 @@ def one_run(args, model_name, base, recipe: str, levels: int, epochs: int, x_tra
             options["start_levels"] *= levels
         kwargs = {k: v for k, v in options.items() if k != "start"}  # "start": the model fine-tuned
         if "relu" in (options.get("teacher"), options.get("start")):
-            relu = relu_finetuned(args, model_name, base, epochs, x_train, y_train)
+            relu = relu_finetuned(args, model_name, base, epochs, x_train, y_train, options.get("seed", 0))
             if options.get("teacher") == "relu":
                 kwargs["teacher"] = relu
             if options.get("start") == "relu":
@@ -165,13 +175,13 @@ def one_run(args, model_name, base, recipe: str, levels: int, epochs: int, x_tra
             "check_accuracy": [h["accuracy"] for h in record["history"]], "wall_s": time.perf_counter() - started}
 
 
-def relu_finetuned(args, model_name: str, base, epochs: int, x_train, y_train):
-    """The ``relu`` baseline: ``base`` fine-tuned with :data:`RELU` for ``epochs``, kept in
+def relu_finetuned(args, model_name: str, base, epochs: int, x_train, y_train, seed: int = 0):
+    """The ``relu`` baseline: ``base`` fine-tuned with :data:`RELU` for ``epochs`` (``seed``), kept in
     ``--checkpoints`` (a teacher for the ``*ft`` recipes; a rerun loads it)."""
-    checkpoint = args.checkpoints / f"{model_name}_relu_e{epochs}.th"
+    checkpoint = args.checkpoints / f"{model_name}_relu_e{epochs}{f'_s{seed}' if seed else ''}.th"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     return finetune(base, x_train, y_train, epochs=epochs, mean=MEAN, std=STD, checkpoint=checkpoint, resume=True,
-                    **RELU)
+                    seed=seed, **RELU)
 
 
 def normalise(images) -> torch.Tensor:
@@ -203,7 +213,10 @@ def write_report(args, payload: dict) -> None:
              "loss); +thlr<r> (the thresholds' learning rate r; 0: kept at their start), ls+lr0.001, +bs32 (batches "
              "of 32), +ch (channel-wise thresholds; ls+lr0.002+ch: the defaults since), +initft (starting from the "
              "relu model of the same epochs, so twice the epochs in all), +prog2x / +prog4x (levels from 2P / 4P "
-             "halving down to P over the epochs); relu: the ReLU model fine-tuned the same way (lr 0.01). Recipes "
+             "halving down to P over the epochs), +initft+kdft (both: start from the relu model and distil from it), "
+             "+relu2 / ls+lr0.005+ch+relu3 (relu_epochs: 2 or 3 of the epochs on the ReLU model at lr 0.01, the rest "
+             "at P, in one call; 3 + 3 at lr 0.002 is +initft at 3 epochs), +s1 (another seed, the ReLU start too); "
+             "relu: the ReLU model fine-tuned the same way (lr 0.01). Recipes "
              "without +ch have one threshold per layer. 'before': the clip-floor-shift model (layer-wise) before "
              "training, percentile / least-squares start.", ""]
     models = sorted({k.split("/")[0] for k in runs} | {k.split("/")[0] for k in start})

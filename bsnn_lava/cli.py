@@ -270,10 +270,9 @@ def _cmd_finetune(args) -> int:
                 check_training_data(model, images, labels)
         except ValueError as err:
             raise UsageError(f"{flag} {spec}: {err}") from None
-    if args.relu and args.start_levels is not None:
-        raise UsageError("--start-levels is for a --window fine-tune (the ReLU baseline has no levels)")
     teacher = _teacher(args)
-    what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}"
+    what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}" + (
+        f", after {args.relu_epochs} ReLU epoch(s)" if args.relu_epochs else "")
     print(f"fine-tuning {type(model).__name__} with {what} on {len(x)} images for {args.epochs} epoch(s) on {device}; "
           f"checkpoint after every epoch: {args.out}", file=sys.stderr)
     finetune(model, x, y, window=None if args.relu else args.window, epochs=args.epochs, batch_size=args.batch_size,
@@ -281,7 +280,7 @@ def _cmd_finetune(args) -> int:
              percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume,
              threshold_init=args.threshold_init, validation=validation, n_check=args.check,
              teacher=teacher, distill_weight=args.distill_weight, threshold_lr=args.threshold_lr,
-             start_levels=args.start_levels)
+             start_levels=args.start_levels, relu_epochs=args.relu_epochs, relu_lr=args.relu_lr)
     factory = f" --factory {args.factory}" if args.factory else ""
     print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
@@ -515,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="progressive: the activations start with this many levels (--window times a power of 2) "
                            "and halve over equal shares of the epochs down to --window")
     tune.add_argument("--epochs", type=positive_int, default=4, help="epochs (default: 4)")
+    tune.add_argument("--relu-epochs", type=int, default=0,
+                      help="two steps in one run: the first N of --epochs fine-tune the ReLU model (at --relu-lr), "
+                           "the rest the window's model started from it (default: 0)")
+    tune.add_argument("--relu-lr", type=float, default=0.01,
+                      help="learning rate of the --relu-epochs, cosine decay (default: 0.01)")
     tune.add_argument("--batch-size", type=positive_int, default=128, help="images per batch (default: 128)")
     tune.add_argument("--lr", type=float, default=0.002, help="SGD learning rate, cosine decay (default: 0.002)")
     tune.add_argument("--threshold-lr", type=float,

@@ -221,6 +221,35 @@ def test_progressive_levels_halve_to_the_window_and_resume_exactly(tmp_path, mon
         finetune(base, x, y, **dict(kwargs, start_levels=6))
 
 
+def test_a_relu_step_first_equals_two_calls_and_resumes_exactly(tmp_path, monkeypatch):
+    x, y, _, _ = _digits()
+    base = train_digits_model(x, y, epochs=1)
+    common = dict(batch_size=64, augment=False, progress=False, n_calibration=100)
+    kwargs = dict(common, window=2, epochs=4, relu_epochs=2, relu_lr=0.01)
+    one_call = finetune(base, x, y, checkpoint=tmp_path / "one.th", **kwargs)
+    separate = finetune(finetune(base, x, y, window=None, epochs=2, lr=0.01, **common), x, y, window=2, epochs=2,
+                        **common)
+    for (name, a), b in zip(one_call.state_dict().items(), separate.state_dict().values()):
+        assert torch.equal(a, b), name
+    record = torch.load(tmp_path / "one.th", weights_only=True)["bsnn_finetune"]
+    assert record["relu_epochs"] == 2 and len(record["history"]) == 2 and record["relu_phase"]["window"] is None
+    assert [h["loss"] for h in record["relu_phase"]["history"]] == [
+        h["loss"] for h in one_call.finetune_record["relu_phase"]["history"]]
+    for after in (1, 2, 3):  # in the ReLU step, right after it, in the window's step
+        path = tmp_path / f"after{after}.th"
+        interrupted_finetune(monkeypatch, after, lambda: finetune(base, x, y, checkpoint=path, **kwargs))
+        resumed = finetune(base, x, y, checkpoint=path, resume=True, **kwargs)
+        for (name, a), b in zip(one_call.state_dict().items(), resumed.state_dict().values()):
+            assert torch.equal(a, b), (after, name)
+        assert len(resumed.finetune_record["relu_phase"]["history"]) == 2
+    with pytest.raises(ValueError, match="trained with relu_epochs 2, not 0"):
+        finetune(base, x, y, checkpoint=tmp_path / "one.th", resume=True, **dict(kwargs, relu_epochs=0))
+    with pytest.raises(ValueError, match="relu_epochs must be an integer from 0 to epochs - 1"):
+        finetune(base, x, y, **dict(kwargs, relu_epochs=4))
+    with pytest.raises(ValueError, match="are for a window fine-tune"):
+        finetune(base, x, y, **dict(kwargs, window=None))
+
+
 def test_a_relu_fine_tune_resumes_whatever_channelwise_says(tmp_path):
     x, y, _, _ = _digits()
     base = train_digits_model(x, y, epochs=1)

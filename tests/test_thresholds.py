@@ -160,7 +160,9 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
     assert main([*common, "--start-levels", "8", "--out", str(tmp_path / "bad.th")]) == 2
     assert "give at least 3 epochs, not 1" in capsys.readouterr().err and not (tmp_path / "bad.th").exists()
     assert main([*relu, "--relu", "--start-levels", "8", "--out", str(tmp_path / "bad.th")]) == 2
-    assert "--start-levels is for a --window" in capsys.readouterr().err
+    assert "start_levels and relu_epochs are for a window fine-tune" in capsys.readouterr().err
+    assert main([*common, "--relu-epochs", "1", "--out", str(tmp_path / "bad.th")]) == 2
+    assert "relu_epochs must be an integer from 0 to epochs - 1 (0), got 1" in capsys.readouterr().err
     assert main([*common, "--lr", "40", "--out", str(tmp_path / "broken.th")]) == 0
     assert "warning: fine-tuning ended at" in capsys.readouterr().err
     assert torch.load(tmp_path / "broken.th", weights_only=True)["bsnn_finetune"]["warning"].startswith("warning:")
@@ -179,6 +181,12 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
     started = torch.load(tmp_path / "i.th", weights_only=True)["bsnn_finetune"]
     assert started["check"]["accuracy_before"] == relu_record["history"][-1]["accuracy"]
     assert started["check"]["accuracy_before"] != distilled["check"]["accuracy_before"]  # the original model
+    # or both steps in one run
+    assert main([*common, "--epochs", "2", "--relu-epochs", "1", "--relu-lr", "0.002", "--out",
+                 str(tmp_path / "both.th")]) == 0
+    both = torch.load(tmp_path / "both.th", weights_only=True)["bsnn_finetune"]
+    assert both["relu_phase"]["history"][0]["loss"] == relu_record["history"][0]["loss"]  # the ReLU epoch above
+    assert both["relu_epochs"] == 1 and len(both["history"]) == 1 and both["window"] == 2
 
 
 def test_a_frame_reset_network_is_compared_with_its_frame():
