@@ -173,9 +173,10 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
     history, start_epoch = [], 0
     if state is not None:
         for key in ("window",) if window is None else ("window", "channelwise", "relu_epochs"):  # ReLU: no thresholds
-            if state[CHECKPOINT_KEY].get(key, 0 if key == "relu_epochs" else None) != config[key]:
-                raise ValueError(f"{checkpoint}: was trained with {key} {state[CHECKPOINT_KEY].get(key)}, not "
-                                 f"{config[key]} (resume with the same {key}, or start a new checkpoint)")
+            trained = state[CHECKPOINT_KEY].get(key, 0 if key == "relu_epochs" else None)  # older records: no ReLU step
+            if trained != config[key]:
+                raise ValueError(f"{checkpoint}: was trained with {key} {trained}, not {config[key]} (resume with the "
+                                 f"same {key}, or start a new checkpoint)")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["rng"])
