@@ -39,6 +39,8 @@ BACKEND_HELP = ("torch: reference simulator (default); lava: Lava's CPU simulato
                 "quantized networks), --batch-size images at a time (default 1); loihi2: Intel's Loihi 2 through lava-loihi (INRC only, "
                 "see docs/loihi.md)")
 
+#: Adam's learning rate of folded epochs (bsnn_lava.training.trainer.FOLD_LR; not imported, to keep --help fast).
+FOLD_LR_DEFAULT = 5e-4
 #: Images per batch of the reference simulator when --batch-size is not given.
 TORCH_BATCH_SIZE = 100
 #: Images a profile's HTML raster streams through one lane (``bsnn profile --stream``).
@@ -67,6 +69,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def frame_limit(text: str):
     """argparse type: an integer >= 1, or ``all`` (no frame limit)."""
     if text.strip().lower() == "all":
@@ -91,6 +104,7 @@ def _check_outputs(args, *flags: str) -> None:
 
 
 def _load_hw(spec: str, flag: str = "--hw"):
+    """A hardware profile by name or path; a :class:`UsageError` naming ``flag`` if it does not load."""
     from hw_profiles import ProfileError, load_profile
 
     try:
@@ -180,12 +194,11 @@ def _factory_model(args):
     if not isinstance(model, nn.Module):
         raise UsageError(f"--factory {args.factory}: {attr}() returned {type(model).__name__}, not a torch nn.Module")
     if args.model:
-        from .training import rebuild
+        from .training import restore
 
         state, record = zoo.read_checkpoint(args.model)
-        model = rebuild(model, record)
-        zoo.load_weights(model, state, str(args.model), f"the model of {args.factory}"
-                         + (" fine-tuned by bsnn finetune" if record else ""))
+        model = restore(model, state, record, str(args.model), f"the model of {args.factory}"
+                        + (" fine-tuned by bsnn finetune" if record else ""))
     return model
 
 
@@ -208,37 +221,45 @@ def _cmd_convert(args) -> int:
         as_nchw(x_calib[:1], _model_channels(model))
     except ValueError as err:
         raise UsageError(f"--calib {args.calib}: {err}") from None
+    from .quantize import TRAINED_INTEGERS
     from .training import clip_floor_shift_modules
+    from .training.folded import FoldedNetwork
 
     learned = clip_floor_shift_modules(model)
-    source = (f"learned thresholds of {len(learned)} clip-floor-shift layers" if learned else
+    source = ("the network trained folded (bsnn finetune --hw/--energy/--rate-target)" if isinstance(model, FoldedNetwork)
+              else f"learned thresholds of {len(learned)} clip-floor-shift layers" if learned else
               f"calibrating thresholds on {len(x_calib)} images")
     print(f"converting {type(model).__name__} to a {args.neuron} network; {source}", file=sys.stderr)
     network = convert(model, x_calib, neuron=args.neuron, window=args.window, v_init=args.v_init,
                       percentile=args.percentile, channelwise=args.channelwise, mean=mean, std=std,
                       frame_reset=args.frame_reset, frames=args.frames, spikes=args.spikes, levels=args.levels,
                       progress=True)
+    trained = network.provenance.get(TRAINED_INTEGERS)
+    if trained is not None and hw is None:  # its integers are what was trained: write those
+        hw = _load_hw(trained["profile"], f"the profile {args.model} was fine-tuned on (give --hw)")
     if hw is not None:
         from .quantize import quantize
 
-        rounding = "rounding to nearest" if args.plain_rounding else \
-            f"error-feedback rounding and bias correction on {len(x_calib)} images"
+        rounding = ("the integers as trained (bsnn finetune --hw)" if trained is not None else "rounding to nearest"
+                    if args.plain_rounding else f"error-feedback rounding and bias correction on {len(x_calib)} images")
         print(f"quantizing for {hw.name} ({rounding})", file=sys.stderr)
         network = quantize(network, hw, headroom_bits=args.headroom_bits,
                            max_exponent=0 if args.netx_compatible else None,
-                           calibration_images=None if args.plain_rounding else x_calib, progress=True)
+                           calibration_images=None if args.plain_rounding or trained is not None else x_calib,
+                           progress=True)
     path = netx_export.write(network, args.out, mode="netx" if args.netx_compatible else "bsnn")
     kind = f"integer ({hw.name})" if hw is not None else "float"
     frame = ""
     if network.mode == "bistable":
-        frame = (f", first complete frame at T={network.complete_frames(10 ** 9)[0]}"
+        frame = (f", first complete frame at T={network.latency_steps}"
                  + (", frame reset" if network.frame_reset else "")
                  + (f", stops after {args.frames} frame(s)" if args.frames else ""))
     spikes = f"binary spikes, P={network.window_steps}" if network.spikes == "binary" else \
         f"graded spikes up to {max(l.payload_max for l in network.spiking_layers)} (1-step windows)"
     print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, {spikes}, "
           f"pipeline fill {network.readout.schedule.offset_steps} steps{frame}")
-    if hw is not None and hw.graded_payload_bits >= (16).bit_length() and not learned and network.spikes == "binary":
+    if hw is not None and hw.graded_payload_bits >= (16).bit_length() and not learned and trained is None \
+            and network.spikes == "binary":
         print(f"hint: {hw.name} carries graded spikes; without fine-tuning, --spikes graded --levels 16 --channelwise "
               f"{GRADED_POST_TRAINING_EVIDENCE}", file=sys.stderr)
     return EXIT_OK
@@ -271,8 +292,16 @@ def _cmd_finetune(args) -> int:
         except ValueError as err:
             raise UsageError(f"{flag} {spec}: {err}") from None
     teacher = _teacher(args)
+    hw = _load_hw(args.hw) if args.hw else None
+    on_chip = [text for flag, text in ((args.hw, f"on {args.hw}'s integers"),
+                                       (args.energy, f"energy {args.energy:g} per 10^6 synaptic operations"),
+                                       (args.rate_target is not None, f"event-rate target {args.rate_target}")) if flag]
+    if args.relu and (on_chip or args.fold_epochs):
+        raise UsageError("--hw, --energy, --rate-target and --fold-epochs train the spiking network of a window "
+                         "fine-tune; a --relu fine-tune has none")
     what = "ReLU (baseline)" if args.relu else f"clip-floor-shift activations, P={args.window}" + (
-        f", after {args.relu_epochs} ReLU epoch(s)" if args.relu_epochs else "")
+        f", after {args.relu_epochs} ReLU epoch(s)" if args.relu_epochs else "") + (
+        f"; the last epochs folded ({args.spikes} spikes), {', '.join(on_chip)}" if on_chip or args.fold_epochs else "")
     print(f"fine-tuning {type(model).__name__} with {what} on {len(x)} images for {args.epochs} epoch(s) on {device}; "
           f"checkpoint after every epoch: {args.out}", file=sys.stderr)
     finetune(model, x, y, window=None if args.relu else args.window, epochs=args.epochs, batch_size=args.batch_size,
@@ -280,7 +309,9 @@ def _cmd_finetune(args) -> int:
              percentile=args.percentile, channelwise=args.channelwise, checkpoint=args.out, resume=args.resume,
              threshold_init=args.threshold_init, validation=validation, n_check=args.check,
              teacher=teacher, distill_weight=args.distill_weight, threshold_lr=args.threshold_lr,
-             start_levels=args.start_levels, relu_epochs=args.relu_epochs, relu_lr=args.relu_lr)
+             start_levels=args.start_levels, relu_epochs=args.relu_epochs, relu_lr=args.relu_lr, hw=hw,
+             spikes=args.spikes, energy=args.energy, rate_target=args.rate_target, rate_weight=args.rate_weight,
+             fold_epochs=args.fold_epochs, fold_lr=args.fold_lr, headroom_bits=args.headroom_bits)
     factory = f" --factory {args.factory}" if args.factory else ""
     print(f"wrote {args.out}; next: bsnn convert {args.out}{factory} --calib DATA --out net.h5")
     return EXIT_OK
@@ -484,9 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="store a frame limit in the file: every layer stops after this many frames (default: "
                            "none stored; runs of a frame-reset network stop after one frame anyway, and bsnn "
                            "simulate/profile --frames chooses per run)")
-    conv.add_argument("--spikes", choices=("binary", "graded"), default="binary",
+    conv.add_argument("--spikes", choices=("binary", "graded"),
                       help="graded (Loihi 2): each layer integrates one step and sends its count as one spike's "
-                           "payload, 2 steps per layer instead of P + 1 (default: binary)")
+                           "payload, 2 steps per layer instead of P + 1 (default: binary, or what a checkpoint of "
+                           "bsnn finetune --spikes was trained with)")
     conv.add_argument("--levels", type=positive_int,
                       help="largest payload of a graded spike (default: the levels of a model from bsnn finetune)")
     conv.add_argument("--netx-compatible", action="store_true",
@@ -501,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoint is written after every epoch; --resume continues from it.",
                           epilog="examples:\n  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 4 "
                           "--out r20_p4.th\n  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --out r20_p4.h5\n"
+                          "  bsnn finetune resnet20.th --data train.npz --window 8 --epochs 6 --spikes graded "
+                          "--hw loihi2 --energy 0.03 --out r20_g8e.th\n"
+                          "  bsnn convert r20_g8e.th --calib train.npz --out r20_g8e.h5   # its Loihi 2 integers as "
+                          "trained\n"
                           "  bsnn finetune resnet20.th --data train.npz --relu --epochs 4 --out r20_relu.th\n\n"
                           f"{OUTPUT_RULE}.", formatter_class=raw)
     add_model_arguments(tune, "start from")
@@ -538,6 +574,28 @@ def build_parser() -> argparse.ArgumentParser:
                            "threshold with the least quantization error at --window levels (default: least-squares)")
     tune.add_argument("--channelwise", action=argparse.BooleanOptionalAction, default=True,
                       help="one learned threshold per channel (default), or one per layer (--no-channelwise)")
+    chip = tune.add_argument_group(
+        "fine-tuning for the chip (the last --fold-epochs train the converted network itself: BatchNorm folded, "
+        "relays in place)")
+    chip.add_argument("--hw", help="train on this hardware profile's integers (loihi2, loihi1 or a .toml path): bsnn "
+                      "convert --hw then writes them as trained, and they predict what the model predicts")
+    chip.add_argument("--spikes", choices=("binary", "graded"), default="binary",
+                      help="the spikes of the folded network, as bsnn convert --spikes (default: binary)")
+    chip.add_argument("--energy", type=non_negative_float, default=0.0,
+                      help="lambda: add lambda x the synaptic operations per image in millions (as bsnn profile counts "
+                           "a one-frame run) to the loss (default: 0)")
+    chip.add_argument("--rate-target", type=non_negative_float,
+                      help="lava-dl's event-rate loss instead or beside: each neuron layer's mean rate above this "
+                           "(0 to 1) is penalised, --rate-weight x (rate - target)^2")
+    chip.add_argument("--rate-weight", type=non_negative_float, default=1.0,
+                      help="weight of the event-rate loss (default: 1, lava-dl's)")
+    chip.add_argument("--fold-epochs", type=positive_int,
+                      help="epochs that train the folded network (default with --hw, --energy or --rate-target: a "
+                           "third of the window's epochs, at least 1)")
+    chip.add_argument("--fold-lr", type=float, default=FOLD_LR_DEFAULT,
+                      help=f"Adam learning rate of the folded epochs, cosine decay (default: {FOLD_LR_DEFAULT:g})")
+    chip.add_argument("--headroom-bits", type=int, default=6,
+                      help="with --hw: state headroom above a full window, as bsnn convert (default: 6)")
     tune.add_argument("--no-augment", action="store_true", help="no random crop and flip (e.g. for digits)")
     add_normalisation_arguments(tune)
     tune.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

@@ -216,6 +216,23 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
         throughput_sources={k: hw.sources.get(k, "not published") for k in ("step_time_us", "static_power_w")})
 
 
+def frame_energy(network: Network, synops: float, synops_graded: float, spikes: float,
+                 hardware: Union[str, HardwareProfile] = "loihi2") -> Dict[str, Optional[float]]:
+    """Dynamic energy per image in uJ of a bistable network with frame reset whose frame makes
+    ``synops`` synaptic operations (``synops_graded`` of them by graded events) and ``spikes``
+    spikes: the events priced as :func:`profile_run` prices them, plus every neuron's updates for
+    the latency (``one_at_a_time``) or one frame period (``streamed``). ``profile``: the profile's
+    name; the figures are the profile's (estimates where it marks them)."""
+    hw = hardware if isinstance(hardware, HardwareProfile) else load_profile(hardware)
+    graded_pj = hw.synop_energy_pj if hw.graded_synop_energy_pj is None else hw.graded_synop_energy_pj
+    events_nj = ((synops - synops_graded) * (hw.synop_energy_pj or 0.0) + synops_graded * (graded_pj or 0.0)
+                 + spikes * (hw.spike_energy_pj or 0.0)) / 1e3
+    n_updating = sum(int(np.prod(l.shape)) for l in network.layers[1:])
+    return {"profile": hw.name, **{mode: _throughput(steps, events_nj, n_updating, 1, hw)["energy_nj"]["dynamic"] / 1e3
+                                   for mode, steps in (("one_at_a_time", network.latency_steps),
+                                                       ("streamed", network.frame_steps))}}
+
+
 def _throughput(steps_per_image: int, events_nj: float, n_updating: int, chips: int,
                 hw: HardwareProfile) -> Dict[str, Optional[float]]:
     """Per image at ``steps_per_image`` steps: images per second, and the energy: dynamic (the events'

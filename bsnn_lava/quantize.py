@@ -55,37 +55,32 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
     correction (the biases then become per neuron); without them weights are rounded to nearest
     and biases are the rounded float ones. ``progress``: a progress bar over the layers of the
     calibrated rounding (the slow part: about 20 s for ResNet20 on two cores).
+
+    A network fine-tuned on a profile's integers (``finetune(..., hw=...)``, provenance
+    :data:`TRAINED_INTEGERS`) is rounded to nearest on that same grid, which gives exactly the
+    integers its training used; another profile or ``headroom_bits``, or ``calibration_images``
+    (a second rounding), is refused.
     """
     if network.numeric == "int":
         raise ValueError("the network is already quantized")
-    hw = profile if isinstance(profile, HardwareProfile) else load_profile(profile)
+    hw = integer_grid(profile, max_exponent)
     if not 0 <= headroom_bits < hw.state_bits - 2:
         raise ValueError(f"headroom_bits must be in [0, {hw.state_bits - 2}), got {headroom_bits}")
-    if max_exponent is not None:
-        hw = dataclasses.replace(hw, weight_exp_max=min(hw.weight_exp_max, max_exponent),
-                                 bias_exp_max=max(hw.bias_exp_min, min(hw.bias_exp_max, max_exponent)))
+    trained = network.provenance.get(TRAINED_INTEGERS)
+    if trained is not None:
+        check_trained_grid(trained, hw, headroom_bits, calibration_images is not None)
     problem = next(filter(None, (graded_payload_problem(layer, hw) for layer in network.spiking_layers)), None)
     if problem:
         raise ValueError(problem)
-    mant_max = 2 ** (hw.weight_mantissa_bits - 1) - 1
-    exp_max = max(0, hw.weight_exp_max)
+    mant_max, exp_max = weight_grid(hw)
     layers = [network.input]
     records: Dict[str, dict] = {}
     for layer in network.layers[1:]:
-        weight_max = max(float(np.max(np.abs(s.op.weight))) for s in layer.synapses) or 1.0
+        weight_max = max(float(np.max(np.abs(s.op.weight))) for s in layer.synapses)
         if isinstance(layer, GatedIF):
-            window_bits = math.ceil(math.log2(layer.window_count_max + 1))
-            theta_cap = min(2.0 ** (hw.state_bits - 1 - headroom_bits - window_bits),
-                            hw.threshold_mant_max * 2.0 ** hw.threshold_shift)
-            theta_max = float(np.max(layer.threshold))
-            # largest E with mant_max * 2**E / weight_max * theta_max <= theta_cap
-            exp = int(np.clip(math.floor(math.log2(theta_cap * weight_max / (mant_max * theta_max))), 0, exp_max))
-            scale = min(mant_max * 2.0 ** exp / weight_max, theta_cap / theta_max)
+            scale = neuron_scale(hw, headroom_bits, layer.window_count_max, weight_max, float(np.max(layer.threshold)))
         else:
-            scale = mant_max / weight_max
-            bias_max = float(np.max(np.abs(layer.bias), initial=0.0))
-            if bias_max > 0:  # the bias alone must not saturate the state within READOUT_RUN_STEPS
-                scale = min(scale, 2.0 ** (hw.state_bits - 1) / (READOUT_RUN_STEPS * bias_max))
+            scale = readout_scale(hw, weight_max, float(np.max(np.abs(layer.bias), initial=0.0)))
         synapses, exps = zip(*(_quantize_synapse(s, scale, mant_max, exp_max) for s in layer.synapses))
         bias, bias_exp, n_bias_clipped = _quantize_bias(layer.bias * scale, hw)
         changes = dict(synapses=synapses, bias=bias, scale=scale)
@@ -100,6 +95,8 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
         "profile": hw.name, "state_bits": hw.state_bits, "weight_mantissa_bits": hw.weight_mantissa_bits,
         "weight_exp_max": exp_max, "bias_mantissa_bits": hw.bias_mant_bits, "bias_exp_max": hw.bias_exp_max,
         "graded_payload_bits": hw.graded_payload_bits, "headroom_bits": headroom_bits, "calibration_images": 0,
+        "rounding": "as trained (fine-tuned on these integers)" if trained is not None else
+        "nearest" if calibration_images is None else "error feedback and bias correction",
         "layers": records}
     quantized = Network(layers, numeric="int", provenance=provenance)
     if calibration_images is not None:
@@ -234,8 +231,7 @@ def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int, block: int 
 def _quantize_synapse(synapse: Synapse, scale: float, mant_max: int, exp_max: int) -> Tuple[Synapse, int]:
     """Mantissas (rounded to nearest) and one exponent for ``weight * scale``."""
     scaled = synapse.op.weight * scale
-    peak = float(np.max(np.abs(scaled)))
-    exp = 0 if peak <= mant_max else min(exp_max, math.ceil(math.log2(peak / mant_max)))
+    exp = weight_exponent(float(np.max(np.abs(scaled))), mant_max, exp_max)
     mant = np.clip(np.round(scaled / 2.0 ** exp), -mant_max - 1, mant_max)
     return replace(synapse, op=replace(synapse.op, weight=mant, weight_exp=exp)), exp
 
@@ -243,10 +239,95 @@ def _quantize_synapse(synapse: Synapse, scale: float, mant_max: int, exp_max: in
 def _quantize_bias(scaled: np.ndarray, hw: HardwareProfile) -> Tuple[np.ndarray, int, int]:
     """Integer bias ``mant * 2**exp`` with one exponent per layer; returns (bias, exp, n_clipped)."""
     mant_max = 2 ** (hw.bias_mant_bits - 1) - 1
-    peak = float(np.max(np.abs(scaled))) if scaled.size else 0.0
-    exp = hw.bias_exp_min
-    while exp < hw.bias_exp_max and round(peak / 2.0 ** exp) > mant_max:
-        exp += 1
+    exp = bias_exponent(float(np.max(np.abs(scaled))) if scaled.size else 0.0, hw)
     mant = np.round(scaled / 2.0 ** exp)
     n_clipped = int(np.sum(np.abs(mant) > mant_max))
     return np.clip(mant, -mant_max - 1, mant_max) * 2.0 ** exp, exp, n_clipped
+
+
+# --- the integer grid, scalar by scalar: shared by quantize() and fine-tuning on the grid ---------------
+
+#: Provenance key of a float network whose parameters were fine-tuned on a profile's integer grid
+#: (``finetune(..., hw=...)``): ``{"profile", "headroom_bits", "max_exponent", "grid"}``; :func:`quantize`
+#: then rounds to nearest with the same settings (the integers the training used) and refuses others.
+TRAINED_INTEGERS = "trained_integers"
+
+
+def integer_grid(profile: Union[str, HardwareProfile], max_exponent: Optional[int] = None) -> HardwareProfile:
+    """The hardware profile (a name, path or profile) with its weight and bias exponents capped at
+    ``max_exponent`` (``None``: the profile's own)."""
+    hw = profile if isinstance(profile, HardwareProfile) else load_profile(profile)
+    if max_exponent is not None:
+        hw = dataclasses.replace(hw, weight_exp_max=min(hw.weight_exp_max, max_exponent),
+                                 bias_exp_max=max(hw.bias_exp_min, min(hw.bias_exp_max, max_exponent)))
+    return hw
+
+
+def grid_fields(hw: HardwareProfile) -> Dict[str, int]:
+    """The numbers of ``hw`` that decide a network's integers (compared when a trained network is quantized)."""
+    return {"state_bits": hw.state_bits, "weight_mantissa_bits": hw.weight_mantissa_bits,
+            "weight_exp_max": hw.weight_exp_max, "bias_mantissa_bits": hw.bias_mant_bits,
+            "bias_exp_min": hw.bias_exp_min, "bias_exp_max": hw.bias_exp_max,
+            "threshold_mant_max": hw.threshold_mant_max, "threshold_shift": hw.threshold_shift}
+
+
+def trained_integers_record(hw: HardwareProfile, headroom_bits: int) -> dict:
+    """The :data:`TRAINED_INTEGERS` provenance of a network fine-tuned on ``hw``'s grid."""
+    return {"profile": hw.name, "headroom_bits": int(headroom_bits), "grid": grid_fields(hw)}
+
+
+def check_trained_grid(trained: dict, hw: HardwareProfile, headroom_bits: int, calibrated: bool) -> None:
+    """``ValueError`` (one line) unless ``hw`` and ``headroom_bits`` are the grid the network was
+    fine-tuned on, without calibrated rounding (which would round its trained integers again)."""
+    if grid_fields(hw) != trained["grid"] or headroom_bits != trained["headroom_bits"]:
+        raise ValueError(f"the network was fine-tuned on {trained['profile']}'s integers (headroom_bits "
+                         f"{trained['headroom_bits']}): quantize it for that grid, not {hw.name} with headroom_bits "
+                         f"{headroom_bits} (or fine-tune it again with hw={hw.name!r})")
+    if calibrated:
+        raise ValueError(f"the network was fine-tuned on {trained['profile']}'s integers: quantizing it takes them as "
+                         "trained, so calibration_images (error-feedback rounding) would round them a second time; "
+                         "leave them out")
+
+
+def weight_grid(hw: HardwareProfile) -> Tuple[int, int]:
+    """``(mant_max, exp_max)``: the largest weight mantissa and weight exponent of ``hw``."""
+    return 2 ** (hw.weight_mantissa_bits - 1) - 1, max(0, hw.weight_exp_max)
+
+
+def neuron_scale(hw: HardwareProfile, headroom_bits: int, count_max: int, weight_max: float, theta_max: float) -> float:
+    """The integer scale (integer units per float unit) of a spiking layer: the largest weight gets
+    the full mantissa at the largest exponent E for which the largest threshold stays below
+    ``2**(state_bits - 1 - headroom_bits - ceil(log2(count_max + 1)))`` (and the profile's threshold
+    limit); ``count_max``: the largest output of one fire window."""
+    mant_max, exp_max = weight_grid(hw)
+    weight_max = weight_max or 1.0
+    window_bits = math.ceil(math.log2(count_max + 1))
+    theta_cap = min(2.0 ** (hw.state_bits - 1 - headroom_bits - window_bits),
+                    hw.threshold_mant_max * 2.0 ** hw.threshold_shift)
+    # largest E with mant_max * 2**E / weight_max * theta_max <= theta_cap
+    exp = int(np.clip(math.floor(math.log2(theta_cap * weight_max / (mant_max * theta_max))), 0, exp_max))
+    return min(mant_max * 2.0 ** exp / weight_max, theta_cap / theta_max)
+
+
+def readout_scale(hw: HardwareProfile, weight_max: float, bias_max: float) -> float:
+    """The readout's integer scale: the largest weight gets the full mantissa with exponent 0, or
+    less where the bias (``bias_max``, float units, added on every integrate step) would fill the
+    state within :data:`READOUT_RUN_STEPS` steps."""
+    scale = weight_grid(hw)[0] / (weight_max or 1.0)
+    if bias_max > 0:
+        scale = min(scale, 2.0 ** (hw.state_bits - 1) / (READOUT_RUN_STEPS * bias_max))
+    return scale
+
+
+def weight_exponent(peak: float, mant_max: int, exp_max: int) -> int:
+    """The exponent of a synapse whose largest scaled weight is ``peak`` (integer units)."""
+    return 0 if peak <= mant_max else min(exp_max, math.ceil(math.log2(peak / mant_max)))
+
+
+def bias_exponent(peak: float, hw: HardwareProfile) -> int:
+    """The smallest bias exponent of ``hw`` at which a bias of ``peak`` (integer units) fits the mantissa."""
+    mant_max = 2 ** (hw.bias_mant_bits - 1) - 1
+    exp = hw.bias_exp_min
+    while exp < hw.bias_exp_max and round(peak / 2.0 ** exp) > mant_max:
+        exp += 1
+    return exp

@@ -97,12 +97,10 @@ def load_checkpoint(path: Union[str, Path], depth: int | None = None) -> CifarRe
     if depth is not None and depth != inferred:
         raise ValueError(f"{path}: checkpoint has {len(blocks)} blocks per stage (depth {inferred}), not depth {depth}")
     num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
-    model = CifarResNet(inferred, num_classes)
-    if record:
-        from .training import rebuild
+    from .training import restore
 
-        model = rebuild(model, record)
-    load_weights(model, state, f"{path}", f"a CIFAR ResNet-{inferred}" + (" fine-tuned by bsnn finetune" if record else ""))
+    model = restore(CifarResNet(inferred, num_classes), state, record, f"{path}",
+                    f"a CIFAR ResNet-{inferred}" + (" fine-tuned by bsnn finetune" if record else ""))
     return model.eval()
 
 
@@ -114,7 +112,8 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
     """``(state_dict, fine-tuning record or None)`` of a checkpoint file (``torch.load(weights_only=True)``:
     no code is run). The record is what ``bsnn finetune`` stores (window, epochs, history), needed to
-    rebuild the fine-tuned architecture (:func:`bsnn_lava.training.rebuild`).
+    rebuild the fine-tuned architecture (:func:`bsnn_lava.training.restore`); a checkpoint of folded
+    epochs adds its network's state under ``FOLDED_KEY``.
 
     Accepts a bare state dict or ``{'state_dict': ...}``; DataParallel's ``module.`` prefix is
     removed. Errors are one line naming the file: ``FileNotFoundError``, or ``ValueError`` for a file
@@ -138,10 +137,14 @@ def read_checkpoint(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Op
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict (parameter names -> tensors) or {{'state_dict': ...}}")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    from .training.trainer import CHECKPOINT_KEY
+    from .training.trainer import CHECKPOINT_KEY, FOLDED_KEY
 
     record = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    return state, record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return state, None
+    if FOLDED_KEY in checkpoint:  # the folded epochs' network, beside the model it was folded from
+        record = {**record, FOLDED_KEY: checkpoint[FOLDED_KEY]}
+    return state, record
 
 
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], source: str, target: str) -> None:

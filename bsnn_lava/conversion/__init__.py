@@ -11,6 +11,7 @@ from ..data import as_nchw
 from ..dynamics import MODES
 from ..ir import Network
 from ..training.activation import ClipFloorShift
+from ..training.folded import FoldedNetwork
 from .calibrate import calibrate
 from .passes import apply_thresholds, assign_schedules, insert_relays, set_spiking_fields
 from .trace import ConversionError, lower
@@ -22,9 +23,15 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
             v_init: float = 0.5, percentile: float = 99.9, channelwise: bool = False,
             mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,), pixel_max: float = 255.0,
             relays: Optional[bool] = None, frame_reset: Optional[bool] = None, frames: Optional[int] = None,
-            spikes: str = "binary", levels: Optional[int] = None, batch_size: int = 100,
+            spikes: Optional[str] = None, levels: Optional[int] = None, batch_size: int = 100,
             progress: bool = False) -> Network:
     """Convert a trained ReLU (or clip-floor-shift) network into a spiking network that consumes raw pixels.
+
+    A :class:`~bsnn_lava.training.folded.FoldedNetwork` (what ``finetune(..., hw=..., energy=...)``
+    returns: a converted network trained as such) gives its network as trained; settings that would
+    change it (another neuron, window, spikes or levels, no frame reset or relays) are refused, the
+    calibration, normalisation and threshold arguments do not apply (everything is folded in), and
+    ``frames`` stores a frame limit as for any network.
 
     Args:
         model: a VGG- or ResNet-style ``nn.Module`` (conv/BN/ReLU, average pooling, linear, residual
@@ -47,13 +54,16 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
         frames: bistable networks only: every layer stops after this many frames (``None``: runs as
             long as it is simulated). With frame reset, ``frames=1`` processes each image exactly
             once: the prediction is final at the first complete frame and nothing fires after it.
-        spikes: ``binary`` (one spike per step, a window of P steps carries a count up to P) or
+        spikes: ``binary`` (the default; one spike per step, a window of P steps carries a count up to P) or
             ``graded`` (bistable only, Loihi 2): every layer integrates for one step, then sends its
             count ``clip(floor(v / theta), 0, levels)`` as one spike's payload in one step, with
             ``theta = lambda / levels``; a layer costs 2 steps instead of P + 1.
         levels: the largest payload of a graded spike, L (the levels of a fine-tuned model's
             :class:`~bsnn_lava.training.ClipFloorShift` layers by default; a different value is refused).
     """
+    if isinstance(model, FoldedNetwork):
+        return _trained_network(model, neuron, window, v_init, relays, frame_reset, frames, spikes, levels)
+    spikes = "binary" if spikes is None else spikes
     if neuron not in MODES:
         raise ValueError(f"neuron must be one of {', '.join(MODES)}, got {neuron!r}")
     if window is not None and (int(window) != window or window < 1):
@@ -116,6 +126,34 @@ def convert(model: nn.Module, calibration_images, neuron: str = "bistable", wind
                         "percentile": float(percentile), "channelwise": bool(channelwise),
                         "learned_thresholds": len(learned)},
     }
+    return network.replace(provenance=provenance)
+
+
+def _trained_network(model: FoldedNetwork, neuron: str, window: Optional[int], v_init: float,
+                     relays: Optional[bool], frame_reset: Optional[bool], frames: Optional[int],
+                     spikes: Optional[str], levels: Optional[int]) -> Network:
+    """:func:`convert` of a folded network: its network as trained, ``frames`` applied; ``ValueError``
+    (one line) for a setting that would change it."""
+    network = model.network()
+    kind = network.spikes
+    count = network.spiking_layers[0].payload_max if kind == "graded" else network.window_steps
+    asked = {"neuron": (neuron, "bistable"), "spikes": (spikes, kind), "v_init": (v_init, 0.5),
+             "window": (window, None if kind == "graded" else count), "levels": (levels, count if kind == "graded"
+                                                                               else None),
+             "frame_reset": (frame_reset, True), "relays": (relays, True)}
+    for name, (value, trained) in asked.items():
+        if value is not None and value != trained and not (name == "window" and kind == "graded" and value == 1):
+            raise ValueError(f"the network was trained folded ({kind} spikes, {'L' if kind == 'graded' else 'P'}="
+                             f"{count}, bistable neurons with frame reset and relays): {name}={value!r} would change "
+                             f"it ({name} {trained!r} as trained)")
+    if frames is not None:
+        if isinstance(frames, bool) or int(frames) != frames or frames < 1:
+            raise ValueError(f"frames must be a positive integer, got {frames!r}")
+        network = network.with_frames(int(frames))
+    provenance = dict(network.provenance)
+    record = getattr(model, "finetune_record", None) or {}
+    provenance["converter"] = dict(provenance.get("converter", {}), frames=frames)
+    provenance["folded_training"] = {key: record.get(key) for key in ("fold", "fold_epochs", "epochs")}
     return network.replace(provenance=provenance)
 
 

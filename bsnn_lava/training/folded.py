@@ -1,0 +1,340 @@
+"""The converted network as a trainable torch module: fine-tuning on the chip's integers and for energy.
+
+:class:`FoldedNetwork` holds a bistable network with frame reset (from :func:`bsnn_lava.convert` of a
+clip-floor-shift model: BatchNorm and normalisation folded, relays inserted) and computes its frame
+(:func:`bsnn_lava.sim.frame_forward`) with trainable weights, biases and thresholds: the last phase
+of ``finetune(..., hw=..., energy=..., rate_target=...)``.
+
+With a hardware profile the training forward pass uses what the integer network will hold: every
+layer's integer scale as :func:`bsnn_lava.quantize.quantize` chooses it, weights rounded to the
+profile's mantissas and the layer's exponent, thresholds, initial potentials and biases rounded on
+theirs (``torch.fake_quantize_per_tensor_affine`` on the scaled values: exact power-of-two grids,
+gradients straight through inside the range), the state clipped to its signed width. In eval mode
+the module computes the deployed network's frame exactly (float64): :meth:`deployed` is
+``quantize(network(), hw)``, the same rounding to nearest, so the trained module and the integer
+network it converts to predict the same class on every image.
+
+:class:`FrameCost` counts the synaptic operations of a frame as ``bsnn profile`` counts a one-frame
+run (binary: spikes x fan-out; graded: sending neurons x fan-out; pixels: nonzero pixels x fan-out
+on each step the input shows them; max-pooled synapses: the pooling stage's events plus the pooled
+events x fan-out), differentiably through the straight-through counts; :func:`frame_cost` averages it
+over images on a network's exact frame.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hw_profiles import HardwareProfile
+
+from ..dynamics import state_limits
+from ..ir import Conv2d, GatedIF, Network, replace
+from ..sim.kernels import pool_outputs
+
+#: Bounds of the fake-quantize calls whose values the grid does not clip (thresholds, V(0)).
+_UNBOUNDED = 2 ** 40
+
+
+def _param_shape(values: np.ndarray, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """How a scalar, per-channel or per-neuron IR parameter broadcasts against ``(batch, *shape)``."""
+    values = np.asarray(values)
+    return (-1, 1, 1) if values.ndim == 1 and len(shape) == 3 else values.shape
+
+
+class FoldedNetwork(nn.Module):
+    """A float bistable network with frame reset, its frame computed by torch with trainable parameters.
+
+    ``network``: the float IR (every spiking layer ``frame_reset``). Trainable: the synapse weights of
+    every neuron layer and of the readout (their zeros stay zero, so fan-outs and synaptic operation
+    counts keep their structure), biases and thresholds (``v_init`` follows the threshold at its
+    fraction, theta / 2 for a converted clip-floor-shift model); relays are fixed. Each parameter is
+    stored divided by a fixed per-tensor scale (the largest initial weight, the largest initial
+    threshold for thresholds and biases), so one learning rate suits every layer.
+
+    ``hw``: a hardware profile (integer grid in the training forward pass, :meth:`deployed` the
+    integer network) or ``None`` (the float network). ``headroom_bits``: as :func:`quantize`.
+
+    ``forward(images)``: raw pixels ``(batch, C, H, W)`` -> logits in the units of the model the
+    network was converted from (the readout's frame divided by P and the readout's scale).
+    """
+
+    def __init__(self, network: Network, hw: Optional[HardwareProfile] = None, headroom_bits: int = 6):
+        super().__init__()
+        if network.numeric != "float" or network.mode != "bistable" or not network.frame_reset:
+            raise ValueError("FoldedNetwork needs a float bistable network with frame reset (convert a model fine-tuned "
+                             "with clip-floor-shift activations)")
+        self.skeleton = network
+        self.hw = hw
+        self.headroom_bits = int(headroom_bits)
+        self.window = network.window_steps
+        self.values = nn.ParameterDict()
+        self.register_buffer("unused", torch.zeros(0), persistent=False)  # a device and dtype even without buffers
+        for i, layer in enumerate(network.layers[1:], start=1):
+            trainable = not (isinstance(layer, GatedIF) and layer.role == "relay")
+            reference = float(np.max(layer.threshold)) if isinstance(layer, GatedIF) else None
+            for k, synapse in enumerate(layer.synapses):
+                weight = torch.tensor(synapse.op.weight, dtype=torch.float32)
+                unit = float(weight.abs().max()) or 1.0
+                self._add(f"w{i}_{k}", weight / unit, unit, trainable, mask=weight != 0)
+            if reference is None:  # the readout: its bias in units of its largest weight
+                reference = max(float(self._unit(f"w{i}_0")), float(np.max(np.abs(layer.bias), initial=0.0))) or 1.0
+            self._add(f"b{i}", torch.tensor(layer.bias, dtype=torch.float32) / reference, reference, trainable)
+            if isinstance(layer, GatedIF):
+                self._add(f"t{i}", torch.tensor(layer.threshold, dtype=torch.float32) / reference, reference,
+                          trainable)
+                fraction = np.asarray(layer.v_init) / np.asarray(layer.threshold)
+                self.register_buffer(f"f{i}", torch.as_tensor(fraction, dtype=torch.float32))
+        self._deployed: Optional[Network] = None
+        self._cost: Optional[FrameCost] = None
+
+    def _add(self, name: str, value: torch.Tensor, unit: float, trainable: bool, mask=None) -> None:
+        if trainable:
+            self.values[name] = nn.Parameter(value.clone())
+        else:
+            self.register_buffer(f"fixed_{name}", value.clone())
+        self.register_buffer(f"unit_{name}", torch.tensor(unit, dtype=torch.float32))
+        if mask is not None and trainable:  # always, even without zeros: the same buffers whatever the weights
+            self.register_buffer(f"mask_{name}", mask)
+
+    def _unit(self, name: str) -> torch.Tensor:
+        return getattr(self, f"unit_{name}")
+
+    def value(self, name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Parameter ``name`` in the network's float units (masked weights: zeros kept), computed in
+        ``dtype`` (default: the stored one's)."""
+        stored = self.values[name] if name in self.values else getattr(self, f"fixed_{name}")
+        stored = stored if dtype is None else stored.to(dtype)
+        mask = getattr(self, f"mask_{name}", None)
+        if mask is not None:
+            stored = stored * mask
+        return stored * self._unit(name).to(stored.dtype)
+
+    def train(self, mode: bool = True):
+        self._deployed = None  # parameters may change: the deployed network is rebuilt when next needed
+        return super().train(mode)
+
+    @property
+    def layers(self):
+        return self.skeleton.layers
+
+    # --- the trained network as IR ----------------------------------------------------------
+    def network(self) -> Network:
+        """The float network with the current parameters (float64 of the stored values); with a
+        hardware profile its provenance says which integer grid it was trained on."""
+        from ..quantize import TRAINED_INTEGERS, trained_integers_record
+
+        layers = [self.skeleton.input]
+        with torch.no_grad():
+            for i, layer in enumerate(self.skeleton.layers[1:], start=1):
+                synapses = [replace(s, op=replace(s.op, weight=self._array(f"w{i}_{k}")))
+                            for k, s in enumerate(layer.synapses)]
+                changes = dict(synapses=synapses, bias=self._array(f"b{i}"))
+                if isinstance(layer, GatedIF):
+                    threshold = self._array(f"t{i}")
+                    changes.update(threshold=threshold, v_init=getattr(self, f"f{i}").double().cpu().numpy() * threshold)
+                layers.append(replace(layer, **changes))
+        provenance = dict(self.skeleton.provenance)
+        if self.hw is not None:
+            provenance[TRAINED_INTEGERS] = trained_integers_record(self.hw, self.headroom_bits)
+        return Network(layers, numeric="float", provenance=provenance)
+
+    def _array(self, name: str) -> np.ndarray:
+        return self.value(name, torch.float64).cpu().numpy()
+
+    def deployed(self) -> Network:
+        """What runs: the integer network for the hardware profile (rounded to nearest on the grid
+        the training used), or the float network without one. Cached until the next ``train()``."""
+        if self._deployed is None:
+            from ..quantize import quantize
+
+            network = self.network()
+            self._deployed = network if self.hw is None else quantize(network, self.hw, self.headroom_bits)
+        return self._deployed
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (model units) of raw images ``(batch, C, H, W)``: the training forward pass in
+        training mode, the deployed network's exact frame (float64) in eval mode."""
+        if not self.training:
+            return self.deployed_logits(images)
+        return self.frame(images)[0]
+
+    @torch.no_grad()
+    def deployed_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The deployed network's frame (:func:`frame_forward`, float64, exact) in model units."""
+        from ..sim import frame_forward
+
+        network = self.deployed()
+        readout, _ = frame_forward(network, images.to(torch.float64))
+        return readout / (self.window * network.readout.scale)
+
+    def frame(self, images: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The training forward pass: ``(logits, counts)``, counts per spiking layer (batch, *shape),
+        straight-through (their gradient is the potential's over the threshold), and the input's
+        (P times the pixels). In the dtype of the stored parameters."""
+        dtype = self.values[next(iter(self.values))].dtype
+        net = self.skeleton
+        synapses = iter(self.cost(images.device).synapses)
+        rows = (tuple(next(synapses) for _ in layer.synapses) for layer in net.layers[1:])
+        counts = {net.input.name: images.to(dtype) * self.window}
+        limits = None if self.hw is None else state_limits(self.hw.state_bits)
+        for i, layer in enumerate(net.layers[1:], start=1):
+            weights, bias, threshold, v_init, scale = self._layer_values(i, layer)
+            v = None
+            for synapse, weight, (_, pooled, _) in zip(layer.synapses, weights, next(rows)):
+                x = counts[synapse.source]
+                if pooled is not None:
+                    x = pool_outputs(x, *pooled[:2])
+                if isinstance(synapse.op, Conv2d):
+                    op = synapse.op
+                    y = F.conv2d(x, weight, None, op.stride, op.padding, op.dilation, op.groups)
+                else:
+                    y = x.reshape(x.shape[0], -1) @ weight.T
+                v = y if v is None else v + y
+            v = v + self.window * bias
+            if isinstance(layer, GatedIF):
+                v = v + v_init
+            if limits is not None:
+                v = v.clamp(*limits)
+            if not isinstance(layer, GatedIF):
+                return v / (self.window * scale), counts
+            ratio = v / threshold
+            floor = torch.div(v.detach(), threshold.detach(), rounding_mode="floor")
+            counts[layer.name] = (ratio + (floor - ratio).detach()).clamp(0, layer.window_count_max)
+        raise ValueError("the network has no readout")
+
+    def _layer_values(self, i: int, layer):
+        """``(weights, bias, threshold, v_init, scale)`` of layer ``i`` as the forward pass uses them:
+        float values, or with a hardware profile the integers (fake-quantized) and the layer's scale."""
+        weights = [self.value(f"w{i}_{k}") for k in range(len(layer.synapses))]
+        bias = self._broadcast(self.value(f"b{i}"), layer.bias, layer.shape)
+        is_neuron = isinstance(layer, GatedIF)
+        threshold = self._broadcast(self.value(f"t{i}"), layer.threshold, layer.shape) if is_neuron else None
+        v_init = None
+        if is_neuron:
+            v_init = threshold * self._broadcast(getattr(self, f"f{i}").to(threshold.dtype), layer.v_init, layer.shape)
+        if self.hw is None:
+            return weights, bias, threshold, v_init, 1.0
+        from ..quantize import bias_exponent, neuron_scale, readout_scale, weight_exponent, weight_grid
+
+        mant_max, exp_max = weight_grid(self.hw)
+        weight_max = max(float(w.detach().abs().max()) for w in weights)
+        if is_neuron:
+            scale = neuron_scale(self.hw, self.headroom_bits, layer.window_count_max, weight_max,
+                                 float(threshold.detach().max()))
+        else:
+            scale = readout_scale(self.hw, weight_max, float(bias.detach().abs().max()))
+        integer = []
+        for w in weights:
+            exp = weight_exponent(float(w.detach().abs().max()) * scale, mant_max, exp_max)
+            integer.append(_on_grid(w * scale, 2.0 ** exp, -mant_max - 1, mant_max))
+        bias_mant = 2 ** (self.hw.bias_mant_bits - 1) - 1
+        bias_int = _on_grid(bias * scale, 2.0 ** bias_exponent(float(bias.detach().abs().max()) * scale, self.hw),
+                            -bias_mant - 1, bias_mant)
+        if not is_neuron:
+            return integer, bias_int, None, None, scale
+        threshold_int = _on_grid(threshold * scale, 1.0, 0, _UNBOUNDED).clamp(min=1)
+        v_init_int = _on_grid(v_init * scale, 1.0, -_UNBOUNDED, _UNBOUNDED)
+        return integer, bias_int, threshold_int, v_init_int, scale
+
+    @staticmethod
+    def _broadcast(value: torch.Tensor, like: np.ndarray, shape) -> torch.Tensor:
+        return value.reshape(_param_shape(like, shape))
+
+    # --- energy -------------------------------------------------------------------------------
+    def cost(self, device) -> "FrameCost":
+        """The :class:`FrameCost` of the network (built once per device)."""
+        if self._cost is None or self._cost.device != torch.device(device):
+            self._cost = FrameCost(self.skeleton, device)
+        return self._cost
+
+
+def _on_grid(scaled: torch.Tensor, step: float, low: int, high: int) -> torch.Tensor:
+    """``clip(round(scaled / step), low, high) * step`` with a straight-through gradient inside the
+    range (``step`` a power of two: exact)."""
+    return torch.fake_quantize_per_tensor_affine(scaled, step, 0, low, high)
+
+
+class FrameCost:
+    """The synaptic operations and spikes of one frame of ``network``, as ``bsnn profile`` counts a
+    run of one frame (``frames=1``): every synapse's events times its op's fan-out (the nonzero
+    weights each input reaches); a max-pooled synapse's pooled events (the max of its window's
+    events) times the fan-out, plus each event times the pooling windows that read its neuron.
+
+    Events per neuron in a frame (:meth:`events`): a binary layer's spike count, a graded layer's
+    0 or 1 (its count clipped at 1: straight-through where the count is), the input's nonzero
+    pixels once per step it shows them (P binary, 1 graded). Fan-outs and pooling taps are built
+    once, on ``device``.
+    """
+
+    def __init__(self, network: Network, device="cpu"):
+        self.network = network
+        self.device = torch.device(device)
+        self.graded = {network.input.name} | {l.name for l in network.spiking_layers if l.payload_max > 1}
+        self.synapses = []  # (source, taps or None, pooled shape, fan_out, coverage or None)
+        for layer in network.layers[1:]:
+            for s in layer.synapses:
+                shape = network[s.source].shape
+                fan_out = torch.as_tensor(s.op.fan_out(s.input_shape(shape)), dtype=torch.float64, device=device)
+                pooled = None if s.pool is None else (
+                    torch.as_tensor(s.pool.taps(shape), device=device), s.pool.output_shape(shape),
+                    torch.as_tensor(s.pool.coverage(shape), dtype=torch.float64, device=device))
+                self.synapses.append((s.source, pooled, fan_out))
+
+    def events(self, counts: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Events per neuron of every sender (batch, *shape), from the frame's counts (the input's:
+        P times its pixels, as :meth:`FoldedNetwork.frame` gives them)."""
+        net, events = self.network, {}
+        for layer in net.layers[:-1]:
+            c = counts[layer.name]
+            if layer is net.input:
+                events[layer.name] = (c != 0).to(c.dtype) * net.window_steps
+            else:
+                events[layer.name] = c.clamp(max=1) if layer.payload_max > 1 else c
+        return events
+
+    def __call__(self, counts: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(synops, synops_graded, spikes)`` per image ``(batch,)`` in float64: ``synops_graded``
+        the part caused by graded events (pixels, graded spikes), which the profile prices apart;
+        differentiable through the counts."""
+        events = self.events(counts)
+        synops = synops_graded = 0.0
+        for source, pooled, fan_out in self.synapses:
+            e = events[source].to(torch.float64)
+            if pooled is None:
+                cost = (e * fan_out).flatten(1).sum(1)
+            else:
+                taps, shape, coverage = pooled
+                cost = (pool_outputs(e, taps, shape) * fan_out).flatten(1).sum(1) + (e * coverage).flatten(1).sum(1)
+            synops = synops + cost
+            if source in self.graded:
+                synops_graded = synops_graded + cost
+        spikes = sum(events[l.name].to(torch.float64).flatten(1).sum(1) for l in self.network.spiking_layers)
+        return synops, synops_graded, spikes
+
+
+def frame_cost(network: Network, images: torch.Tensor, batch_size: int = 250) -> Dict[str, float]:
+    """One frame of a bistable network with frame reset on raw ``images`` (batch, C, H, W)
+    (:func:`bsnn_lava.sim.frame_forward`, float64, exact): ``synops``, ``synops_graded`` and
+    ``spikes`` per image (:class:`FrameCost`, averaged over the images) and ``predictions`` (the
+    class of each image, a list)."""
+    from ..sim import frame_forward
+
+    cost = FrameCost(network, images.device)
+    totals = {"synops": 0.0, "synops_graded": 0.0, "spikes": 0.0}
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(torch.float64)
+            readout, counts = frame_forward(network, x)
+            counts[network.input.name] = x * network.window_steps
+            for key, value in zip(totals, cost(counts)):
+                totals[key] += float(value.sum())
+            predictions.append(readout.argmax(1))
+    n = max(images.shape[0], 1)
+    return {**{k: v / n for k, v in totals.items()}, "predictions": torch.cat(predictions).tolist()}
