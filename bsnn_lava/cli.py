@@ -255,7 +255,9 @@ def _cmd_convert(args) -> int:
                  + (", frame reset" if network.frame_reset else "")
                  + (f", stops after {args.frames} frame(s)" if args.frames else ""))
     spikes = f"binary spikes, P={network.window_steps}" if network.spikes == "binary" else \
-        f"graded spikes up to {max(l.payload_max for l in network.spiking_layers)} (1-step windows)"
+        f"graded spikes up to {network.levels} (1-step windows)"
+    if network.pixel_relays:
+        spikes += f", {len(network.pixel_relays)} relays carrying the pixels to deeper layers (8-bit graded)"
     print(f"wrote {path}: {len(network.layers)} layers, {kind} {args.neuron} network, {spikes}, "
           f"pipeline fill {network.readout.schedule.offset_steps} steps{frame}")
     if hw is not None and hw.graded_payload_bits >= (16).bit_length() and not learned and trained is None \

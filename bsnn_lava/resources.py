@@ -20,7 +20,7 @@ import numpy as np
 
 from hw_profiles import HardwareProfile, load_profile
 
-from .ir import Conv2d, GatedIF, Network
+from .ir import PIXEL_MAX, Conv2d, GatedIF, Network
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,19 @@ def check_resources(network: Network, profile: Union[str, HardwareProfile] = "lo
     else:
         report.notes.append("float network: weight, threshold and bias ranges not checked (quantize first)")
     report.violations.extend(filter(None, (graded_payload_problem(layer, hw) for layer in network.spiking_layers)))
-    graded = [layer.payload_max for layer in network.spiking_layers if layer.payload_max > 1]
+    pixel_relays = {layer.name for layer in network.pixel_relays}
+    graded = [layer.payload_max for layer in network.spiking_layers if layer.payload_max > 1
+              and layer.name not in pixel_relays]
     if graded and max(graded).bit_length() <= hw.graded_payload_bits:
         report.notes.append(f"graded spikes in {len(graded)} layers: payloads up to {max(graded)} need "
                             f"{max(graded).bit_length()}-bit messages; {hw.name} carries {hw.graded_payload_bits}")
+    if pixel_relays and hw.graded_payload_bits >= PIXEL_MAX.bit_length():
+        neurons = sum(u.n_neurons for u in report.layers if u.name in pixel_relays)
+        cores = sum(u.n_cores for u in report.layers if u.name in pixel_relays)
+        report.notes.append(f"{len(pixel_relays)} relays carry the pixels to deeper layers (a layer reads the image "
+                            f"beside spiking layers): {neurons} relay neurons on {cores} cores, sending each pixel as "
+                            f"graded spikes of up to {PIXEL_MAX} ({PIXEL_MAX.bit_length()}-bit payloads) once per "
+                            f"window step; binary-spike chips cannot carry them, as they cannot take the pixel input")
     pooled = sum(u.pool_compartments for u in report.layers)
     if pooled:
         report.notes.append(f"max pooling: {pooled} pooling compartments (one per pooled value, a MAX join of its "

@@ -74,7 +74,8 @@ def _read(h5: h5py.File, path: str) -> Network:
         name = h5io.get_str(group, "name", Where(path, i))
         if any(layer.name == name for layer in layers):
             raise Where(path, i, name).error("name", "duplicate layer name")
-        layers.append(_read_layer(group, Context(Where(path, i, name), numeric, limits, version), layers, len(keys)))
+        context = Context(Where(path, i, name), numeric, limits, version, layers[0].name if layers else None)
+        layers.append(_read_layer(group, context, layers, len(keys)))
     _check_digest(h5, root)
     try:
         return Network(tuple(layers), numeric=numeric, provenance=provenance)
@@ -151,7 +152,7 @@ def _read_synapses(group: h5py.Group, ctx: Context, layer_type: str, inputs, sha
             codec = synapse_codec_for_file(synapse_type)
         except UnknownTypeError as err:
             raise sub_where.error("type", err) from None
-        sub_ctx = Context(sub_where, ctx.numeric, ctx.limits, ctx.version)
+        sub_ctx = Context(sub_where, ctx.numeric, ctx.limits, ctx.version, ctx.input_name)
         pool = read_pool(target, sub_ctx, previous[source].shape)
         if pool is not None and previous[source].kind == "gated_if" and previous[source].schedule.mode != "bistable":
             raise sub_where.error("pool_kernel", f"max-pools layer {source}, whose mode is "

@@ -28,10 +28,12 @@ from .limits import (Limits, bias_problem, integer_problem, payload_problem, sta
 #: Version 2 added ``neuron/frame_reset`` (gated IF) and ``neuron/frames`` (every schedule); version 3
 #: ``neuron/payload_max`` (gated IF: 1 binary spikes, above 1 graded); version 4 conv ``dilation`` and
 #: ``groups`` other than 1, ``neuron/ann_clip`` (gated IF; 0: none) and a synapse's max pooling
-#: (``pool_kernel``, ``pool_stride``, ``pool_padding``; absent: none). Older files still read (no frame reset, no frame limit, binary spikes,
-#: dense undilated convolutions).
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+#: (``pool_kernel``, ``pool_stride``, ``pool_padding``; absent: none); version 5 relays of the input (a relay
+#: whose synapse reads layer 0 carries the pixels to a deeper layer, graded payloads up to 255 in any network).
+#: Older files still read (no frame reset, no frame limit, binary spikes, dense undilated convolutions, no
+#: relay of the input).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 ROLES = ("neuron", "relay")
 
 
@@ -42,6 +44,7 @@ class Context:
     numeric: str
     limits: Limits
     version: int = FORMAT_VERSION
+    input_name: Optional[str] = None  #: the input layer's name (reading the layers after it)
 
     def weight_itemsize(self) -> int:
         """Bytes per stored weight: float32 (exact integers) in integer networks, else float64."""
@@ -225,6 +228,9 @@ def read_gated_if(group: h5py.Group, neuron: h5py.Group, ctx: Context, name: str
     role = h5io.get_str(neuron, "role", where)
     if role not in ROLES:
         raise where.error("role", f"unknown role {role!r} (known: {', '.join(ROLES)})")
+    if role == "relay" and ctx.version < 5 and any(s.source == ctx.input_name for s in synapses):
+        raise where.error("role", f"is 'relay' reading the input {ctx.input_name!r}: relays of the pixels came with "
+                                  f"format version 5, this file is version {ctx.version}")
     params = {key: _read_param(neuron, key, where, ctx, shape, spatial=(key == "bias"))
               for key in ("threshold", "v_init", "bias")}
     frame_reset = False

@@ -272,9 +272,16 @@ def test_finetuned_models_convert_exactly(name, spikes, data):
         np.testing.assert_array_equal(result.predictions_per_step[t - 1], expected.argmax(1).numpy())
 
 
-def test_a_linear_path_from_the_pixels_past_the_first_neurons_is_refused(data):
-    with pytest.raises(ConversionError, match=r"layer 'relu_1' .* reads the input pixels directly .* ReLU after the stem"):
-        convert(_InputBypass(), data[0])
+def test_a_linear_path_from_the_pixels_past_the_first_neurons_reaches_them_through_relays(data):
+    """A stem without a ReLU concatenated after one: the pixels reach the later layer exactly, through
+    relays of the input (tests/test_pixel_relays.py covers them)."""
+    model = _InputBypass()
+    network = convert(model, data[0], mean=MEAN, std=STD)
+    assert [layer.synapses[0].source for layer in network.pixel_relays] == [network.input.name]
+    with torch.no_grad():
+        expected = model.double()(normalized(data[0], MEAN, STD))
+    logits, _ = ann_forward(network, as_nchw(data[0], 3).double())
+    assert torch.allclose(logits, expected, atol=1e-9)
 
 
 def test_concatenation_elsewhere_than_the_channels_is_refused(data):

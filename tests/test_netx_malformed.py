@@ -132,7 +132,7 @@ CORRUPTIONS = {
     "groups not dividing the channels": (_put("layer/1/groups", np.int64(5)), L1 + r", field 'groups': is 5; expected a positive integer dividing"),
     "groups with a full weight": (_put("layer/2/groups", np.int64(2)), L2 + r", field 'weight': has shape .*, expected \(\d+, \d+, kH, kW\)"),
     "zero stride": (_put("layer/1/stride", np.array([0, 1])), L1 + r", field 'stride'"),
-    "bad format version": (_put("format_version", np.int64(5)), r"field 'format_version': is 5; this reader knows versions 1, 2, 3, 4"),
+    "bad format version": (_put("format_version", np.int64(6)), r"field 'format_version': is 6; this reader knows versions 1, 2, 3, 4, 5"),
     "frame_reset not 0 or 1": (_put("layer/2/neuron/frame_reset", np.int64(2)),
                                L2 + r", field 'neuron/frame_reset': is 2, expected 0 or 1"),
     "frame_reset missing": (_delete("layer/2/neuron/frame_reset"), L2 + r", field 'neuron/frame_reset': missing"),

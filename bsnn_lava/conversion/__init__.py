@@ -135,8 +135,7 @@ def _trained_network(model: FoldedNetwork, neuron: str, window: Optional[int], v
     """:func:`convert` of a folded network: its network as trained, ``frames`` applied; ``ValueError``
     (one line) for a setting that would change it."""
     network = model.network()
-    kind = network.spikes
-    count = network.spiking_layers[0].payload_max if kind == "graded" else network.window_steps
+    kind, count = network.spikes, network.levels
     asked = {"neuron": (neuron, "bistable"), "spikes": (spikes, kind), "v_init": (v_init, 0.5),
              "window": (window, None if kind == "graded" else count), "levels": (levels, count if kind == "graded"
                                                                                else None),

@@ -6,8 +6,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from ..dynamics import SYNAPSE_DELAY_STEPS
-from ..ir import Conv2d, Dense, GatedIF, Network, Schedule, Synapse, replace
-from .trace import ConversionError
+from ..ir import PIXEL_MAX, Conv2d, Dense, GatedIF, Network, Schedule, Synapse, replace
 
 
 def apply_thresholds(network: Network, scales: Mapping[str, np.ndarray], v_init: float) -> Network:
@@ -53,7 +52,10 @@ def insert_relays(network: Network) -> Network:
     """Put synchronous relays on every synapse that skips layers, so all inputs of a layer arrive
     in the same window: a synapse from a source k layers shallower than the layer's deepest source
     gets a chain of k relays (identity synapse, threshold 1, v_init 0: c spikes in, c out one window
-    later). Relays go right before the layer they feed."""
+    later). Relays go right before the layer they feed. Relays of the input (a layer reading the
+    pixels beside spiking layers: a pre-activation ResNet's residual stream, a stem without a ReLU
+    added later) send graded spikes of up to :data:`~bsnn_lava.ir.PIXEL_MAX`: each step's payload a
+    pixel value, so the image reaches the layer exactly (the pixels are integers >= 0)."""
     depth: Dict[str, int] = {network.input.name: 0}
     layers = [network.input]
     for layer in network.layers[1:]:
@@ -61,18 +63,14 @@ def insert_relays(network: Network) -> Network:
         synapses = []
         for synapse in layer.synapses:
             source = synapse.source
-            if source == network.input.name and deepest > 0:
-                raise ConversionError(
-                    f"layer {layer.name!r} ({layer.origin}) reads the input pixels directly and also spiking layers: "
-                    "a linear path from the image (e.g. a stem convolution without a ReLU, concatenated or added "
-                    "later) skips the first spiking layer, and a relay cannot carry pixel values; put a ReLU "
-                    "after the stem")
+            payload_max = PIXEL_MAX if source == network.input.name else 1
             for k in range(1, deepest - depth[source] + 1):
                 shape = network[synapse.source].shape
                 relay_name = f"{synapse.source}_relay{k}_{layer.name}"
                 layers.append(GatedIF(relay_name, shape, (Synapse(source, identity_op(shape)),), threshold=1.0,
                                       bias=0.0, v_init=0.0, schedule=layer.schedule, role="relay",
-                                      origin=f"synchronous relay {k} of {synapse.source} -> {layer.name}"))
+                                      origin=f"synchronous relay {k} of {synapse.source} -> {layer.name}",
+                                      payload_max=payload_max))
                 depth[relay_name] = depth[synapse.source] + k
                 source = relay_name
             synapses.append(replace(synapse, source=source))  # a max pool stays after the relays
@@ -105,6 +103,8 @@ def assign_schedules(network: Network, mode: str, window_steps: int, frames: Opt
 
 def set_spiking_fields(network: Network, **changes) -> Network:
     """The same ``changes`` (e.g. ``frame_reset=True``, ``payload_max=L``) on every spiking layer,
-    neurons and relays."""
-    return network.with_layers([replace(layer, **changes) if isinstance(layer, GatedIF) else layer
-                                for layer in network.layers])
+    neurons and relays; relays of the pixels keep their payload (:attr:`Network.pixel_relays`)."""
+    pixel = {layer.name for layer in network.pixel_relays}
+    return network.with_layers([replace(layer, **{k: v for k, v in changes.items()
+                                                  if not (k == "payload_max" and layer.name in pixel)})
+                                if isinstance(layer, GatedIF) else layer for layer in network.layers])

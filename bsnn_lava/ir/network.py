@@ -77,8 +77,27 @@ class Network:
 
     @property
     def spikes(self) -> str:
-        """``graded`` when some spiking layer sends graded spikes (``payload_max > 1``), else ``binary``."""
-        return "graded" if any(layer.payload_max > 1 for layer in self.spiking_layers) else "binary"
+        """``graded`` when the neuron layers send graded spikes (``payload_max > 1``), else ``binary``
+        (relays of the pixels carry pixel values whatever the neurons send: :attr:`pixel_relays`)."""
+        return "graded" if any(layer.payload_max > 1 for layer in self.spiking_layers if layer.role == "neuron") \
+            else "binary"
+
+    @property
+    def levels(self) -> int:
+        """The largest count one neuron sends in a window: P (binary spikes) or the graded payload L."""
+        neurons = [layer for layer in self.spiking_layers if layer.role == "neuron"]
+        return max(layer.payload_max for layer in neurons) if self.spikes == "graded" else self.window_steps
+
+    @property
+    def pixel_relays(self) -> Tuple[GatedIF, ...]:
+        """The relays that carry the pixels to a deeper layer (a chain from the input): graded, each
+        spike a pixel value (0..255), so the image reaches the layer exactly, in its window."""
+        carried, relays = {self.input.name}, []
+        for layer in self.spiking_layers:
+            if layer.role == "relay" and layer.synapses[0].source in carried:
+                carried.add(layer.name)
+                relays.append(layer)
+        return tuple(relays)
 
     def complete_frames(self, n_steps: int) -> List[int]:
         """The run lengths T (steps, pipeline fill included) after which the readout of a bistable

@@ -246,6 +246,10 @@ class Synapse:
         return tuple(source_shape) if self.pool is None else self.pool.output_shape(tuple(source_shape))
 
 
+#: The largest value an :class:`Input` sends: an 8-bit pixel.
+PIXEL_MAX = 255
+
+
 @dataclass(frozen=True, eq=False)
 class Input:
     """Pixel source: emits the raw image (graded, 0..255) on every step its schedule fires.

@@ -267,9 +267,9 @@ class FrameCost:
     events) times the fan-out, plus each event times the pooling windows that read its neuron.
 
     Events per neuron in a frame (:meth:`events`): a binary layer's spike count, a graded layer's
-    0 or 1 (its count clipped at 1: straight-through where the count is), the input's nonzero
-    pixels once per step it shows them (P binary, 1 graded). Fan-outs and pooling taps are built
-    once, on ``device``.
+    0 or 1 (its count clipped at 1: straight-through where the count is), a relay of the pixels in a
+    binary network its nonzero steps (``ceil(count / 255)``), the input's nonzero pixels once per
+    step it shows them (P binary, 1 graded). Fan-outs and pooling taps are built once, on ``device``.
     """
 
     def __init__(self, network: Network, device="cpu"):
@@ -294,8 +294,12 @@ class FrameCost:
             c = counts[layer.name]
             if layer is net.input:
                 events[layer.name] = (c != 0).to(c.dtype) * net.window_steps
-            else:
-                events[layer.name] = c.clamp(max=1) if layer.payload_max > 1 else c
+            elif layer.payload_max == 1:
+                events[layer.name] = c
+            elif net.window_steps == 1:
+                events[layer.name] = c.clamp(max=1)
+            else:  # graded spikes over a window of several steps: the pixels' relays (no gradient to pass)
+                events[layer.name] = torch.ceil(c.detach() / layer.payload_max)
         return events
 
     def __call__(self, counts: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
