@@ -491,7 +491,7 @@ def test_lava_max_pooling_spike_for_spike(spikes, data):
     assert ref.n_synops_per_step.sum() > 0
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenet_v2", "dense_block"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenet_v2", "dense_block", "resnet50", "vgg16_bn"])
 def test_bsnn_convert_and_check_on_the_coverage_models(name, data, tmp_path):
     """``bsnn convert --factory`` quantizes each model for Loihi 2 and ``bsnn check`` maps it onto cores."""
     from test_cli_faults import bsnn
@@ -505,7 +505,7 @@ def test_bsnn_convert_and_check_on_the_coverage_models(name, data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     out = bsnn("check", tmp_path / "net.h5", "--hw", "loihi2", cwd=tmp_path)
     assert out.returncode == 0 and re.search(r"total: \d+ neurons, \d+ cores, 1 chip", out.stdout), out.stdout
-    assert ("pooling compartments" in out.stdout) == (name in ("vgg16", "resnet18"))
+    assert ("pooling compartments" in out.stdout) == (name in ("vgg16", "resnet18", "resnet50", "vgg16_bn"))
 
 
 @pytest.mark.parametrize("field, value, pattern", [
