@@ -1,4 +1,5 @@
-"""An ImageNet-size network through the whole chain: torchvision-style ResNet-34 (224x224, 1000 classes).
+"""An ImageNet-size network through the whole chain: torchvision's ResNet-34 (224x224, 1000 classes; the
+7x7/2 stem with its 3x3/2 max pooling; ``--depth`` 18, 50 or 101 for the others).
 
 No ImageNet weights are reachable here, so the weights are random (torchvision's initialisation,
 seed 0; every figure below is about size and speed, none about accuracy). Calibration and test
@@ -31,8 +32,6 @@ import torch.nn as nn
 from common import SHARED, command_line, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
-#: torchvision's ImageNet normalisation (pixels in [0, 1]).
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def rss_bytes() -> int:
@@ -62,15 +61,6 @@ def measured(record: dict, name: str):
         print(f"{name}: {entry}", flush=True)
 
 
-def torchvision_init(model: nn.Module, seed: int = 0) -> nn.Module:
-    """torchvision's ResNet initialisation: He normal (fan-out) convolutions, BN weight 1 bias 0."""
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return model.eval()
-
-
 def images(args, n: int) -> np.ndarray:
     """``n`` uint8 (n, size, size, 3) images: from ``--data``, else CIFAR-10 test images resized."""
     from bsnn_lava.datasets import ImageFolder, load_npz
@@ -85,7 +75,7 @@ def images(args, n: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=34, choices=(18, 34))
+    parser.add_argument("--depth", type=int, default=34, choices=(18, 34, 50, 101))
     parser.add_argument("--size", type=int, default=224, help="input height and width")
     parser.add_argument("--data", type=Path, help="a folder of class subfolders of images (ImageNet layout)")
     parser.add_argument("--cifar", type=Path, default=SHARED / "data" / "cifar10_test.npz",
@@ -110,7 +100,8 @@ def main() -> None:
     from bsnn_lava.quantize import quantize
     from bsnn_lava.resources import check_resources
 
-    model = torchvision_init(zoo.imagenet_resnet(args.depth))
+    torch.manual_seed(0)
+    model = zoo.imagenet_resnet(args.depth).eval()  # torchvision's initialisation
     x = images(args, args.n_calib + max(args.n_sim, args.n_throughput))
     calib, test, batch = x[:args.n_calib], x[args.n_calib:args.n_calib + args.n_sim], x[args.n_calib:]
     stages: dict = {}
@@ -126,7 +117,7 @@ def main() -> None:
             hook.remove()
     payload["ann_macs"] = int(sum(macs))
     with measured(stages, "convert") as entry:
-        network = convert(model, calib, window=2, mean=IMAGENET_MEAN, std=IMAGENET_STD, progress=True)
+        network = convert(model, calib, window=2, mean=zoo.IMAGENET_MEAN, std=zoo.IMAGENET_STD, progress=True)
         entry.update(layers=len(network.layers), neurons=int(sum(np.prod(l.shape) for l in network.layers[1:])),
                      calibration_images=len(calib))
     with measured(stages, "quantize (loihi2)") as entry:

@@ -146,12 +146,14 @@ def _cmd_demo(args) -> int:
 
 
 def _load_model(args):
-    """The model to convert and its input normalisation (mean, std on pixels in [0, 1])."""
+    """The model to convert and its input normalisation (mean, std on pixels in [0, 1]): --mean/--std,
+    else a CIFAR ResNet checkpoint's (the ImageNet statistics), a --factory model's declared
+    ``input_normalisation`` (bsnn_lava.zoo's ImageNet layouts), or mean 0 and std 1."""
     from . import zoo
 
     if args.factory:
-        model = _factory_model(args)
-        mean, std = (0.0,), (1.0,)
+        model, declared = _factory_model(args)
+        mean, std = declared or ((0.0,), (1.0,))
     else:
         if not args.model:
             raise UsageError("give a CIFAR ResNet checkpoint, or --factory module:function for another model")
@@ -163,8 +165,10 @@ def _load_model(args):
 
 
 def _factory_model(args):
-    """``--factory module:function`` called, with the checkpoint's weights (or, with
-    ``--random-weights``, none). The current folder is searched first, as ``python -m`` does."""
+    """``(model, its declared normalisation or None)``: ``--factory module:function`` called, with the
+    checkpoint's weights (or, with ``--random-weights``, none). The current folder is searched first,
+    as ``python -m`` does. A model declares the normalisation it expects with an attribute
+    ``input_normalisation = (mean, std)`` (per channel, pixels in [0, 1])."""
     import importlib
 
     import torch.nn as nn
@@ -193,13 +197,21 @@ def _factory_model(args):
         raise UsageError(f"--factory {args.factory}: calling {attr}() failed: {type(err).__name__}: {err}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--factory {args.factory}: {attr}() returned {type(model).__name__}, not a torch nn.Module")
+    declared = getattr(model, "input_normalisation", None)
+    if declared is not None:
+        try:
+            mean, std = (tuple(float(v) for v in values) for values in declared)
+        except (TypeError, ValueError):
+            raise UsageError(f"--factory {args.factory}: the model's input_normalisation must be (mean, std), each "
+                             f"a sequence of numbers, got {declared!r}") from None
+        declared = (mean, std)
     if args.model:
         from .training import restore
 
         state, record = zoo.read_checkpoint(args.model)
         model = restore(model, state, record, str(args.model), f"the model of {args.factory}"
                         + (" fine-tuned by bsnn finetune" if record else ""))
-    return model
+    return model, declared
 
 
 def _model_channels(model):
@@ -491,8 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "  bsnn convert resnet20.th --calib train.npz --hw loihi2 --window 4 --out r20_q.h5\n"
                           "  bsnn convert ft8.th --calib train.npz --hw loihi2 --spikes graded --out r20_g8.h5\n"
                           "  bsnn convert w.pt --factory mynets:build_vgg --mean 0.5 --std 0.25 --calib "
-                          "train.npz --out vgg.h5\n\n--factory looks for the module in the current folder first, "
-                          f"then in installed packages.\n{OUTPUT_RULE}.", formatter_class=raw)
+                          "train.npz --out vgg.h5\n"
+                          "  bsnn convert resnet50.pth --factory bsnn_lava.zoo:imagenet_resnet50 --calib "
+                          "/data/imagenet/val --hw loihi2 --out r50.h5\n"
+                          "  bsnn convert vgg16_bn.pth --factory bsnn_lava.zoo:vgg16_bn --calib /data/imagenet/val "
+                          "--n-calib 64 --out vgg16_bn.h5\n\n"
+                          "--factory looks for the module in the current folder first, then in installed packages.\n"
+                          "bsnn_lava.zoo's imagenet_resnet18, imagenet_resnet34, imagenet_resnet50, imagenet_resnet101 "
+                          "and vgg16_bn\nare torchvision's module trees: a torchvision state dict "
+                          "(torch.save(model.state_dict(), PATH)) loads as it is,\nand they declare ImageNet's "
+                          "normalisation (mean 0.485 0.456 0.406, std 0.229 0.224 0.225).\nThe normalisation: "
+                          "--mean/--std, else the model's input_normalisation = (mean, std), else mean 0, std 1.\n"
+                          f"{OUTPUT_RULE}.", formatter_class=raw)
     add_model_arguments(conv, "convert")
     conv.add_argument("--calib", required=True, help="calibration data: digits[:train|test], a .npz (x uint8, y), "
                       "or a folder of class subfolders of images (224x224 centre crops, ImageNet models)")

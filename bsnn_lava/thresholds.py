@@ -15,6 +15,9 @@ import numpy as np
 GRID_FRACTIONS = np.linspace(0.01, 1.0, 100)
 #: At most this many activations enter the search (an even subsample of the rest).
 MAX_SAMPLES = 200_000
+#: Candidates x activations the search quantizes in one numpy call (8 bytes each): a channel with few
+#: activations tries every candidate at once, one with many a candidate at a time.
+SEARCH_BLOCK = 100_000
 
 
 def positive_percentile(values: np.ndarray, percentile: float) -> float:
@@ -47,5 +50,7 @@ def least_squares_threshold(values: np.ndarray, levels: int, percentile: float =
     if positive.size > MAX_SAMPLES:
         positive = np.sort(positive)[np.linspace(0, positive.size - 1, MAX_SAMPLES).astype(np.int64)]
     candidates = np.append(GRID_FRACTIONS * positive.max(), positive_percentile(positive, percentile))
-    errors = [np.mean((positive - clip_floor_shift(positive, theta, levels)) ** 2) for theta in candidates]
+    rows = max(1, SEARCH_BLOCK // positive.size)
+    errors = np.concatenate([np.mean((positive - clip_floor_shift(positive, candidates[i:i + rows, None], levels)) ** 2,
+                                     axis=1) for i in range(0, candidates.size, rows)])
     return float(candidates[int(np.argmin(errors))])

@@ -21,6 +21,23 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+@torch.no_grad()
+def batchnorm_statistics_of(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
+    """Give every BatchNorm the running statistics of ``inputs`` (normalised images), as training leaves
+    them, keeping its affine parameters: a deep net's random statistics let its eval-mode activations
+    grow block after block far beyond the train-mode ones, which thresholds calibrated on them do not fit."""
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: the statistics of all of the inputs
+    model.train()
+    model(inputs.to(next(model.parameters()).dtype))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
 class TVStyleResNet(nn.Module):
     """torchvision-style ResNet (BasicBlocks, option-B 1x1 conv + BN downsample), avg-pool stem."""
 

@@ -1,11 +1,15 @@
-"""Coverage matrix: the constructs users' CNNs contain, each in a small model with random weights.
+"""Coverage matrix: the constructs users' CNNs contain, each in a small model with random weights, and
+the layouts of torchvision (ResNet-50, VGG-16-BN) and of the common CIFAR code (pre-activation ResNet-18)
+with a fraction of their channels.
 
 For every model: the IR's ANN equals the model (float64); after clip-floor-shift fine-tuning, the
 integer-free frame (``frame_forward``) equals P times the fine-tuned model's logits and the simulated
-BSNN predicts its class at every complete frame, binary and graded; the netx file reads back
-unchanged. Lava parity spike for spike on the constructs that change what a synapse computes.
+BSNN predicts its class at every complete frame, binary and graded, one image at a time and streamed
+(a new round of images every frame); the netx file reads back unchanged. Lava parity spike for spike
+on the constructs that change what a synapse computes.
 """
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import netx_export
+from bsnn_lava import zoo
 from bsnn_lava.conversion import ConversionError, convert, lower
 from bsnn_lava.data import as_nchw
 from bsnn_lava.ir import Conv2d
@@ -21,7 +26,7 @@ from bsnn_lava.quantize import quantize
 from bsnn_lava.sim import ann_forward, frame_forward, simulate
 from bsnn_lava.training import finetune
 
-from conftest import normalized, randomize_batchnorm
+from conftest import batchnorm_statistics_of, normalized, randomize_batchnorm
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
@@ -193,21 +198,44 @@ class ResNet18Style(nn.Module):
 
 MODELS = {"dilated": DilatedNet, "grouped": GroupedNet, "dense_block": DenseBlockNet, "clipped": ClippedNet,
           "mobilenet_v2": MobileNetV2Stack, "vgg16": VGG16, "maxpool_before_relu": MaxPoolBeforeReLU,
-          "resnet18": ResNet18Style}
+          "resnet18": ResNet18Style,
+          # torchvision's and the CIFAR code's module trees (bsnn_lava.zoo), a 16th (8th) of the channels
+          "resnet50": lambda: zoo.imagenet_resnet50(num_classes=10, width=4),
+          "vgg16_bn": lambda: zoo.vgg16_bn(num_classes=10, width=4),  # at 32x32: the 7x7 head copies 1x1
+          "preact_resnet18": lambda: zoo.preact_resnet18(num_classes=10, width=8),
+          "resnet50_224": lambda: zoo.imagenet_resnet50(num_classes=10, width=4),
+          "vgg16_bn_224": lambda: zoo.vgg16_bn(num_classes=10, width=4)}
+#: Input height and width where not 32: ResNet-50 at 64 has a 2x2 last stage (at 32, 1x1, its fine-tuned
+#: model predicts one class for every random image); torchvision's own size in the slow runs.
+INPUT_SIZE = {"resnet50": 64, "resnet50_224": 224, "vgg16_bn_224": 224}
+#: A minute or more each (one epoch, 24 images at 224x224).
+SLOW = ("resnet50_224", "vgg16_bn_224")
+#: Fine-tuned with the BatchNorm statistics of the images (batchnorm_statistics_of): with random ones,
+#: ResNet-50's fine-tuning diverges within its first epoch.
+STATISTICS_FROM_DATA = ("resnet50", "resnet50_224")
+def models():
+    """The names of MODELS as pytest parameters, SLOW marked slow."""
+    return [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else []) for name in MODELS]
+
+
+@lru_cache(maxsize=None)
+def images(size: int):
+    """24 random (size, size) RGB uint8 images (NHWC) and labels in [0, 10)."""
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, size=(24, size, size, 3), dtype=np.uint8), rng.integers(0, 10, size=24)
 
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(1)
-    return rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=24)
+    return images(32)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_the_ir_ann_equals_the_model(name, data):
-    x, _ = data
+@pytest.mark.parametrize("name", models())
+def test_the_ir_ann_equals_the_model(name):
+    x, _ = images(INPUT_SIZE.get(name, 32))
     torch.manual_seed(0)
     model = randomize_batchnorm(MODELS[name]().double())
-    network = lower(model, (3, 32, 32), MEAN, STD)
+    network = lower(model, (3, *x.shape[1:3]), MEAN, STD)
     logits, _ = ann_forward(network, as_nchw(x, 3).double())
     with torch.no_grad():
         expected = model(normalized(x, MEAN, STD))
@@ -252,24 +280,33 @@ def test_fan_out_and_full_weight_agree_with_torch():
 
 
 @pytest.mark.parametrize("spikes", ["binary", "graded"])
-@pytest.mark.parametrize("name", MODELS)
-def test_finetuned_models_convert_exactly(name, spikes, data):
+@pytest.mark.parametrize("name", models())
+def test_finetuned_models_convert_exactly(name, spikes):
     """Clip-floor-shift fine-tuning (one short epoch on random data): the frame equals P times the
-    fine-tuned model's logits (graded: one-step windows, the logits), and the BSNN predicts its class at every complete frame."""
-    x, y = data
+    fine-tuned model's logits (graded: one-step windows, the logits), and the BSNN predicts its class at
+    every complete frame; streamed (5 lanes, a partial last round), every image's prediction is its
+    class and its readout the frame's."""
+    x, y = images(INPUT_SIZE.get(name, 32))
     torch.manual_seed(0)
-    model = finetune(randomize_batchnorm(MODELS[name]()), x, y, window=2, epochs=1, batch_size=8, augment=False,
-                     progress=False, n_calibration=16, mean=MEAN, std=STD, n_check=8)
+    model = randomize_batchnorm(MODELS[name]())
+    if name in STATISTICS_FROM_DATA:
+        batchnorm_statistics_of(model, normalized(x, MEAN, STD))
+    model = finetune(model, x, y, window=2, epochs=1, batch_size=8, augment=False, progress=False, n_calibration=16,
+                     mean=MEAN, std=STD, n_check=8)
     network = convert(model, x[:16], spikes=spikes, mean=MEAN, std=STD)
     model = model.double().eval()
     with torch.no_grad():
         expected = model(normalized(x, MEAN, STD))
     readout, _ = frame_forward(network, as_nchw(x, 3).double())
-    assert torch.allclose(readout, network.window_steps * expected, atol=1e-7 * float(expected.abs().max()))
+    tolerance = 1e-7 * float(expected.abs().max())
+    assert torch.allclose(readout, network.window_steps * expected, atol=tolerance)
     frames = network.complete_frames(network.readout.schedule.offset_steps + 2 * network.frame_steps)
     result = simulate(network, x, y, steps=frames[-1], frames="all", dtype=torch.float64)
     for t in frames:
         np.testing.assert_array_equal(result.predictions_per_step[t - 1], expected.argmax(1).numpy())
+    streamed = simulate(network, x, y, stream=True, batch_size=5, dtype=torch.float64)
+    np.testing.assert_array_equal(streamed.predictions, expected.argmax(1).numpy())
+    np.testing.assert_allclose(streamed.stream.readout, readout.numpy(), rtol=0, atol=tolerance)
 
 
 def test_a_linear_path_from_the_pixels_past_the_first_neurons_reaches_them_through_relays(data):
@@ -282,6 +319,33 @@ def test_a_linear_path_from_the_pixels_past_the_first_neurons_reaches_them_throu
         expected = model.double()(normalized(data[0], MEAN, STD))
     logits, _ = ann_forward(network, as_nchw(data[0], 3).double())
     assert torch.allclose(logits, expected, atol=1e-9)
+
+
+def test_adaptive_average_pooling_to_sizes_that_do_not_divide(data):
+    """Overlapping windows (8x8 to 3x3) and copies (1x1 to 7x7, torchvision's VGG head on a small image)
+    convert as a matrix before a flatten and a linear layer, exactly; elsewhere they are refused."""
+    x, _ = data
+
+    class Head(nn.Module):
+        def __init__(self, stride, out_hw, then_conv=False):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(3, 4, 3, stride, 1), nn.AdaptiveAvgPool2d(out_hw)
+            self.then = nn.Conv2d(4, 4, 1) if then_conv else nn.Flatten()
+            self.fc = nn.Linear(4 * out_hw[0] * out_hw[1], 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(torch.relu(self.then(self.pool(torch.relu(self.conv(x))))), 1))
+
+    torch.manual_seed(0)
+    for stride, out_hw in ((4, (3, 3)), (32, (7, 7)), (4, (3, 5))):
+        model = Head(stride, out_hw).double()
+        logits, _ = ann_forward(lower(model, (3, 32, 32), MEAN, STD), as_nchw(x, 3).double())
+        with torch.no_grad():
+            expected = model(normalized(x, MEAN, STD))
+        assert torch.allclose(logits, expected, rtol=0, atol=1e-12 * float(expected.abs().max())), (stride, out_hw)
+    with pytest.raises(ConversionError, match=r"graph node 'pool' .*adaptive pooling from \(8, 8\) to \(3, 3\) .*"
+                                              r"only when flattened right after"):
+        convert(Head(4, (3, 3), then_conv=True), x)
 
 
 def test_concatenation_elsewhere_than_the_channels_is_refused(data):
@@ -421,7 +485,7 @@ def test_lava_max_pooling_spike_for_spike(spikes, data):
     assert ref.n_synops_per_step.sum() > 0
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenet_v2", "dense_block"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenet_v2", "dense_block", "resnet50", "vgg16_bn"])
 def test_bsnn_convert_and_check_on_the_coverage_models(name, data, tmp_path):
     """``bsnn convert --factory`` quantizes each model for Loihi 2 and ``bsnn check`` maps it onto cores."""
     from test_cli_faults import bsnn
@@ -435,7 +499,7 @@ def test_bsnn_convert_and_check_on_the_coverage_models(name, data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     out = bsnn("check", tmp_path / "net.h5", "--hw", "loihi2", cwd=tmp_path)
     assert out.returncode == 0 and re.search(r"total: \d+ neurons, \d+ cores, 1 chip", out.stdout), out.stdout
-    assert ("pooling compartments" in out.stdout) == (name in ("vgg16", "resnet18"))
+    assert ("pooling compartments" in out.stdout) == (name in ("vgg16", "resnet18", "resnet50", "vgg16_bn"))
 
 
 @pytest.mark.parametrize("field, value, pattern", [

@@ -37,6 +37,19 @@ def test_least_squares_threshold_has_the_least_quantization_error(levels):
     assert least_squares_threshold(-acts[acts > 0], levels) == 1.0  # nothing positive: the converter's default
 
 
+
+@pytest.mark.parametrize("n", [1, 7, 990, 1_000, 60_000, 150_000])
+def test_the_blocked_search_is_the_search_one_candidate_at_a_time(n):
+    """Every candidate at once (few activations), a few rows per call, or one at a time (many): the same
+    threshold as the candidate-by-candidate search, to the bit."""
+    from bsnn_lava.thresholds import GRID_FRACTIONS
+
+    rng = np.random.default_rng(n)
+    positive = np.round(rng.exponential(0.7, n), 2) + 0.01
+    candidates = np.append(GRID_FRACTIONS * positive.max(), positive_percentile(positive, 99.9))
+    errors = [np.mean((positive - clip_floor_shift(positive, theta, 2)) ** 2) for theta in candidates]
+    assert least_squares_threshold(positive, 2) == candidates[int(np.argmin(errors))]
+
 def test_least_squares_start_beats_the_percentile_before_training():
     """Digits ResNet, 2 levels: every layer's quantization error is at most the percentile start's,
     and the clip-floor-shift model's accuracy before any training is higher (measured: 95.2% vs 81.6%)."""

@@ -119,6 +119,18 @@ def avg_pool_map(channels: int, kernel: Tuple[int, int], stride: Tuple[int, int]
     return ConvMap(weight, tuple(stride), tuple(padding))
 
 
+def adaptive_avg_pool_matrix(shape: Tuple[int, int, int], out_hw: Tuple[int, int]) -> DenseMap:
+    """torch's adaptive average pooling of a (C, H, W) input to ``out_hw`` as a matrix on the input
+    flattened in (C, H, W) order (block-diagonal over the channels). Where a size does not divide,
+    its windows ``[floor(i H / h), ceil((i + 1) H / h))`` overlap or repeat pixels (1x1 to 7x7 copies
+    the pixel), which no convolution computes."""
+    channels, height, width = shape
+    pixels = torch.eye(height * width, dtype=torch.float64).reshape(height * width, 1, height, width)
+    per_channel = F.adaptive_avg_pool2d(pixels, out_hw).reshape(height * width, -1).T  # (out pixels, in pixels)
+    weight = torch.einsum("cd,oi->codi", torch.eye(channels, dtype=torch.float64), per_channel)
+    return DenseMap(weight.reshape(channels * per_channel.shape[0], channels * height * width))
+
+
 def compose(first: Optional[LinearMap], second: LinearMap, input_shape: Tuple[int, ...]) -> LinearMap:
     """The single map equal to ``second(first(x))`` for inputs of ``input_shape`` (C, H, W) or (N,).
 

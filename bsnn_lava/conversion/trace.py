@@ -24,8 +24,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..ir import Conv2d, Dense, GatedIF, Input, MaxPool, Network, Readout, Schedule, Synapse
 from ..training.activation import ClipError, ClipFloorShift, relu_ceiling
-from .linear import (ConvMap, DenseMap, FoldError, LinearMap, avg_pool_map, channel_pad_map,
-                     channel_scale_map, compact_conv, compose, conv_map, subsample_map)
+from .linear import (ConvMap, DenseMap, FoldError, LinearMap, adaptive_avg_pool_matrix, avg_pool_map,
+                     channel_pad_map, channel_scale_map, compact_conv, compose, conv_map, subsample_map)
 
 
 class ConversionError(ValueError):
@@ -216,6 +216,8 @@ class _Lowering:
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
             return self._batch_norm(node, x, mod)
         if isinstance(mod, nn.Linear):
+            if len(x.shape) != 1:
+                raise self._unsupported(node, "nn.Linear on a (C, H, W) tensor: flatten it first")
             return self._apply(node, x, DenseMap(mod.weight.detach().double()), mod.bias)
         if isinstance(mod, nn.AvgPool2d):
             return self._avg_pool(node, x, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode,
@@ -295,8 +297,6 @@ class _Lowering:
         out_shape = out_shape or self._shape(node)
         if isinstance(m, ConvMap) and len(x.shape) != 3:
             raise self._unsupported(node, "a convolution needs a (C, H, W) input")
-        if isinstance(m, DenseMap) and len(x.shape) != 1:
-            raise self._unsupported(node, "nn.Linear on a (C, H, W) tensor: flatten it first")
         terms = [(src, compose(prev, m, self.source_shapes[src])) for src, prev in x.terms]
         bias = None if x.bias is None else m(x.bias[None])[0].reshape(out_shape)
         if add_bias is not None:
@@ -332,12 +332,23 @@ class _Lowering:
         return self._apply(node, x, avg_pool_map(x.shape[0], kernel, stride, padding))
 
     def _adaptive_avg_pool(self, node, x) -> _Value:
+        """A fixed average pooling where the output size divides the input's; otherwise (torchvision's
+        VGG head, 7x7 from a smaller map) a matrix, which only a flatten and a linear layer may follow."""
         out_hw = self._shape(node)[1:]
-        if any(x.shape[1 + i] % out_hw[i] for i in range(2)):
+        if all(x.shape[1 + i] % out_hw[i] == 0 for i in range(2)):
+            kernel = tuple(x.shape[1 + i] // out_hw[i] for i in range(2))
+            return self._apply(node, x, avg_pool_map(x.shape[0], kernel, kernel, (0, 0)))
+        if not node.users or not all(self._flattens(user) for user in node.users):
             raise self._unsupported(node, f"adaptive pooling from {x.shape[1:]} to {out_hw} is not a fixed "
-                                          "average pooling; use sizes that divide")
-        kernel = tuple(x.shape[1 + i] // out_hw[i] for i in range(2))
-        return self._apply(node, x, avg_pool_map(x.shape[0], kernel, kernel, (0, 0)))
+                                          "average pooling; it converts only when flattened right after (a "
+                                          "classifier head), else use sizes that divide")
+        return self._apply(node, x, adaptive_avg_pool_matrix(x.shape, out_hw))
+
+    def _flattens(self, node: fx.Node) -> bool:
+        """``node`` flattens its input (``nn.Flatten``, ``torch.flatten``, ``.view``/``.reshape``/``.flatten``)."""
+        return ((node.op == "call_module" and isinstance(self.modules[node.target], nn.Flatten))
+                or (node.op == "call_function" and node.target is torch.flatten)
+                or (node.op == "call_method" and node.target in ("view", "reshape", "flatten")))
 
     def _mean(self, node) -> _Value:
         x = self._value(node, node.args[0])
