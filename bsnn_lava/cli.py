@@ -231,7 +231,7 @@ def _cmd_convert(args) -> int:
     kind = f"integer ({hw.name})" if hw is not None else "float"
     frame = ""
     if network.mode == "bistable":
-        frame = (f", first complete frame at T={network.complete_frames(10 ** 9)[0]}"
+        frame = (f", first complete frame at T={network.latency_steps}"
                  + (", frame reset" if network.frame_reset else "")
                  + (f", stops after {args.frames} frame(s)" if args.frames else ""))
     spikes = f"binary spikes, P={network.window_steps}" if network.spikes == "binary" else \
@@ -402,13 +402,14 @@ def _cmd_profile(args) -> int:
     if args.html:
         from .report import raster_layers, write_html_report
 
+        shown = [l.name for l in raster_layers(network)]  # recorded alone: one image's every layer can be GBs
         if args.stream:  # a few images streamed through one lane: each layer holds a different image
             one = simulate(network, x[:RASTER_STREAM_IMAGES], None, stream=True, batch_size=1, method="step",
-                           record=True, distributed=False)
+                           record=shown, distributed=False)
         else:
-            one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True, distributed=False,
+            one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=shown, distributed=False,
                            frames=args.frames)
-        rasters = {l.name: one.extras["spikes"][l.name].reshape(one.n_steps, -1) for l in raster_layers(network)}
+        rasters = {name: one.extras["spikes"][name].reshape(one.n_steps, -1) for name in shown}
         path = write_html_report(args.html, profile, f"bsnn profile: {args.net}", rasters,
                                  n_spiking_layers=len(network.spiking_layers))
         print(f"wrote {path}")
