@@ -48,6 +48,8 @@ COMMANDS = {
                 "--html", "profile.html"],
     "profile stream": ["profile", "graded.h5", "--data", "digits", "--limit", "20", "--stream", "--html",
                        "stream.html"],
+    "profile several": ["profile", "binary.h5", "graded.h5", "--data", "digits", "--limit", "20", "--steps", "30",
+                        "--json", "tradeoff.json", "--html", "tradeoff.html"],
 }
 
 
@@ -99,7 +101,7 @@ def test_command_runs_under_the_address_space_limit(limited_run, name):
 def test_the_limited_commands_wrote_their_outputs(limited_run):
     folder = limited_run["folder"]
     for name in ("ft.th", "binary.h5", "graded.h5", "check.json", "sim.json", "profile.json", "profile.html",
-                 "stream.html"):
+                 "stream.html", "tradeoff.json", "tradeoff.html"):
         assert (folder / name).stat().st_size > 0, name
 
 
