@@ -150,7 +150,7 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 def curve_entry(result, network, labels, reference: dict, predictions: dict, extra=None) -> dict:
     """Accuracy curve, accuracy at complete frames, T to within 0.5 / 1 point of each reference ANN,
     and the paired difference to each reference ANN (same images) at every complete frame."""
-    frames = [t for t in network.complete_frames(result.n_steps)] if network.mode == "bistable" else []
+    frames = list(network.complete_frames(result.n_steps)) if network.mode == "bistable" else []
     acc = result.accuracy
     entry = {"accuracy": [float(a) for a in acc], "frames": frames,
              "accuracy_at_frames": [float(acc[t - 1]) for t in frames], "wall_s": extra, "paired_at_frames": {}}

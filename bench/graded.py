@@ -141,7 +141,7 @@ def quoted_post_training(path: str):
 def accuracy_entry(result, network, predictions_ann, labels, wall_s) -> dict:
     frames = network.complete_frames(result.n_steps)
     at = result.predictions_per_step[[t - 1 for t in frames]]
-    return {"accuracy": [float(a) for a in result.accuracy], "frames": frames,
+    return {"accuracy": [float(a) for a in result.accuracy], "frames": list(frames),
             "accuracy_at_frames": [float(result.accuracy[t - 1]) for t in frames],
             "agreement_with_ann_at_frames": [float(a) for a in (at == predictions_ann).mean(axis=1)],
             "wall_s": wall_s}
@@ -162,7 +162,7 @@ def lava_cpu(model, levels: int, calib, image) -> dict:
                          (f"binary P={levels} fixed point, one frame", "binary")):
         network = quantize(convert(model, calib, mean=MEAN, std=STD, spikes=spikes, frames=1), "loihi2",
                            calibration_images=calib)
-        runs[kind] = lava_ms_per_step(network, image, network.complete_frames(10 ** 6)[0])
+        runs[kind] = lava_ms_per_step(network, image, network.latency_steps)
     return runs
 
 
@@ -280,7 +280,7 @@ def one_level(args, base, levels, x_train, y_train, x_test, y_test, payload) -> 
     graded = convert(model, calib, mean=MEAN, std=STD, spikes="graded")
     binary = convert(model, calib, mean=MEAN, std=STD)
     steps = graded.complete_frames(10 ** 6)[args.frames - 1]
-    entry["first_frame_T"] = {"graded": graded.complete_frames(10 ** 6)[0], "binary": binary.complete_frames(10 ** 6)[0]}
+    entry["first_frame_T"] = {"graded": graded.latency_steps, "binary": binary.latency_steps}
     entry["depth_layers"] = (binary.readout.schedule.offset_steps + levels) // (levels + 1)
     images = torch.as_tensor(x_test).permute(0, 3, 1, 2)
     frame = torch.cat([frame_forward(graded, images[i:i + 500])[0] for i in range(0, len(images), 500)])

@@ -81,7 +81,7 @@ def main() -> None:
         model = finetune_bench.trained(args, base, int(args.finetuned), x_calib, y_calib)
         tuned = quantize(convert(model, x_calib[:args.n_calib], frames=1, **mean_std), "loihi2",
                          calibration_images=x_calib[:args.n_calib])
-        networks[f"fine-tuned P={args.finetuned}, one frame, frame reset"] = (tuned, tuned.complete_frames(10 ** 6)[0])
+        networks[f"fine-tuned P={args.finetuned}, one frame, frame reset"] = (tuned, tuned.latency_steps)
     runs = []
     for label, (network, steps) in networks.items():
         for batch_size in args.batch_sizes:

@@ -364,43 +364,65 @@ def _cmd_check(args) -> int:
 def _run_file(args):
     """Read ``args.net`` and ``args.data`` (first ``args.limit`` images), check that they fit, and
     simulate ``args.steps`` steps (or streamed); returns ``(network, images, labels, result)``."""
-    from .data import check_images
-    from .sim import simulate
-    from .sim.reference import check_device
+    _check_run_flags(args)
+    network = _read_for_run(args, args.net)
+    x, y = _load_run_data(args, network, args.net)
+    return network, x, y, _simulate_file(args, network, x, y)
 
+
+def _check_run_flags(args) -> None:
+    """The run flags that exclude each other."""
     if args.stream and args.steps is not None:
         raise UsageError(f"--steps {args.steps} with --stream: a streamed run lasts the latency plus one frame period "
                          "per further round of images; leave --steps out")
     if args.stream and args.frames is not None:
         raise UsageError(f"--frames {args.frames} with --stream: a streamed run gives every layer one frame per round "
                          "of images; --frames sets the frame limit of a run of one image at a time")
-    network = _read_network(args.net)
+
+
+def _read_for_run(args, path):
+    """The network file at ``path``, checked to run as the flags ask (--frames, --stream)."""
+    network = _read_network(path)
     try:
         network.for_run(args.frames, 1 if args.stream else None)
     except ValueError as err:
-        raise UsageError(f"{args.net}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
+    return network
+
+
+def _load_run_data(args, network, named: str):
+    """``(x, y)`` of ``--data`` (the first ``--limit`` images), checked to fit ``network`` (errors name
+    ``named``, its file or files)."""
+    from .data import check_images
+
     x, y = _load_data(args.data, "--data", args.limit, image_size=network.input.shape[-1], streamed=True)
     try:
         check_images(x, y, network.input.shape, network.readout.shape[0])
     except ValueError as err:
-        raise UsageError(f"--data {args.data}: {err} ({args.net})") from None
+        raise UsageError(f"--data {args.data}: {err} ({named})") from None
+    return x, y
+
+
+def _simulate_file(args, network, x, y):
+    """The run of ``network`` on ``(x, y)`` with the flags' backend, steps or stream, batch size."""
+    from .sim import simulate
+    from .sim.reference import check_device
+
     if args.backend == "torch":
         try:
             check_device(args.device)
         except ValueError as err:
             raise UsageError(f"--device: {err}") from None
-        result = simulate(network, x, y, steps=args.steps, batch_size=args.batch_size or TORCH_BATCH_SIZE,
-                          device=args.device, progress=True, stream=args.stream, frames=args.frames)
-    else:
-        from .lava.run import run_lava
+        return simulate(network, x, y, steps=args.steps, batch_size=args.batch_size or TORCH_BATCH_SIZE,
+                        device=args.device, progress=True, stream=args.stream, frames=args.frames)
+    from .lava.run import run_lava
 
-        if args.backend == "loihi2" and args.batch_size not in (None, 1):
-            raise UsageError(f"--batch-size {args.batch_size}: batches are a layout of Lava's CPU simulator; "
-                             "--backend loihi2 runs one image at a time")
-        result = run_lava(network, x, y, steps=args.steps, backend="cpu" if args.backend == "lava" else "loihi2",
-                          select_tag="fixed_pt" if network.numeric == "int" else "floating_pt",
-                          batch_size=args.batch_size or 1, stream=args.stream, frames=args.frames)
-    return network, x, y, result
+    if args.backend == "loihi2" and args.batch_size not in (None, 1):
+        raise UsageError(f"--batch-size {args.batch_size}: batches are a layout of Lava's CPU simulator; "
+                         "--backend loihi2 runs one image at a time")
+    return run_lava(network, x, y, steps=args.steps, backend="cpu" if args.backend == "lava" else "loihi2",
+                    select_tag="fixed_pt" if network.numeric == "int" else "floating_pt",
+                    batch_size=args.batch_size or 1, stream=args.stream, frames=args.frames)
 
 
 def _cmd_simulate(args) -> int:
@@ -437,6 +459,9 @@ def _cmd_profile(args) -> int:
 
     _check_outputs(args, "--json", "--html")
     hw = _load_hw(args.hw)
+    if len(args.net) > 1:
+        return _profile_several(args, hw)
+    args.net = args.net[0]
     network, x, y, result = _run_file(args)
     if not is_main_process():
         return EXIT_OK
@@ -447,15 +472,58 @@ def _cmd_profile(args) -> int:
     if args.html:
         from .report import raster_layers, write_html_report
 
+        shown = [l.name for l in raster_layers(network)]  # recorded alone: one image's every layer can be GBs
         if args.stream:  # a few images streamed through one lane: each layer holds a different image
             one = simulate(network, x[:RASTER_STREAM_IMAGES], None, stream=True, batch_size=1, method="step",
-                           record=True, distributed=False)
+                           record=shown, distributed=False)
         else:
-            one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=True, distributed=False,
+            one = simulate(network, x[:1], y[:1], steps=args.steps, method="step", record=shown, distributed=False,
                            frames=args.frames)
-        rasters = {l.name: one.extras["spikes"][l.name].reshape(one.n_steps, -1) for l in raster_layers(network)}
+        rasters = {name: one.extras["spikes"][name].reshape(one.n_steps, -1) for name in shown}
         path = write_html_report(args.html, profile, f"bsnn profile: {args.net}", rasters,
                                  n_spiking_layers=len(network.spiking_layers))
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _profile_several(args, hw) -> int:
+    """``bsnn profile A B ...``: every file run on the same images with the same flags and profiled
+    (:func:`bsnn_lava.profile.profile_run`); one table, and one accuracy-vs-energy chart in --html.
+    Every file is read and checked against the others and the data before any is run."""
+    from .profile import comparison, format_comparison, profile_run
+    from .report import write_comparison_report
+
+    _check_run_flags(args)
+    first_index = {}  # resolved path -> where it was first given
+    for k, path in enumerate(args.net):
+        first = first_index.setdefault(Path(path).resolve(), k)
+        if first != k:
+            before = "" if args.net[first] == path else f" (as {args.net[first]})"
+            raise UsageError(f"{path}: given twice{before}; give each file once")
+    networks = [_read_for_run(args, path) for path in args.net]
+    first, reference = args.net[0], networks[0]
+    for path, network in zip(args.net[1:], networks[1:]):
+        for what, theirs, ours in (("input (C, H, W)", network.input.shape, reference.input.shape),
+                                   ("classes", network.readout.shape[0], reference.readout.shape[0])):
+            if theirs != ours:
+                raise UsageError(f"{path}: {what} {theirs}, but {first} has {ours}: the files profiled together run "
+                                 "on the same images, so they need the same input and classes")
+    x, y = _load_run_data(args, reference, ", ".join(args.net))
+    profiles = []
+    for k, (path, network) in enumerate(zip(args.net, networks)):
+        print(f"profiling {path} ({k + 1} of {len(args.net)})", file=sys.stderr)
+        result = _simulate_file(args, network, x, y)
+        if is_main_process():  # under torchrun: rank 0 reports and writes
+            profiles.append(profile_run(network, result, hw))
+    if not is_main_process():
+        return EXIT_OK
+    summary = comparison(args.net, profiles, hw)
+    table = format_comparison(summary["table"], hw)
+    print(table)
+    if args.json:
+        _write_json(args.json, summary)
+    if args.html:
+        path = write_comparison_report(args.html, summary, profiles, table, f"bsnn profile: {', '.join(args.net)}")
         print(f"wrote {path}")
     return EXIT_OK
 
@@ -641,8 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", help="also write the report as JSON to this file")
     check.set_defaults(handler=_cmd_check)
 
-    def add_run_arguments(command):
-        command.add_argument("net", help="a netx HDF5 file written by bsnn convert")
+    def add_run_arguments(command, several: bool = False):
+        if several:
+            command.add_argument("net", nargs="+", help="one or more netx HDF5 files written by bsnn convert (several: "
+                                 "each runs on the same --data with the same flags)")
+        else:
+            command.add_argument("net", help="a netx HDF5 file written by bsnn convert")
         command.add_argument("--data", required=True, help="digits[:train|test], a .npz (x uint8, y), or a folder "
                              "of class subfolders of images (ImageNet layout; centre crops of the network's input "
                              "size, decoded one batch at a time)")
@@ -685,12 +757,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "saturation; energy per the hardware profile (every constant's source printed); the ANN's "
                           "MACs and energy (Horowitz 45 nm); images per second and energy per image (dynamic and "
                           "static) one image at a time and, for frame-reset networks, streamed (--stream runs the "
-                          "stream itself).",
+                          "stream itself). Several files: each runs on the same images with the same flags, and one "
+                          "table (accuracy, spikes, synaptic operations, energy per image, images/s, chips) and one "
+                          "chart of accuracy against dynamic energy per image show the trade-off.",
                           epilog="examples:\n  bsnn profile net.h5 --data digits --steps 64 --hw loihi2\n"
                           "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html\n"
-                          "  bsnn profile r20_g8.h5 --data test.npz --limit 1000 --stream --hw loihi2"
-                          f"\n\n{OUTPUT_RULE}.", formatter_class=raw)
-    add_run_arguments(prof)
+                          "  bsnn profile r20_g8.h5 --data test.npz --limit 1000 --stream --hw loihi2\n"
+                          "  bsnn profile r20_p4.h5 r20_g4.h5 r20_g8.h5 --data test.npz --limit 1000 --hw loihi2 --html "
+                          "tradeoff.html\n\nSeveral files: --json holds 'table' (a row per file) and 'profiles' (each "
+                          "file's profile); the files must take the same input and classes."
+                          f"\n{OUTPUT_RULE}.", formatter_class=raw)
+    add_run_arguments(prof, several=True)
     prof.add_argument("--hw", default="loihi2", help="hardware profile for energy: loihi2, loihi1 or a .toml path")
     prof.add_argument("--json", help="write the profile as JSON to this file")
     prof.add_argument("--html", help="write a self-contained HTML report (plots embedded) to this file")

@@ -5,8 +5,9 @@ import numpy as np
 import torch
 
 
-def as_nchw(images, channels: int | None = None) -> torch.Tensor:
-    """Raw pixel images as a float32 torch tensor (N, C, H, W), values unchanged.
+def as_nchw(images, channels: int | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """Raw pixel images as a torch tensor (N, C, H, W) of ``dtype`` (``None``: the images' own, e.g.
+    uint8, a quarter of float32's memory), values unchanged.
 
     Accepts numpy arrays or tensors shaped (N, H, W) (one channel), (N, C, H, W) or (N, H, W, C);
     ``channels`` (the network's input channels) resolves the layout where both readings fit.
@@ -23,7 +24,7 @@ def as_nchw(images, channels: int | None = None) -> torch.Tensor:
     elif not channels_first:
         raise ValueError(f"images of shape {tuple(x.shape)} have no axis of {channels or '1 or 3'} channel(s)"
                          + (", the number the model's input has" if channels else ""))
-    return x.contiguous().to(torch.float32)
+    return x.contiguous() if dtype is None else x.contiguous().to(dtype)
 
 
 def network_batch(images, labels, input_shape, n_classes: int):
@@ -32,20 +33,25 @@ def network_batch(images, labels, input_shape, n_classes: int):
 
     ``ValueError`` with a one-line message naming the shapes, or the first bad label's index.
     """
-    input_shape = tuple(int(s) for s in input_shape)
     if is_streamed(images):
         images = np.asarray(images)  # an unreadable file raises DataError (naming it) here
+    x = _network_images(images, input_shape, np.shape(images))
+    if x.shape[0] == 0:
+        raise ValueError("no images: the image array is empty")
+    return x, check_labels(labels, x.shape[0], n_classes)
+
+
+def _network_images(images, input_shape, shape_named) -> torch.Tensor:
+    """:func:`as_nchw` of ``images``, checked to be ``input_shape``; the error names ``shape_named``."""
+    input_shape = tuple(int(s) for s in input_shape)
     try:
         x = as_nchw(images, input_shape[0])
     except ValueError:
         x = None
     if x is None or tuple(x.shape[1:]) != input_shape:
-        shape = tuple(np.shape(images))
-        raise ValueError(f"images of shape {shape} do not fit the network's input (C, H, W) = {input_shape} "
-                         "(give (N, H, W, C) or (N, C, H, W) raw pixels of that size)")
-    if x.shape[0] == 0:
-        raise ValueError("no images: the image array is empty")
-    return x, check_labels(labels, x.shape[0], n_classes)
+        raise ValueError(f"images of shape {tuple(shape_named)} do not fit the network's input (C, H, W) = "
+                         f"{input_shape} (give (N, H, W, C) or (N, C, H, W) raw pixels of that size)")
+    return x
 
 
 def check_labels(labels, n_images: int, n_classes: int):
@@ -75,11 +81,13 @@ def is_streamed(images) -> bool:
 
 
 def check_images(images, labels, input_shape, n_classes: int):
-    """:func:`network_batch`'s checks, returning the checked labels (:func:`check_labels`); a
-    streamed source has only its first image decoded."""
+    """:func:`network_batch`'s checks, returning the checked labels (:func:`check_labels`), without
+    converting the images: only the first is converted (decoded, for a streamed source), so that a
+    run can convert one batch at a time."""
+    if len(images) == 0:
+        raise ValueError(f"no images: the image {'folder' if is_streamed(images) else 'array'} is empty")
     if is_streamed(images):
-        if len(images) == 0:
-            raise ValueError("no images: the image folder is empty")
         network_batch(images[:1], None, input_shape, n_classes)
-        return check_labels(labels, len(images), n_classes)
-    return network_batch(images, labels, input_shape, n_classes)[1]
+    else:
+        _network_images(images[:1], input_shape, np.shape(images))
+    return check_labels(labels, len(images), n_classes)

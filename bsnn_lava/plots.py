@@ -138,3 +138,39 @@ def plot_paired_differences(differences: Mapping[str, tuple], path, title: str =
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
+
+
+def plot_accuracy_vs_energy(points: Mapping[str, tuple], hardware: str, path, estimate: bool = False) -> Path:
+    """Accuracy (%) against dynamic energy per image (uJ), one labelled point per network: one image
+    at a time (filled circle) and, where it streams, streamed (open square, joined to it by a dashed
+    line). ``points``: label -> (accuracy as a fraction, uJ one at a time, uJ streamed or ``None``).
+    The energy axis is logarithmic where the energies span more than a factor of 10; ``estimate``
+    says so in the title."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = _pyplot().subplots(figsize=(7.5, 4.6))
+    energies = []
+    for i, (label, (accuracy, one, streamed)) in enumerate(points.items()):
+        color, y = f"C{i % 10}", 100 * accuracy
+        ax.scatter([one], [y], color=color, marker="o", s=45, zorder=3)
+        energies.append(one)
+        if streamed is not None:
+            ax.plot([one, streamed], [y, y], color=color, linestyle="--", linewidth=1, zorder=2)
+            ax.scatter([streamed], [y], facecolors="white", edgecolors=color, marker="s", s=50, zorder=3)
+            energies.append(streamed)
+        ax.annotate(label, (one, y), textcoords="offset points", xytext=(6, 6), fontsize=8, color=color)
+    if energies and min(energies) > 0 and max(energies) > 10 * min(energies):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(  # 2 and 5 times each power of 10
+            lambda value, _: f"{value:g}" if round(value / 10 ** np.floor(np.log10(value))) in (2, 5) else ""))
+    ax.margins(0.15, 0.2)  # room for the labels
+    ax.legend(handles=[Line2D([], [], color="grey", marker="o", linestyle="", label="one image at a time"),
+                       Line2D([], [], color="grey", marker="s", markerfacecolor="white", linestyle="",
+                              label="streamed (one image per frame)")], loc="best", fontsize=8)
+    ax.set_xlabel("dynamic energy per image (uJ)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Accuracy vs energy per image on {hardware}" + (" (estimates)" if estimate else ""))
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)

@@ -19,11 +19,14 @@ shortcut branches counted as additions) at Horowitz's 45 nm figures. The common 
 SNN estimate (synops x FP32 add, graded input synapses as FP32 MACs) is reported beside it. A
 max-pooled synapse's synaptic operations include its pooling stage's events, priced as synaptic
 operations (an estimate, named in ``sources["max_pool"]``).
+
+Several networks profiled on the same images are compared by :func:`comparison` (a row per network
+taken from its profile) and :func:`format_comparison` (the table ``bsnn profile A B ...`` prints).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -292,3 +295,80 @@ def format_profile(p: Profile) -> str:
     rows.append("sources:")
     rows += [f"  {k}: {v}" for k, v in {**p.energy_sources, **p.throughput_sources}.items()]
     return "\n".join(rows)
+
+
+#: The hardware constants each per-image column of a comparison rests on; a column is marked an
+#: estimate where the hardware profile flags any of them (``HardwareProfile.estimates``).
+COLUMN_CONSTANTS = {
+    "dynamic": ("synop_energy_pj", "graded_synop_energy_pj", "neuron_update_energy_pj", "spike_energy_pj"),
+    "static": ("static_power_w", "step_time_us"),
+    "images_per_s": ("step_time_us",),
+}
+COLUMN_CONSTANTS["total"] = COLUMN_CONSTANTS["dynamic"] + COLUMN_CONSTANTS["static"]
+#: The two ways a network is run in a comparison, as in :attr:`Profile.throughput`.
+MODES = ("one_at_a_time", "streamed")
+
+
+def comparison_row(name: str, p: Profile) -> Dict[str, object]:
+    """One network's line of a comparison of profiles, every number taken from ``p``: ``accuracy``,
+    ``ann_accuracy`` and, one image at a time, ``first_frame_steps`` and ``accuracy_at_first_frame``
+    (fractions); ``spikes_per_image`` and ``synops_per_image``; per mode of :data:`MODES` (``None``
+    where the network cannot stream): ``energy_nj`` per image (``dynamic``, ``static``, ``total``)
+    and ``images_per_s``; ``chips``."""
+    frames = p.frames or {}
+    return {"file": name, "accuracy": p.accuracy, "ann_accuracy": p.ann_accuracy,
+            "first_frame_steps": frames.get("first_complete_frame_steps"),
+            "accuracy_at_first_frame": frames.get("accuracy_at_first_frame"),
+            "spikes_per_image": p.spikes, "synops_per_image": p.synops,
+            "energy_nj": {mode: None if p.throughput.get(mode) is None else dict(p.throughput[mode]["energy_nj"])
+                          for mode in MODES},
+            "images_per_s": {mode: None if p.throughput.get(mode) is None else p.throughput[mode]["images_per_s"]
+                             for mode in MODES},
+            "chips": int(p.throughput["one_at_a_time"]["chips"])}
+
+
+def estimated_columns(hw: HardwareProfile) -> List[str]:
+    """The per-image columns of a comparison (:data:`COLUMN_CONSTANTS`) that rest on an estimate of ``hw``."""
+    return [column for column, constants in COLUMN_CONSTANTS.items() if set(constants) & hw.estimates]
+
+
+def format_comparison(rows: List[Dict[str, object]], hw: HardwareProfile) -> str:
+    """The table of :func:`comparison_row` rows: per network its accuracies, per-image spikes and
+    synaptic operations, and per image one at a time / streamed: dynamic, static and total energy (uJ)
+    and images per second; columns resting on an estimate of ``hw`` marked ``*``."""
+    estimated = set(estimated_columns(hw))
+    mark = lambda column: "*" if column in estimated else ""
+    percent = lambda value: "-" if value is None else f"{100 * value:.2f}%"
+
+    def pair(values, scale=1.0, style="{:.3g}"):
+        return " / ".join("-" if v is None else style.format(v / scale) for v in values)
+
+    header = ["file", "accuracy", "ANN", "first frame", "spikes", "synops", f"dynamic uJ{mark('dynamic')}",
+              f"static uJ{mark('static')}", f"total uJ{mark('total')}", f"images/s{mark('images_per_s')}", "chips"]
+    lines = []
+    for row in rows:
+        energy = [row["energy_nj"][mode] or {} for mode in MODES]
+        frame = "-" if row["first_frame_steps"] is None else \
+            f"{percent(row['accuracy_at_first_frame'])} (T={row['first_frame_steps']})"
+        lines.append([str(row["file"]), percent(row["accuracy"]), percent(row["ann_accuracy"]), frame,
+                      f"{row['spikes_per_image']:.4g}", f"{row['synops_per_image']:.4g}",
+                      *(pair([e.get(kind) for e in energy], 1e3) for kind in ("dynamic", "static", "total")),
+                      pair([row["images_per_s"][mode] for mode in MODES], style="{:.4g}"), str(row["chips"])])
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip() for cells in [header, *lines]]
+    notes = [f"per image on {hw.name}; pairs: one image at a time / streamed (one image per frame); -: none (the "
+             "network cannot stream, or the hardware profile lacks the figure); first frame: accuracy at the first "
+             "complete frame (one image at a time)"]
+    if estimated:
+        notes.append(f"* rests on estimates of {hw.name}: " + ", ".join(
+            sorted(set().union(*(COLUMN_CONSTANTS[c] for c in estimated)) & hw.estimates)))
+    return "\n".join(text + notes)
+
+
+def comparison(files: Sequence[str], profiles: Sequence[Profile], hw: HardwareProfile) -> Dict[str, object]:
+    """Several networks profiled on the same data under ``hw``: ``hardware``, ``estimated_columns``
+    (:func:`estimated_columns`), ``table`` (one :func:`comparison_row` per file) and ``profiles`` (each
+    :meth:`Profile.to_dict` with its ``file``), in the order of ``files``."""
+    return {"hardware": hw.name, "estimated_columns": estimated_columns(hw),
+            "table": [comparison_row(f, p) for f, p in zip(files, profiles)],
+            "profiles": [{"file": f, **p.to_dict()} for f, p in zip(files, profiles)]}

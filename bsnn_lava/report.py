@@ -1,4 +1,5 @@
-"""Self-contained HTML report of a profiled run (plots embedded as PNG data URIs)."""
+"""Self-contained HTML reports of a profiled run, or of several profiled networks (plots embedded as PNG
+data URIs)."""
 from __future__ import annotations
 
 import base64
@@ -6,16 +7,19 @@ import html
 import json
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from .files import write_text_atomic
-from .plots import (plot_accuracy_vs_steps, plot_energy_per_image, plot_energy_vs_steps, plot_raster,
-                    plot_spikes_per_layer)
+from .plots import (plot_accuracy_vs_energy, plot_accuracy_vs_steps, plot_energy_per_image, plot_energy_vs_steps,
+                    plot_raster, plot_spikes_per_layer)
 from .profile import Profile, format_profile
 
 
+#: The reports' style sheet.
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:auto}pre{font-size:12px;background:#f4f4f4;"
+         "padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%}")
 #: Spiking layers shown in a report's raster (evenly spaced through the network), and neurons of each.
 RASTER_LAYERS, RASTER_NEURONS = 6, 40
 
@@ -59,15 +63,51 @@ def write_html_report(path, profile: Profile, title: str, rasters: Optional[Mapp
             what = "a few images streamed through one lane" if profile.streamed else "one image"
             caption = f"Spike raster of {what}: the first {RASTER_NEURONS} neurons of {shown} spiking layers"
             images.append((caption, plot_raster(rasters, tmp / "raster.png", RASTER_NEURONS, title=caption)))
-        figures = "\n".join(
-            f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
-            f"{base64.b64encode(p.read_bytes()).decode()}'>" for caption, p in images)
-    body = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}pre{font-size:12px;"
-            "background:#f4f4f4;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%}"
-            "</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>{figures}<h2>Profile</h2><pre>{html.escape(format_profile(profile))}</pre>"
-            f"<h2>Data (JSON)</h2><pre>{html.escape(json.dumps(profile.to_dict(), indent=1)[:200_000])}</pre>"
-            "</body></html>")
-    return write_text_atomic(path, body)
+        figures = "\n".join(_figure(caption, p) for caption, p in images)
+    return write_text_atomic(path, _page(title, f"{figures}<h2>Profile</h2><pre>{html.escape(format_profile(profile))}"
+                                                f"</pre>{_json_section(profile.to_dict())}"))
 
+
+def _figure(caption: str, png: Path) -> str:
+    """A captioned figure, the PNG embedded."""
+    return (f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
+            f"{base64.b64encode(png.read_bytes()).decode()}'>")
+
+
+def _json_section(data) -> str:
+    """``data`` as JSON (its first 200,000 characters)."""
+    return f"<h2>Data (JSON)</h2><pre>{html.escape(json.dumps(data, indent=1)[:200_000])}</pre>"
+
+
+def _page(title: str, content: str) -> str:
+    """A self-contained HTML page: ``title`` as its title and heading, then ``content``."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{content}</body></html>")
+
+
+def write_comparison_report(path, comparison: Mapping[str, object], profiles: Sequence[Profile], table: str,
+                            title: str) -> Path:
+    """Write the report of several profiled networks: accuracy against dynamic energy per image (one
+    point per network, one image at a time and streamed), the comparison ``table`` (text of
+    :func:`bsnn_lava.profile.format_comparison`), each network's own profile, and the ``comparison``
+    (:func:`bsnn_lava.profile.comparison`) as JSON."""
+    rows = comparison["table"]
+    labels = _short_labels([str(row["file"]) for row in rows])
+    dynamic_uj = lambda row, mode: None if row["energy_nj"][mode] is None else row["energy_nj"][mode]["dynamic"] / 1e3
+    points = {label: (row["accuracy"], dynamic_uj(row, "one_at_a_time"), dynamic_uj(row, "streamed"))
+              for label, row in zip(labels, rows) if row["accuracy"] is not None}
+    caption = "Accuracy vs dynamic energy per image: one image at a time and streamed"
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = plot_accuracy_vs_energy(points, comparison["hardware"], Path(tmp) / "tradeoff.png",
+                                        estimate="dynamic" in comparison["estimated_columns"])
+        figure = _figure(caption, chart)
+    each = "\n".join(f"<details><summary>{html.escape(str(row['file']))}</summary><pre>"
+                     f"{html.escape(format_profile(p))}</pre></details>" for row, p in zip(rows, profiles))
+    return write_text_atomic(path, _page(title, f"{figure}<h2>Profiles</h2><pre>{html.escape(table)}</pre>"
+                                                f"<h2>Each network</h2>{each}{_json_section(comparison)}"))
+
+
+def _short_labels(files: Sequence[str]) -> list:
+    """The file names, or the paths as given where two files share a name."""
+    names = [Path(f).name for f in files]
+    return names if len(set(names)) == len(names) else list(files)

@@ -133,7 +133,7 @@ def test_one_frame_network_stops_after_its_frame(images, tmp_path):
         a.predictions_per_step[first - 1], b.predictions_per_step[first - 1:].shape))
     np.testing.assert_array_equal(c.n_spikes_per_step, b.n_spikes_per_step)
     assert b.n_spikes_per_step[first:].sum() == 0 < b.n_spikes_per_step.sum() < a.n_spikes_per_step.sum()
-    assert once.complete_frames(steps) == [first]
+    assert list(once.complete_frames(steps)) == [first]
     assert netx_export.read(netx_export.write(once, tmp_path / "once.h5")).input.schedule.frames == 1
 
 
@@ -285,6 +285,17 @@ def test_finetune_rejects_bad_arguments():
         finetune(base, x, y[:5], epochs=1)
     with pytest.raises(ValueError, match="checkpoint .*does not exist"):
         finetune(base, x, y, epochs=1, checkpoint="/no/such/folder/ft.th")
+
+
+def test_finetune_holds_uint8_images_as_uint8():
+    """Training images stay uint8 (a quarter of float32's memory; batches are made float as they are
+    drawn, the validation images a batch at a time)."""
+    from bsnn_lava.training.trainer import check_training_data
+
+    x, y, _, _ = _digits()
+    base = train_digits_model(x[:50], y[:50], epochs=1)
+    images, labels = check_training_data(base, x, y)
+    assert images.dtype == torch.uint8 and torch.equal(images, torch.as_tensor(x)) and labels.dtype == np.int64
 
 
 def test_cli_finetune_convert_simulate(tmp_path):

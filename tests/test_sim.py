@@ -248,3 +248,54 @@ def test_paired_comparison_counts_discordant_images(images):
     assert compare_runs(a, a, y).standard_error.max() == 0
     with pytest.raises(ValueError, match="labels for 12 images"):
         compare_runs(a, b, y[:5])
+
+
+class _SlicesOnly:
+    """Images read a slice at a time (as an h5py dataset or a memory map is), refusing to be converted
+    whole; records the slices read."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.reads = x, x.shape, []
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        assert isinstance(index, slice), index
+        self.reads.append(index)
+        return self.x[index]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole image set was converted at once")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_simulate_converts_one_batch_at_a_time(images, stream):
+    """No copy of the whole image set in the arithmetic's dtype: a run reads a batch (a round) at a
+    time, and gives what the array gives."""
+    x, y = images
+    network = convert(_demo_like(), x, frame_reset=True)
+    run = dict(stream=True) if stream else dict(steps=20)
+    lazy = _SlicesOnly(x)
+    result = simulate(network, lazy, y, batch_size=5, **run)
+    whole = simulate(network, x, y, batch_size=5, **run)
+    np.testing.assert_array_equal(result.predictions, whole.predictions)
+    np.testing.assert_array_equal(result.n_spikes_per_step, whole.n_spikes_per_step)
+    assert max(len(range(*s.indices(len(x)))) for s in lazy.reads) <= 5
+    with pytest.raises(ValueError, match=r"images of shape \(24, 16, 16, 3\) do not fit the network's input"):
+        simulate(convert(_demo_like(), x[:, :8, :8]), _SlicesOnly(x), steps=4)
+
+
+def test_record_keeps_only_the_layers_named(images):
+    x, y = images
+    network = convert(_demo_like(), x)
+    named = [network.spiking_layers[0].name, network.spiking_layers[-1].name]
+    every = simulate(network, x[:2], y[:2], steps=12, method="step", record=True)
+    some = simulate(network, x[:2], y[:2], steps=12, method="step", record=named)
+    assert set(some.extras["spikes"]) == set(named) and len(every.extras["spikes"]) > len(named)
+    for name in named:
+        np.testing.assert_array_equal(some.extras["spikes"][name], every.extras["spikes"][name])
+    np.testing.assert_array_equal(some.extras["readout_v"], every.extras["readout_v"])
+    np.testing.assert_array_equal(some.n_spikes_per_step, every.n_spikes_per_step)
+    with pytest.raises(ValueError, match="record: 'nope' is not a spiking layer"):
+        simulate(network, x[:2], steps=12, method="step", record=["nope"])

@@ -99,14 +99,14 @@ class Network:
                 relays.append(layer)
         return tuple(relays)
 
-    def complete_frames(self, n_steps: int) -> List[int]:
+    def complete_frames(self, n_steps: int) -> range:
         """The run lengths T (steps, pipeline fill included) after which the readout of a bistable
         network has integrated 1, 2, ... complete windows, up to ``n_steps`` (and the schedule's
-        ``frames``): ``offset + P + 2Pk``."""
+        ``frames``): ``offset + P + 2Pk``. A ``range`` (indexes, slices, has a length; ``list()`` it for
+        JSON), so a large ``n_steps`` costs no memory; the first is :attr:`latency_steps`."""
         if self.mode != "bistable":
             raise ValueError(f"frames are defined for bistable networks, this one is {self.mode!r}")
-        first = self.readout.schedule.offset_steps + self.window_steps
-        frames = list(range(first, n_steps + 1, 2 * self.window_steps))
+        frames = range(self.latency_steps, n_steps + 1, self.frame_steps)
         limit = self.readout.schedule.frames
         return frames if limit is None else frames[:limit]
 

@@ -16,13 +16,13 @@ Two paths give identical spike trains and readouts:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+from typing import Collection, Dict, Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import check_images, is_streamed, network_batch
+from ..data import check_images, network_batch
 from ..distributed import rank_device, run_lane_sharded, run_sharded, use_ranks
 from ..dynamics import (SYNAPSE_DELAY_STEPS, StreamPlan, frame_starts, gated_if_step, phase, stream_frame,
                         stream_prediction_step, stream_steps, window_payload, window_spike_count)
@@ -35,13 +35,15 @@ from .result import SimResult, StreamRecord
 
 def simulate(network: Network, images, labels=None, steps: Optional[int] = None, batch_size: int = 100,
              device: str = "cpu", method: str = "auto", dtype: Optional[torch.dtype] = None,
-             record: bool = False, progress: bool = False, distributed: Optional[bool] = None,
+             record: Union[bool, Collection[str]] = False, progress: bool = False,
+             distributed: Optional[bool] = None,
              stream: bool = False, frames: Union[int, str, None] = None) -> SimResult:
     """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps, or streamed.
 
     Args:
         images: (N, H, W, C), (N, C, H, W) or (N, H, W) raw pixels, or an
-            :class:`~bsnn_lava.datasets.ImageFolder` (decoded one batch at a time).
+            :class:`~bsnn_lava.datasets.ImageFolder`; converted to the arithmetic (a folder: decoded)
+            one batch at a time, so a run holds no copy of the whole set.
         labels: (N,) class indices; enables ``accuracy`` (one value per step) and ``ann_accuracy``.
         steps: steps per image, pipeline fill included (default 128); a streamed run takes none.
         batch_size: images simulated at once; in a streamed run, the lanes (images entering per frame).
@@ -50,6 +52,7 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
             n_steps x n_samples x n_neurons): ``result.extras["spikes"][layer]`` is a bool array
             (n_steps, n_samples, *shape), int32 payloads for a graded layer,
             ``result.extras["readout_v"]`` (n_steps, n_samples, classes); streamed: n_samples are the lanes.
+            ``True`` records every spiking layer, a collection of spiking layer names only those.
         dtype: arithmetic dtype; default float32 for float networks, float64 for integer networks
             (exact for integers below 2**53; state saturates at 24 bits). With the default, the
             window path of an integer network computes in float32 where that is exact (every
@@ -83,16 +86,14 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     check_device(device)
-    streamed = is_streamed(images)
-    if streamed:  # decoded batch by batch below
-        x_all, y_all = images, check_images(images, labels, network.input.shape, network.readout.shape[0])
-    else:
-        x_all, y_all = network_batch(images, labels, network.input.shape, network.readout.shape[0])
-    n_images = x_all.shape[0]
+    # checked here, converted (a folder: decoded) one batch at a time below
+    x_all, y_all = images, check_images(images, labels, network.input.shape, network.readout.shape[0])
+    n_images = len(x_all)
     plan = StreamPlan(n_images, min(int(batch_size), n_images)) if stream else None
     network = network.for_run(frames, None if plan is None else plan.n_rounds)
     if stream:
         steps = stream_steps(plan.n_rounds, network.latency_steps, network.window_steps)
+    record = _recorded_layers(network, record)
     if method == "auto":
         method = "window" if window_path_applies(network) and not record else "step"
     if record and method != "step":
@@ -112,7 +113,7 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
 
 
 def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, device: str, method: str,
-                   requested_dtype: Optional[torch.dtype], record: bool, progress: bool,
+                   requested_dtype: Optional[torch.dtype], record: Optional[frozenset], progress: bool,
                    plan: Optional[StreamPlan]) -> SimResult:
     """:func:`simulate` in this process (``network`` already :meth:`~Network.for_run`): one image at
     a time in batches, or streamed through the lanes of ``plan``."""
@@ -125,7 +126,7 @@ def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, 
         if all(k.exact_in_float32 for _, k in fast.all_synapses()):
             window_kernels = fast
     run = _Run(network, kernels, steps, network.state_bits, record, window_kernels, plan)
-    n_images = x_all.shape[0] if plan is None else len(plan.image_indices())
+    n_images = len(x_all) if plan is None else len(plan.image_indices())
     start = 0
     with tqdm(total=n_images, desc=f"simulate ({method} path{', streamed' if plan else ''})", disable=not progress,
               bar_format=PROGRESS_FORMAT) as bar:
@@ -136,7 +137,7 @@ def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, 
             else:
                 for start in range(0, n_images, batch_size):
                     x = network_batch(x_all[start:start + batch_size], None, network.input.shape,
-                                      network.readout.shape[0])[0] if is_streamed(x_all) else x_all[start:start + batch_size]
+                                      network.readout.shape[0])[0]
                     y = None if y_all is None else y_all[start:start + batch_size].to(device)
                     run.on_steps = _advance(bar, start, x.shape[0], steps)
                     run.simulate(_BatchSource(x.to(device=device), y), method)
@@ -182,13 +183,25 @@ class _StreamSource:
         if self.cached[0] != k:
             start, stop = self.plan.round_images(k)
             x = self.x_all[start:stop]
-            if is_streamed(self.x_all) and stop > start:
+            if stop > start:
                 x = network_batch(x, None, self.network.input.shape, self.network.readout.shape[0])[0]
             blank = torch.zeros(self.lanes - (stop - start), *self.network.input.shape)
             x = torch.cat([torch.as_tensor(x, dtype=torch.float32).reshape(-1, *self.network.input.shape), blank])
             y = None if self.y_all is None else self.y_all[start:stop].to(self.device)
             self.cached = (k, (x.to(self.device), y, stop - start))
         return self.cached[1]
+
+
+def _recorded_layers(network: Network, record) -> Optional[frozenset]:
+    """The spiking layers a run records (``record``: a bool, or a collection of layer names);
+    ``None`` for none. ``ValueError`` naming a name that is no spiking layer."""
+    if isinstance(record, bool) or record is None:
+        return frozenset(layer.name for layer in network.spiking_layers) if record else None
+    names = frozenset(record)
+    unknown = sorted(names - {layer.name for layer in network.spiking_layers})
+    if unknown:
+        raise ValueError(f"record: {unknown[0]!r} is not a spiking layer of this network")
+    return names or None
 
 
 def check_device(device) -> None:
@@ -236,11 +249,12 @@ class _Run:
     within the whole run (one image at a time: the run is one round), are compared with the ANN
     pre-activations of round k, computed when the round enters (:meth:`_open_round`)."""
 
-    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits, record: bool = False,
+    def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits,
+                 record: Optional[frozenset] = None,
                  window_kernels: Optional[NetworkKernels] = None, plan: Optional[StreamPlan] = None):
         self.network = network
         self.plan = plan
-        self.records = {layer.name: [] for layer in network.layers[1:]} if record else None
+        self.records = {name: [] for name in (*sorted(record), network.readout.name)} if record else None
         self.kernels = kernels
         self.ann = ReferenceANN(network, kernels)
         self.window_kernels = window_kernels or kernels
@@ -403,7 +417,7 @@ class _Run:
         if self.records is not None:
             raster = {layer.name: torch.zeros(self.n_steps, *state[layer.name].shape,
                                               dtype=torch.bool if layer.payload_max == 1 else torch.int32)
-                      for layer in self.spiking}
+                      for layer in self.spiking if layer.name in self.records}
             raster[readout] = torch.zeros(self.n_steps, *state[readout].shape, dtype=torch.float64)
         shown = (None, None)  # (round, its images in the arithmetic dtype)
         for t in range(self.n_steps):
@@ -435,7 +449,7 @@ class _Run:
                     if layer.name in spiked:
                         spiked[layer.name] |= events
                     outputs[layer.name] = spikes.to(kernels.dtype)
-                    if raster is not None:
+                    if raster is not None and layer.name in raster:
                         raster[layer.name][t] = spikes.cpu()
                 if (k is not None and layer.name in spiked and 0 <= k < plan.n_rounds
                         and (t - sched[1]) % (2 * window) == 2 * window - 1):  # the end of its frame k

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from hw_profiles import HardwareProfile
 
-from ..data import as_nchw, network_batch
+from ..data import as_nchw, check_images
 from ..files import atomic_write, check_output_path
 from .activation import THRESHOLD_INITS, calibrate_thresholds, clip_floor_shift_model, clip_floor_shift_modules
 
@@ -185,7 +185,7 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
         check_what = f"{len(check_x)} validation images"
     normalise = _Normalise(mean, std, pixel_max, x_all.shape[1])
     check_y = torch.as_tensor(check_y)
-    check = lambda m: _accuracy(m, normalise(check_x.float()), check_y)
+    check = lambda m: _accuracy(m, check_x, check_y, normalise)
     y_all = torch.as_tensor(y_all)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -495,29 +495,31 @@ def collapse_warning(config: dict, history: list, warn_drop: float) -> Optional[
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """``model``'s accuracy on normalised ``x`` in eval mode, on the model's device (its training
-    mode restored after)."""
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalise: "_Normalise",
+              batch_size: int = 500) -> float:
+    """``model``'s accuracy on raw images ``x`` (normalised a batch at a time) in eval mode, on the
+    model's device (its training mode restored after)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
+    correct = sum(int((model(normalise(x[i:i + batch_size].float()).to(device)).argmax(1).cpu()
+                       == y[i:i + batch_size]).sum()) for i in range(0, len(x), batch_size))
     model.train(was_training)
     return correct / max(len(x), 1)
 
 
 def check_training_data(model: nn.Module, images, labels):
-    """``(x, y)``: raw images as (N, C, H, W) that fit ``model``'s input channels, and labels that are
-    integers in [0, the model's classes); ``ValueError`` in one line otherwise (one forward pass of
-    one image, in eval mode, gives the class count)."""
+    """``(x, y)``: raw images as (N, C, H, W) in their own dtype (uint8 pixels stay uint8; batches are
+    made float as they are drawn) that fit ``model``'s input channels, and labels that are integers in
+    [0, the model's classes); ``ValueError`` in one line otherwise (one forward pass of one image, in
+    eval mode, gives the class count)."""
     first = next((p for p in model.parameters() if p.ndim == 4), None)
-    x = as_nchw(images, None if first is None else first.shape[1])
+    x = as_nchw(images, None if first is None else first.shape[1], dtype=None)
     was_training = model.training
     with torch.no_grad():
         n_classes = int(model.eval()(x[:1].float()).shape[1])
     model.train(was_training)
-    return network_batch(x, labels, tuple(x.shape[1:]), n_classes)
+    return x, check_images(x, labels, tuple(x.shape[1:]), n_classes)
 
 
 class _Normalise:
