@@ -155,9 +155,11 @@ def check_runnable(network: Network, select_tag: str) -> None:
 #: ``WORKER_BYTES``: one Lava worker process's own pages (its heap and the copy-on-write copies of the
 #: forked parent's pages it touches), the same for every process; Lava adds ``RUNTIME_PROCESSES``
 #: processes of its own (the runtime service and the shared-memory manager). Measured with
-#: ``/proc/<pid>/smaps_rollup`` (Private_Dirty of every worker, sampled while running; torch imported
-#: in the parent): 5-10 MiB per worker for tests/test_lava_procs.py's 3-layer ``tiny_network``; 6-250
-#: MiB, 2.0 GiB in all, for ResNet-34's 53 at 224x224 (bench/results/resnet34_lava.md).
+#: ``/proc/<pid>/smaps_rollup`` (the private pages of every worker, sampled while running, torch
+#: imported in the parent): 5-10 MiB per worker for tests/test_lava_procs.py's 3-layer
+#: ``tiny_network``; for ResNet-34 at 224x224, one image, read from its netx file: 6-250 MiB per
+#: process (the small ones mostly their weights), 2.0 GiB in all, against 2.7 GiB estimated by
+#: :func:`memory_estimate` (the whole tree's peak: bench/results/resnet34_lava.md).
 WORKER_BYTES, RUNTIME_PROCESSES = 16 * 2 ** 20, 2
 #: Per neuron and image: ``v`` and ``n_spikes`` (int64), what the layer sends (int32, float64 in
 #: ``floating_pt``) and the two slots of its channel (``run.CHANNEL_SLOTS``), ``gated_if_step``'s
