@@ -57,3 +57,72 @@ def add_resnet20_data_args(parser) -> None:
     parser.add_argument("--model", default=SHARED / "models" / "akamaster_resnet20-12fca82f.th", type=Path)
     parser.add_argument("--test-data", default=SHARED / "data" / "cifar10_test.npz", type=Path)
     parser.add_argument("--calib-data", default=SHARED / "data" / "cifar10_train_10k.npz", type=Path)
+
+
+def process_tree_memory(root: int = None, skip: int = None) -> dict:
+    """Memory of process ``root`` (default: this one) and all its descendants (Lava's workers) but
+    ``skip``, in bytes, from ``/proc``: ``rss`` (the sum of resident sets, counting pages the
+    processes share, as a fork's copy-on-write pages, once per process), ``pss`` (the sum of
+    proportional sets: shared pages divided among their sharers, so this is the memory the tree
+    occupies) and ``processes``."""
+    root = os.getpid() if root is None else root
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    total = {"rss": 0, "pss": 0, "processes": 0}
+    for pid in tree:
+        if pid == skip:
+            continue
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in rollup if line.endswith("kB\n")}
+        except OSError:
+            continue
+        total["rss"] += fields.get("Rss", 0)
+        total["pss"] += fields.get("Pss", 0)
+        total["processes"] += 1
+    return total
+
+
+class TreeMemoryPeak:
+    """Context manager: the peak of :func:`process_tree_memory` of this process and its children while
+    the block runs (``peak``: the sample with the largest ``pss``, plus ``samples``, their number). A
+    separate monitor process, left out of the sum, samples every ``interval`` seconds (a sample reads
+    every process's page tables: seconds for dozens of Lava workers, so a thread here would stall)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak = interval, None
+
+    def __enter__(self):
+        import subprocess
+        import tempfile
+
+        self._out = tempfile.NamedTemporaryFile(suffix=".json", delete=False)
+        code = ("import json, os, signal, sys, time; sys.path.insert(0, sys.argv[1]); "
+                "from common import process_tree_memory; root, out, interval = int(sys.argv[2]), sys.argv[3], "
+                "float(sys.argv[4]); peak = dict(process_tree_memory(root, os.getpid()), samples=0); "
+                "done = []; signal.signal(signal.SIGTERM, lambda *_: done.append(1))\n"
+                "while not done and os.path.exists(f'/proc/{root}'):\n"
+                "    now = process_tree_memory(root, os.getpid()); samples = peak['samples'] + 1\n"
+                "    peak = dict(now, samples=samples) if now['pss'] > peak['pss'] else dict(peak, samples=samples)\n"
+                "    time.sleep(interval)\n"
+                "json.dump(peak, open(out, 'w'))")
+        self._monitor = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(os.getpid()),
+                                          self._out.name, str(self.interval)])
+        return self
+
+    def __exit__(self, *exc):
+        self._monitor.terminate()
+        self._monitor.wait()
+        with open(self._out.name) as result:
+            self.peak = json.load(result)
+        os.unlink(self._out.name)

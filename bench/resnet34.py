@@ -5,20 +5,26 @@ No ImageNet weights are reachable here, so the weights are random (torchvision's
 seed 0; every figure below is about size and speed, none about accuracy). Calibration and test
 images: ``--data DIR`` (a folder of class subfolders, ImageNet layout, centre crops) or, by default,
 CIFAR-10 test images resized to 224x224 (real photographs, so activations have natural statistics).
-Each stage is timed and its peak resident memory sampled (every 20 ms, the whole process):
+Each stage is timed and its peak memory sampled (this process's resident set every 20 ms, and the
+proportional set of this process and its children, Lava's workers, by a monitor process,
+:class:`common.TreeMemoryPeak`):
 convert (``--n-calib`` images), quantize for loihi2 (error-feedback rounding on ``--n-quant-calib`` of them),
 export (file size), ``check_resources`` for loihi2 (cores, chips), the reference simulator on
-``--n-sim`` images x ``--steps`` steps (float and fixed point), and the Lava CPU build (or the reason
-it does not fit this machine: :func:`bsnn_lava.lava.build.check_memory`).
+``--n-sim`` images x ``--steps`` steps (float and fixed point), and the Lava CPU models
+(:func:`bsnn_lava.lava.build.check_memory`'s estimate, or the reason they do not fit this machine;
+where they fit, ``--lava-steps`` steps of one image in Lava, compared with the reference simulator:
+spike counts of every layer at every step, spikes per neuron, predictions).
 
 Writes ``<out>/<name>.{json,md}``.
 
     python bench/resnet34.py                                  # ResNet-34, 32 calibration images, 2 x 64 steps
     python bench/resnet34.py --data /data/imagenet/val --n-calib 256
+    python bench/resnet34.py --n-throughput 0 --lava-steps 80 --name resnet34_lava   # the Lava stage's memory
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import tempfile
 import threading
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common import SHARED, command_line, machine, machine_text, write_json, write_markdown
+from common import SHARED, TreeMemoryPeak, command_line, machine, machine_text, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -41,7 +47,8 @@ def rss_bytes() -> int:
 
 @contextlib.contextmanager
 def measured(record: dict, name: str):
-    """Wall time and peak resident memory of the block, in ``record[name]``."""
+    """Wall time, peak resident memory of this process (every 20 ms) and peak proportional set of
+    this process and its children (:class:`TreeMemoryPeak`) during the block, in ``record[name]``."""
     peak, done = [rss_bytes()], threading.Event()
 
     def sample():
@@ -52,12 +59,16 @@ def measured(record: dict, name: str):
     sampler.start()
     started = time.perf_counter()
     entry = record.setdefault(name, {})
+    tree = TreeMemoryPeak()
     try:
-        yield entry
+        with tree:
+            yield entry
     finally:
         done.set()
         sampler.join()
-        entry.update(seconds=time.perf_counter() - started, peak_rss_gib=max(peak[0], rss_bytes()) / 2 ** 30)
+        entry.update(seconds=time.perf_counter() - started, peak_rss_gib=max(peak[0], rss_bytes()) / 2 ** 30,
+                     peak_tree_pss_gib=tree.peak["pss"] / 2 ** 30, tree_processes=tree.peak["processes"],
+                     tree_rss_sum_gib=tree.peak["rss"] / 2 ** 30, tree_samples=tree.peak["samples"])
         print(f"{name}: {entry}", flush=True)
 
 
@@ -90,13 +101,18 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=989,
                         help="the paper's T: the rate includes the pipeline filling, as a full run's does")
     parser.add_argument("--device", default="cpu", help="torch device of the simulator runs")
+    parser.add_argument("--lava-steps", type=int, default=0,
+                        help="where the Lava CPU models fit: run one image this many steps in Lava (0: estimate only)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="resnet34")
     args = parser.parse_args()
 
     import netx_export
     from bsnn_lava import convert, simulate, zoo
-    from bsnn_lava.lava.build import available_memory_bytes, check_memory
+    from bsnn_lava.ir import Conv2d
+    from bsnn_lava.lava.build import available_memory_bytes, check_memory, memory_estimate
+    from bsnn_lava.lava.procs.process import conv_form
+    from bsnn_lava.lava.run import run_lava
     from bsnn_lava.quantize import quantize
     from bsnn_lava.resources import check_resources
 
@@ -159,9 +175,23 @@ def main() -> None:
         entry["available_gib"] = None if available is None else available / 2 ** 30
         try:
             entry["needs_gib"] = check_memory(fixed) / 2 ** 30
-            entry["built"] = "fits: run bench/lava_speed.py-style timings with run_lava"
         except ValueError as err:
             entry["refused"] = str(err)
+        per_process, building = memory_estimate(fixed)
+        entry.update(processes=len(per_process), largest_process_gib=max(per_process.values()) / 2 ** 30,
+                     forms=dict(collections.Counter(
+                         conv_form(int(s.op.fan_out(s.input_shape(fixed[s.source].shape)).sum()))
+                         if isinstance(s.op, Conv2d) else "dense" for layer in fixed.layers[1:] for s in layer.synapses)))
+    if args.lava_steps and "refused" not in stages["Lava CPU build"]:
+        with measured(stages, "Lava CPU run") as entry:
+            lava = run_lava(fixed, test[:1], steps=args.lava_steps, progress=True)
+        ref = simulate(fixed, test[:1], steps=args.lava_steps, method="step")
+        entry.update(images=1, steps=args.lava_steps, **lava.extras["timing"],
+                     spikes=int(lava.n_spikes_per_step.sum()),
+                     equal_to_reference=bool(np.array_equal(lava.n_spikes_per_step, ref.n_spikes_per_step)
+                                             and np.array_equal(lava.predictions_per_step, ref.predictions_per_step)
+                                             and all(np.array_equal(n, ref.n_spikes_per_neuron[name])
+                                                     for name, n in lava.n_spikes_per_neuron.items())))
     write_json(args.out / f"{args.name}.json", payload)
     write_report(args, payload)
 
@@ -171,9 +201,12 @@ def write_report(args, payload) -> None:
     lines = [f"# ImageNet-size chain: ResNet-{payload['depth']} ({payload['parameters'] / 1e6:.1f} M parameters, "
              f"{payload['ann_macs'] / 1e9:.2f} G MACs per image, random weights)", "",
              f"Command: `{payload['command']}`  ", f"Machine: {machine_text(payload['machine'])}  ",
-             f"Images: {payload['data']} at {payload['input'][1]}x{payload['input'][2]}. Peak memory: the whole "
-             "process's resident set, sampled every 20 ms during the stage.", "",
-             "| stage | wall (s) | peak RSS (GiB) | figures |", "|---|---|---|---|"]
+             f"Images: {payload['data']} at {payload['input'][1]}x{payload['input'][2]}. Peak memory during the stage: "
+             "this process's resident set (RSS, sampled every 20 ms), and the proportional set (PSS: shared pages "
+             "divided among their sharers) summed over this process and its children, Lava's workers (sampled by a "
+             "monitor process as often as it can read them: every 0.2 s alone, every few seconds with 50 workers).",
+             "",
+             "| stage | wall (s) | peak RSS (GiB) | peak PSS, processes (GiB) | figures |", "|---|---|---|---|---|"]
     figures = {
         "convert": lambda e: f"{e['layers']} layers, {e['neurons'] / 1e6:.2f} M neurons, {e['calibration_images']} "
                              "calibration images",
@@ -183,7 +216,15 @@ def write_report(args, payload) -> None:
         "read back": lambda e: "validating reader",
         "check loihi2": lambda e: f"{e['n_cores']} cores, {e['n_chips']} chip(s); "
                                   f"{'fits' if e['fits'] else 'does not fit: ' + '; '.join(e['violations'])}",
-        "Lava CPU build": lambda e: e.get("refused") or f"fits ({e['needs_gib']:.1f} GiB)",
+        "Lava CPU build": lambda e: (e.get("refused") or f"fits: {e['needs_gib']:.1f} GiB estimated") + (
+            f" ({e['processes']} processes, the largest {e['largest_process_gib']:.2f} GiB; synapses: "
+            + ", ".join(f"{n} {form}" for form, n in sorted(e["forms"].items())) + ")" if "forms" in e else ""),
+        "Lava CPU run": lambda e: (f"{e['images']} image x {e['steps']} steps, {e['n_processes']} Lava processes: "
+                                   f"compile + start {e['compile_start_s']:.0f} s, {e['ms_per_step']:.0f} ms per step; "
+                                   f"{e['spikes'] / 1e6:.2f} M spikes; spike counts of every layer at every step, spikes "
+                                   f"per neuron and predictions = reference: {'yes' if e['equal_to_reference'] else 'NO'}; "
+                                   f"sum of the processes' RSS (shared pages counted in each) "
+                                   f"{e['tree_rss_sum_gib']:.1f} GiB"),
     }
     for name, e in s.items():
         if name.startswith("simulate") or name.startswith("throughput"):
@@ -193,7 +234,8 @@ def write_report(args, payload) -> None:
                          f"{e['synops_per_image'] / 1e9:.2f} G synaptic ops per image; {e['saturated']} saturated")
         else:
             text = figures[name](e)
-        lines.append(f"| {name} | {e['seconds']:.1f} | {e['peak_rss_gib']:.2f} | {text} |")
+        lines.append(f"| {name} | {e['seconds']:.1f} | {e['peak_rss_gib']:.2f} | {e['peak_tree_pss_gib']:.2f}, "
+                     f"{e['tree_processes']} | {text} |")
     x = payload.get("imagenet_extrapolation")
     if x:
         lines += ["", f"The paper's ImageNet experiment ({x['images']} images x {x['steps']} steps = "

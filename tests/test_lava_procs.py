@@ -120,20 +120,6 @@ def test_runner_refuses_what_the_models_cannot_run_exactly():
         run_lava(network.with_layers((*network.layers[:3], crowded)), IMAGES, steps=4, progress=False)
 
 
-def test_memory_estimate_counts_every_weight_and_refuses_what_does_not_fit():
-    from bsnn_lava.lava.build import BUILD_BYTES_PER_WEIGHT, MATRIX_BYTES_PER_WEIGHT, check_memory
-
-    network = tiny_network()
-    # conv: 5 nonzero taps per output channel; with padding 1 a corner tap reaches 2 x 2 outputs, the
-    # centre tap 3 x 3: (4 * 4 + 9) x 2 channels; d: 4 x 18 weights, one of them 0, and 4 x 9 ones
-    weights = {"c": 50, "d": 71 + 36, "out": 9}
-    need = MATRIX_BYTES_PER_WEIGHT * sum(weights.values()) + BUILD_BYTES_PER_WEIGHT * weights["d"]
-    assert check_memory(network, available=need) == need
-    with pytest.raises(ValueError, match=r"more than the .* GiB available here.*reference simulator") as err:
-        check_memory(network, available=need - 1)
-    assert "the largest layer, 'd'" in str(err.value)
-
-
 def test_loihi2_without_lava_loihi_says_what_is_missing(monkeypatch):
     from lava.utils import loihi
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -151,11 +151,70 @@ def check_runnable(network: Network, select_tag: str) -> None:
                                      "(a negative exponent would drop fractions the reference keeps)")
 
 
-#: Bytes per nonzero weight of the CPU models: every synapse matrix stays in memory (a value and a
-#: row index, up to 8 + 4 bytes), and building one passes through index arrays (``conv_matrix``'s
-#: peak: 45 bytes per weight, measured with tracemalloc on a 32-channel 3x3 convolution of a 28x28
-#: input, then the float32 copy). Counted once, for the largest layer.
-MATRIX_BYTES_PER_WEIGHT, BUILD_BYTES_PER_WEIGHT = 12, 48
+#: Memory of the CPU models, in bytes, as :func:`memory_estimate` counts it per Lava process.
+#: ``WORKER_BYTES``: one Lava worker process's own pages (its heap and the copy-on-write copies of the
+#: forked parent's pages it touches), the same for every process; Lava adds ``RUNTIME_PROCESSES``
+#: processes of its own (the runtime service and the shared-memory manager). Measured with
+#: ``/proc/<pid>/smaps_rollup`` (the private pages of every worker, sampled while running, torch
+#: imported in the parent): 5-10 MiB per worker for tests/test_lava_procs.py's 3-layer
+#: ``tiny_network``; for ResNet-34 at 224x224, one image, read from its netx file: 6-250 MiB per
+#: process (the small ones mostly their weights), 2.0 GiB in all, against 2.7 GiB estimated by
+#: :func:`memory_estimate` (the whole tree's peak: bench/results/resnet34_lava.md).
+WORKER_BYTES, RUNTIME_PROCESSES = 16 * 2 ** 20, 2
+#: Per neuron and image: ``v`` and ``n_spikes`` (int64), what the layer sends (int32, float64 in
+#: ``floating_pt``) and the two slots of its channel (``run.CHANNEL_SLOTS``), ``gated_if_step``'s
+#: temporaries and the parent's initial ``v``; per neuron: ``threshold``, ``bias`` and ``v_init`` in the
+#: model (int64) and in the parent (float64). Per value a synapse receives, per image: the received
+#: copy and its float conversion.
+NEURON_BYTES, PARAMETER_BYTES, RECEIVED_BYTES = 64, 48, 16
+#: A convolution (in either form, ``procs.models.KernelConv``): per weight, its kernel's two layouts
+#: (float64 at most); per image, each value of its correlation's im2col columns (in_channels x kH x kW
+#: x output positions), of its padded input and, three times, of its output (the product, int64, the
+#: sum), float64 or int64 at most.
+KERNEL_BYTES_PER_WEIGHT, SCRATCH_BYTES_PER_VALUE = 16, 8
+#: A synapse matrix (a dense synapse, and a convolution in the matrix form): per nonzero weight, a value
+#: and a row index (up to 8 + 4 bytes), and while building it index arrays (``conv_matrix``'s peak:
+#: 45 bytes per weight, measured with tracemalloc on a 32-channel 3x3 convolution of a 28x28 input,
+#: then the float32 copy), counted once, for the largest matrix. A max pool: per pooled value its
+#: taps (int64) and, per image, the pooled message.
+MATRIX_BYTES_PER_WEIGHT, BUILD_BYTES_PER_WEIGHT, POOL_BYTES_PER_VALUE = 12, 48, 8
+
+
+def synapse_memory(synapse, source_shape, batch_size: int = 1) -> Tuple[int, int]:
+    """The bytes a synapse (:class:`bsnn_lava.ir.Synapse`) from a source of ``source_shape`` needs in
+    its target's process, in the form the CPU models give it (:func:`~bsnn_lava.lava.procs.process.conv_form`),
+    for ``batch_size`` images: (kept, built), ``built`` being a matrix's extra while it is built."""
+    from bsnn_lava.lava.procs.process import conv_form
+
+    op, in_shape = synapse.op, synapse.input_shape(source_shape)
+    need = RECEIVED_BYTES * batch_size * int(np.prod(source_shape))
+    if synapse.pool is not None:
+        need += POOL_BYTES_PER_VALUE * int(np.prod(in_shape)) * (int(np.prod(synapse.pool.kernel)) + batch_size)
+    matrix_weights = int(op.fan_out(in_shape).sum())
+    if isinstance(op, Conv2d):
+        out_channels, out_h, out_w = op.output_shape(in_shape)
+        columns = in_shape[0] * op.weight.shape[2] * op.weight.shape[3] * out_h * out_w
+        padded = in_shape[0] * (in_shape[1] + 2 * op.padding[0]) * (in_shape[2] + 2 * op.padding[1])
+        scratch = columns + padded + 3 * out_channels * out_h * out_w
+        need += KERNEL_BYTES_PER_WEIGHT * op.weight.size + SCRATCH_BYTES_PER_VALUE * batch_size * scratch
+        if conv_form(matrix_weights) == "kernel":
+            return need, 0
+    return need + MATRIX_BYTES_PER_WEIGHT * matrix_weights, BUILD_BYTES_PER_WEIGHT * matrix_weights
+
+
+def memory_estimate(network: Network, batch_size: int = 1) -> Tuple[Dict[str, int], int]:
+    """What the CPU models of ``network`` need for ``batch_size`` images at once, in bytes: per
+    Lava process (by layer name: its worker, states, messages and incoming synapses), and the
+    extra of building the largest synapse matrix (once)."""
+    need, building = {}, 0
+    for layer in network.layers:
+        size = int(np.prod(layer.shape))
+        need[layer.name] = WORKER_BYTES + (NEURON_BYTES * batch_size + PARAMETER_BYTES) * size
+        for synapse in getattr(layer, "synapses", ()):
+            kept, built = synapse_memory(synapse, network[synapse.source].shape, batch_size)
+            need[layer.name] += kept
+            building = max(building, built)
+    return need, building
 
 
 def available_memory_bytes() -> Optional[int]:
@@ -170,19 +229,18 @@ def available_memory_bytes() -> Optional[int]:
     return None
 
 
-def check_memory(network: Network, available: Optional[int] = None) -> int:
-    """The bytes the CPU models' synapse matrices need (:data:`MATRIX_BYTES_PER_WEIGHT` per nonzero
-    weight, plus :data:`BUILD_BYTES_PER_WEIGHT` for the largest layer); ``ValueError`` naming that
-    layer when more than ``available`` (default: the memory available now)."""
-    weights = {layer.name: sum(int(s.op.fan_out(s.input_shape(network[s.source].shape)).sum()) for s in layer.synapses)
-               for layer in network.layers[1:]}
-    largest = max(weights, key=weights.get)
-    need = MATRIX_BYTES_PER_WEIGHT * sum(weights.values()) + BUILD_BYTES_PER_WEIGHT * weights[largest]
+def check_memory(network: Network, available: Optional[int] = None, batch_size: int = 1) -> int:
+    """The bytes the CPU models of ``network`` need for ``batch_size`` images at once: every Lava
+    process (:func:`memory_estimate`) and Lava's own ``RUNTIME_PROCESSES``; ``ValueError``, naming the
+    largest process, when more than ``available`` (default: the memory available now)."""
+    per_process, building = memory_estimate(network, batch_size)
+    need = sum(per_process.values()) + RUNTIME_PROCESSES * WORKER_BYTES + building
     available = available_memory_bytes() if available is None else available
     if available is not None and need > available:
-        raise ValueError(f"the Lava CPU models of this network need about {need / 2 ** 30:.1f} GiB for their synapse "
-                         f"matrices ({sum(weights.values()) / 1e9:.2f} G nonzero weights; the largest layer, "
-                         f"{largest!r}, {weights[largest] / 1e9:.2f} G), more than the {available / 2 ** 30:.1f} GiB "
+        largest = max(per_process, key=per_process.get)
+        raise ValueError(f"the Lava CPU models of this network need about {need / 2 ** 30:.1f} GiB for "
+                         f"{len(per_process)} processes of {batch_size} image(s) at once (the largest, {largest!r}, "
+                         f"{per_process[largest] / 2 ** 30:.2f} GiB), more than the {available / 2 ** 30:.1f} GiB "
                          "available here; run it with the reference simulator (bsnn simulate --backend torch), or "
                          "in Lava on a machine with more memory")
     return need
@@ -217,14 +275,15 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             another (blank images where a round has fewer), round k shown in the input's frame k.
     Raises:
         ValueError: images of the wrong shape, a network the models cannot run (names the layer), or
-            one whose synapse matrices would not fit the memory available (:func:`check_memory`).
+            one whose CPU models would not fit the memory available (:func:`check_memory`).
     """
     from bsnn_lava.lava.procs import GatedIF as GatedIFProcess, PixelInput, Readout as ReadoutProcess
     from bsnn_lava.lava.procs import conv_synapse, dense_synapse, pooled_fan_out, pooled_synapse
+    from bsnn_lava.lava.procs.process import conv_form
 
     network = load_network(network_or_path)
     check_runnable(network, select_tag)
-    check_memory(network)
+    check_memory(network, batch_size=batch_size)
     images = np.asarray(images)
     if images.ndim != 4 or tuple(images.shape[1:]) != network.input.shape:
         raise ValueError(f"images must be (n_samples, {', '.join(map(str, network.input.shape))}) for input "
@@ -239,17 +298,17 @@ def build(network_or_path: Union[Network, str, Path], images: np.ndarray, steps_
             op, source_shape = synapse.op, network[synapse.source].shape
             in_shape = synapse.input_shape(source_shape)
             max_input = 255 if synapse.source == source.name else network[synapse.source].payload_max
+            fan_out = op.fan_out(in_shape)
             spec = (conv_synapse(op.weight, in_shape, op.stride, op.padding, op.weight_exp, max_input, op.dilation,
-                                 op.groups)
+                                 op.groups, conv_form(int(fan_out.sum())))
                     if isinstance(op, Conv2d) else dense_synapse(op.weight, in_shape, op.weight_exp, max_input))
             if synapse.pool is None:
                 incoming[layer.name].append(spec)
-                fan_outs[synapse.source].append(op.fan_out(in_shape))
+                fan_outs[synapse.source].append(fan_out)
             else:
                 taps = synapse.pool.taps(source_shape)
                 incoming[layer.name].append(pooled_synapse(spec, source_shape, taps))
-                fan_outs[synapse.source].append(pooled_fan_out(synapse.pool.coverage(source_shape), taps,
-                                                               op.fan_out(in_shape)))
+                fan_outs[synapse.source].append(pooled_fan_out(synapse.pool.coverage(source_shape), taps, fan_out))
 
     def common(layer):
         s = layer.schedule

@@ -14,10 +14,12 @@ Batches (``batch_size`` B): every model works on arrays with a leading axis of t
 (``layout``), reshaped from and to the ports' shapes (unbatched for B = 1), so one code path serves
 both; the images of a batch share the step and therefore the schedule.
 
-Synapses (:class:`SynapticInput`) are event-driven: an all-zero input costs one scan for nonzeros;
-otherwise only the columns of the inputs active in some image of the batch of a sparse (CSC) matrix,
-built once when the model is created, are touched. The matrix holds ``mantissa * 2**weight_exp``
-(exact integers for ``fixed_pt``, where ``weight_exp >= 0``), so the output equals the reference's
+Synapses (:class:`SynapticInput`) are event-driven: an all-zero input costs one scan for nonzeros.
+A dense synapse, and a small convolution, is a sparse (CSC) matrix of ``mantissa * 2**weight_exp``
+built once when the model is created (:class:`MatrixSynapse`), of which only the columns of the
+inputs active in some image of the batch are touched; a larger convolution keeps its kernel
+(:class:`KernelConv`) and scatters the active inputs or correlates densely, whichever costs less.
+Both are exact for ``fixed_pt`` (``weight_exp >= 0``): the output equals the reference's
 ``conv(s, mantissa) * 2**weight_exp``. The synaptic operations of what a model sends are counted by
 the sender, from the fan-outs of its outgoing synapses (the IR's ``Conv2d.fan_out``/``Dense.fan_out``).
 
@@ -26,6 +28,7 @@ it on its own, so it uses absolute imports only.
 """
 from __future__ import annotations
 
+import functools
 import typing as ty
 
 import numpy as np
@@ -35,6 +38,7 @@ from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
 from bsnn_lava.dynamics import StreamPlan, frame_starts, gated_if_step, max_pool, phase, stream_frame
@@ -44,6 +48,16 @@ from bsnn_lava.lava.procs.process import MAX_INPUTS, EventCount, GatedIF, PixelI
 #: whole matrix instead of slicing columns: for one image, and for a batch, where slicing costs the
 #: same per column but the product grows with the batch (scipy, ResNet20's 16-channel 3x3 convolution).
 DENSE_INPUT_FRACTION = {"image": 0.25, "batch": 0.75}
+#: Integers below these magnitudes are exact in float32 and in float64, so a sum of integer products
+#: whose partial sums all stay below them is exact in that type, in any order (BLAS included).
+EXACT_INTEGERS = ((np.float32, 2 ** 24), (np.float64, 2 ** 53))
+#: Each step a convolution takes the cheapest of its paths, costed in multiply-adds of its dense
+#: correlation (im2col and BLAS: ``KernelConv.macs`` per image); fitted on bench/results/lava_kernel.md.
+#: The kernel's scatter: per call, and per active input and kernel tap its index arithmetic plus its
+#: out_channels / groups multiply-adds (scipy's sparse product on random rows of the weights).
+SCATTER_CALL_COST, SCATTER_TAP_COST, SCATTER_MAC_COST = 2 ** 23, 128, 16
+#: The matrix form's active columns: per call, and per nonzero weight in them, plus per weight and image.
+MATRIX_CALL_COST, MATRIX_WEIGHT_COST, MATRIX_MAC_COST = 2 ** 20, 32, 2
 
 
 # --- synapses ----------------------------------------------------------------------------------------
@@ -73,52 +87,192 @@ def conv_matrix(weight: np.ndarray, in_shape, stride, padding, dilation=(1, 1), 
     return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
 
 
+def exact_dtype(bound: float, integer: bool):
+    """The type to multiply in: for ``integer`` inputs and weights whose partial sums stay within
+    ``+-bound``, the fastest exact one (float32, float64, else int64); otherwise float64."""
+    if not integer:
+        return np.float64
+    return next((dtype for dtype, limit in EXACT_INTEGERS if bound < limit), np.int64)
+
+
+class MatrixSynapse:
+    """A synapse as a sparse (CSC) matrix of ``mantissa * 2**weight_exp``: a dense synapse, or the
+    events' path of a convolution in the ``matrix`` form (:func:`conv_matrix`, one entry per nonzero
+    weight and output position). Multiplies only the columns of the inputs active in some image of
+    the batch, or the whole matrix above ``dense_fraction`` of them."""
+
+    def __init__(self, synapse: dict, integer: bool, dense_fraction: float):
+        effective = synapse["weight"] * 2.0 ** synapse["weight_exp"]
+        matrix = (conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"],
+                              synapse["dilation"], synapse["groups"])
+                  if synapse["kind"] == "conv" else sparse.csc_matrix(effective))
+        row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
+        self.dtype = np.int64 if integer else np.float64
+        self.matrix = matrix.tocsc().astype(exact_dtype(synapse["max_input"] * row_sum, integer))
+        self.dense_fraction = dense_fraction
+        #: nonzero weights per input (column)
+        self.column_weights = np.diff(self.matrix.indptr)
+
+    def __call__(self, s: np.ndarray, active: ty.Optional[np.ndarray] = None) -> ty.Optional[np.ndarray]:
+        """(B, n_out) from the inputs ``s`` (B, n_in), or ``None`` when all are zero; ``active``: the
+        inputs active in some image, where known."""
+        active = np.flatnonzero((s != 0).any(axis=0)) if active is None else active
+        if active.size == 0:
+            return None
+        if active.size >= self.dense_fraction * s.shape[1]:
+            product = self.matrix @ s.T.astype(self.matrix.dtype)
+        else:
+            product = self.matrix[:, active] @ s[:, active].T.astype(self.matrix.dtype)
+        return product.astype(self.dtype, copy=False).T  # exact: integer-valued where float32
+
+
+class KernelConv:
+    """A convolution synapse, held as its kernel: the mantissas once, (out, in / groups, kH, kW)
+    (memory in proportion to the weights, not to weights x output positions).
+
+    Event-driven, each step by the cheapest path (:meth:`path_costs`): each active input scatters its
+    kernel into the outputs it reaches (a sparse matrix of the active inputs' taps times the
+    weights), or a dense correlation (im2col, then one matrix product per group), or, in the
+    ``matrix`` form, the active inputs' columns of its sparse matrix (a :class:`MatrixSynapse`,
+    which also skips zero weights: the identity maps of relays and shortcuts). Sums are
+    exact for integer networks: the products are taken on the mantissas, in the :func:`exact_dtype`
+    of ``max_input`` times the largest ``|mantissa|`` sum of an output channel, converted to int64,
+    then multiplied by ``2**weight_exp``.
+    """
+
+    def __init__(self, synapse: dict, integer: bool, dense_fraction: float = DENSE_INPUT_FRACTION["image"]):
+        #: the matrix form's sparse matrix (a path for its events), or ``None`` (the kernel form)
+        self.matrix = MatrixSynapse(synapse, integer, dense_fraction) if synapse["form"] == "matrix" else None
+        weight = np.asarray(synapse["weight"])
+        out_channels, per_group, kernel_h, kernel_w = weight.shape
+        self.groups, self.kernel = synapse["groups"], (kernel_h, kernel_w)
+        self.stride, self.padding, self.dilation = synapse["stride"], synapse["padding"], synapse["dilation"]
+        self.in_shape, self.out_shape = tuple(synapse["in_shape"]), tuple(synapse["out_shape"])
+        bound = synapse["max_input"] * float(np.abs(weight).reshape(out_channels, -1).sum(axis=1).max())
+        self.compute = exact_dtype(bound, integer)
+        self.dtype = np.int64 if integer else np.float64
+        self.scale = 2 ** synapse["weight_exp"] if integer else 2.0 ** synapse["weight_exp"]
+        taps = per_group * kernel_h * kernel_w
+        #: multiply-adds of the dense correlation per image
+        self.macs = taps * int(np.prod(self.out_shape))
+        #: (groups, out / groups, in / groups * kH * kW): the dense correlation's matrices
+        self.grouped = weight.reshape(self.groups, out_channels // self.groups, taps).astype(self.compute)
+        #: (in * kH * kW, out / groups): row (input channel, tap) holds the weights it drives
+        self.by_input = np.ascontiguousarray(self.grouped.transpose(0, 2, 1)).reshape(-1, out_channels // self.groups)
+
+    def __call__(self, s: np.ndarray) -> ty.Optional[np.ndarray]:
+        """(B, n_out) from the inputs ``s`` (B, n_in), or ``None`` when all are zero."""
+        n_active = np.count_nonzero(s)
+        if n_active == 0:
+            return None
+        active = None if self.matrix is None else np.flatnonzero((s != 0).any(axis=0))
+        costs = self.path_costs(s.shape[0], n_active, active)
+        path = min(costs, key=costs.get)
+        if path == "matrix":
+            return self.matrix(s, active)
+        x = s.reshape(s.shape[0], *self.in_shape)
+        out = (self.scattered(x) if path == "scatter" else self.correlated(x)).astype(self.dtype, copy=False)
+        return out if self.scale == 1 else out * self.scale
+
+    def path_costs(self, batch_size: int, n_active: int, active: ty.Optional[np.ndarray] = None) -> dict:
+        """What each path costs for ``n_active`` nonzero inputs in a batch, in multiply-adds of the
+        dense correlation; ``active``: the inputs active in some image (the matrix form)."""
+        costs = {"correlate": batch_size * self.macs,
+                 "scatter": SCATTER_CALL_COST + n_active * self.kernel[0] * self.kernel[1]
+                 * (SCATTER_TAP_COST + SCATTER_MAC_COST * self.by_input.shape[1])}
+        if self.matrix is not None:
+            weights = int(self.matrix.column_weights[active].sum())
+            costs["matrix"] = MATRIX_CALL_COST + weights * (MATRIX_WEIGHT_COST + MATRIX_MAC_COST * batch_size)
+        return costs
+
+    def correlated(self, x: np.ndarray) -> np.ndarray:
+        """Dense: the im2col columns of ``x`` (B, C, H, W) times each group's weights; (B, n_out)."""
+        batch, channels, height, width = x.shape
+        (ph, pw), (dy, dx), (sy, sx) = self.padding, self.dilation, self.stride
+        padded = np.zeros((batch, channels, height + 2 * ph, width + 2 * pw), dtype=self.compute)
+        padded[:, :, ph:ph + height, pw:pw + width] = x
+        extent = (dy * (self.kernel[0] - 1) + 1, dx * (self.kernel[1] - 1) + 1)
+        windows = sliding_window_view(padded, extent, axis=(2, 3))[:, :, ::sy, ::sx, ::dy, ::dx]
+        _, out_h, out_w = self.out_shape
+        columns = windows.reshape(batch, self.groups, channels // self.groups, out_h, out_w, *self.kernel)
+        columns = columns.transpose(0, 1, 2, 5, 6, 3, 4).reshape(batch, self.groups, -1, out_h * out_w)
+        return np.matmul(self.grouped, columns).reshape(batch, -1)
+
+    @functools.cached_property
+    def reached(self) -> np.ndarray:
+        """(H * W, kH * kW): the output position (flat) that each tap of an input position reaches,
+        or -1 (padding, stride); built on the first scatter."""
+        axes = []
+        for i in range(2):  # per axis, (input size, taps): stride * output position where it divides
+            offset = (np.arange(self.in_shape[1 + i])[:, None] + self.padding[i]
+                      - self.dilation[i] * np.arange(self.kernel[i]))
+            valid = (offset >= 0) & (offset % self.stride[i] == 0) & (offset < self.stride[i] * self.out_shape[1 + i])
+            axes.append(np.where(valid, offset // self.stride[i], -1))
+        rows, cols = axes[0][:, None, :, None], axes[1][None, :, None, :]
+        reached = np.where((rows >= 0) & (cols >= 0), rows * self.out_shape[2] + cols, -1)
+        return reached.reshape(self.in_shape[1] * self.in_shape[2], -1)
+
+    def scattered(self, x: np.ndarray) -> np.ndarray:
+        """Event-driven: every active input of ``x`` (B, C, H, W) adds its weights times its value to
+        the outputs it reaches: a sparse (B * groups * output positions, C * kH * kW) matrix of the
+        active inputs' taps (plus one row collecting the taps that reach no output) times
+        :attr:`by_input`; (B, n_out)."""
+        batch, channels, height, width = x.shape
+        out_channels, out_h, out_w = self.out_shape
+        positions, taps = out_h * out_w, self.reached.shape[1]
+        flat = np.flatnonzero(x)
+        values = x.reshape(-1)[flat].astype(self.compute)
+        image_channel, position = np.divmod(flat, height * width)
+        image, channel = np.divmod(image_channel, channels)
+        first_row = (image * self.groups + channel // (channels // self.groups)) * positions
+        reached = self.reached[position]  # (events, taps)
+        nowhere = batch * self.groups * positions
+        rows = np.where(reached >= 0, first_row[:, None] + reached, nowhere)
+        cols = channel[:, None] * taps + np.arange(taps)
+        events = sparse.csr_matrix((np.repeat(values, taps), (rows.reshape(-1), cols.reshape(-1))),
+                                   shape=(nowhere + 1, self.by_input.shape[0]))
+        out = (events @ self.by_input)[:-1].reshape(batch, self.groups, positions, out_channels // self.groups)
+        return out.transpose(0, 1, 3, 2).reshape(batch, -1)
+
+
 class SynapticInput:
     """A layer's incoming synapses: what they deliver from the messages their sources sent.
 
-    ``fixed_pt`` (``integer``) multiplies in float32 where every partial sum is an integer float32
-    holds exactly (``max_input``, the largest value its source sends, times the largest row sum of
-    ``|weight|`` below 2**24; scipy's float32 product is 2-3x faster than its int32 or int64 one),
-    else in int64, and sums in int64: exact either way. ``floating_pt`` computes in float64.
+    Each synapse is a :class:`MatrixSynapse` (dense synapses, and convolutions in the ``matrix``
+    form) or a :class:`KernelConv` (convolutions in the ``kernel`` form), as its spec's ``form``
+    says (:func:`bsnn_lava.lava.procs.process.conv_form`). Both are exact for ``fixed_pt``
+    (``integer``): products in float32 where every partial sum is an integer float32 holds exactly
+    (``max_input``, the largest value its source sends, times the largest row sum of ``|weight|``
+    below 2**24; scipy's float32 product is 2-3x faster than its int32 or int64 one), else in
+    float64 below 2**53, else in int64 (:func:`exact_dtype`), sums in int64. ``floating_pt``
+    computes in float64.
     """
 
     def __init__(self, synapses: ty.Sequence[dict], batch_size: int, integer: bool, layer: str):
-        self.dtype = np.int64 if integer else np.float64
         self.batch_size = batch_size
-        self.dense_fraction = DENSE_INPUT_FRACTION["image" if batch_size == 1 else "batch"]
-        self.matrices = []
+        dense_fraction = DENSE_INPUT_FRACTION["image" if batch_size == 1 else "batch"]
         self.pool_taps = [synapse.get("pool_taps") for synapse in synapses]
+        self.synapses = []
         for k, synapse in enumerate(synapses):
             weight, weight_exp = synapse["weight"], synapse["weight_exp"]
             if integer and (weight_exp < 0 or not np.array_equal(weight, np.round(weight))):
                 raise ValueError(f"process {layer!r}, synapse {k}: fixed_pt needs integer weight mantissas and "
                                  f"weight_exp >= 0, got weight_exp {weight_exp}")
-            effective = weight * 2.0 ** weight_exp
-            matrix = (conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"],
-                                  synapse["dilation"], synapse["groups"])
-                      if synapse["kind"] == "conv" else sparse.csc_matrix(effective))
-            row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
-            narrow = integer and synapse["max_input"] * row_sum < 2 ** 24
-            self.matrices.append(matrix.tocsc().astype(np.float32 if narrow else self.dtype))
+            self.synapses.append(KernelConv(synapse, integer, dense_fraction) if synapse["kind"] == "conv"
+                                 else MatrixSynapse(synapse, integer, dense_fraction))
 
     def deliver(self, received: ty.Sequence[np.ndarray]) -> ty.Optional[np.ndarray]:
         """The summed input (B, n_out) of the messages ``received`` (one per synapse), or ``None``
         when every message was all zeros."""
         total = None
-        for matrix, message, taps in zip(self.matrices, received, self.pool_taps):
+        for synapse, message, taps in zip(self.synapses, received, self.pool_taps):
             s = message.reshape(self.batch_size, -1)
             if taps is not None:
                 s = max_pool(s, taps, np.maximum)
-            active = np.flatnonzero((s != 0).any(axis=0))
-            if active.size == 0:
-                continue
-            if active.size >= self.dense_fraction * s.shape[1]:
-                product = matrix @ s.T.astype(matrix.dtype)
-            else:
-                product = matrix[:, active] @ s[:, active].T.astype(matrix.dtype)
-            product = product.astype(self.dtype, copy=False)  # exact: integer-valued where float32
-            total = product if total is None else total + product
-        return None if total is None else total.T
+            product = synapse(s)
+            if product is not None:
+                total = product if total is None else total + product
+        return total
 
 
 # --- common parts ------------------------------------------------------------------------------------

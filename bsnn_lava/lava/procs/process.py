@@ -57,12 +57,20 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
 from bsnn_lava.dynamics import MODES, StreamPlan
+from bsnn_lava.ir import Conv2d
 
 #: Log files each process kind accepts (the ``log_paths`` keys), and which of them it needs.
 LOG_FIELDS = {"gated_if": ("counts", "totals", "raster", "lost_input", "saturated", "synops", "frame_spiked"),
               "readout": ("v", "lost_input", "saturated"), "pixel_input": ("synops",), "event_count": ("counts",)}
 REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "pixel_input": (),
                        "event_count": ("counts",)}
+#: The CPU models keep a convolution's sparse matrix (one entry per nonzero weight and output
+#: position: memory grows as weights x output positions) next to its kernel, the ``matrix`` form,
+#: while that matrix holds at most this many nonzero weights (48 MB): small layers, and identity maps
+#: of relays, whose few events it handles fastest. Otherwise the ``kernel`` form: the weights once.
+#: bench/results/lava_kernel.md.
+MATRIX_FORM_MAX_WEIGHTS = 4_000_000
+CONV_FORMS = ("matrix", "kernel")
 #: Input ports of a layer process: ``s_in0`` .. ``s_in<MAX_INPUTS - 1>``, one per incoming synapse;
 #: the ports of a layer with fewer synapses stay unconnected (shape (1,), never read).
 MAX_INPUTS = 4
@@ -169,7 +177,7 @@ def dense_synapse(weight, in_shape, weight_exp: int = 0, max_input: int = 255) -
 
 
 def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: int = 0, max_input: int = 255,
-                 dilation=(1, 1), groups: int = 1) -> dict:
+                 dilation=(1, 1), groups: int = 1, form: ty.Optional[str] = None) -> dict:
     """A 2-D cross-correlation synapse (torch semantics: zero padding) as a layer process's
     ``synapses`` entry.
 
@@ -179,6 +187,8 @@ def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: in
         stride, padding, dilation: (h, w) in pixels.
         weight_exp, max_input: as for :func:`dense_synapse`.
         groups: output group g reads input group g only (depthwise: groups = channels).
+        form: how the CPU models hold it, ``"matrix"`` or ``"kernel"`` (the same sums either way);
+            ``None``: :func:`conv_form`'s choice.
     """
     weight, weight_exp = _weight(weight, weight_exp)
     in_shape = tuple(int(s) for s in in_shape)
@@ -195,9 +205,20 @@ def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: in
               for i in range(2)]
     if min(out_hw) < 1:
         raise ValueError(f"kernel {weight.shape[2:]} does not fit input {in_shape} with padding {padding}")
+    if form is None:
+        form = conv_form(int(Conv2d(weight, stride, padding, 0, dilation, groups).fan_out(in_shape).sum()))
+    if form not in CONV_FORMS:
+        raise ValueError(f"form must be one of {', '.join(CONV_FORMS)} or None, got {form!r}")
     return dict(kind="conv", weight=weight, weight_exp=weight_exp, in_shape=in_shape,
                 out_shape=(weight.shape[0], *out_hw), stride=stride, padding=padding, dilation=dilation,
-                groups=groups, max_input=_integer_at_least(max_input, "max_input"))
+                groups=groups, max_input=_integer_at_least(max_input, "max_input"), form=form)
+
+
+def conv_form(matrix_weights: int) -> str:
+    """The form of a convolution synapse in the CPU models, ``"matrix"`` or ``"kernel"``, from the
+    nonzero weights its sparse matrix would hold (``Conv2d.fan_out(input_shape).sum()``): the one
+    selection rule (:data:`MATRIX_FORM_MAX_WEIGHTS`)."""
+    return "matrix" if matrix_weights <= MATRIX_FORM_MAX_WEIGHTS else "kernel"
 
 
 def pooled_synapse(spec: dict, source_shape, taps) -> dict:
