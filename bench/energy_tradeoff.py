@@ -17,10 +17,12 @@ Every folded run starts from one cached checkpoint of the float epochs (the same
 and kind). Each point: the trained model's accuracy (its eval forward pass: the deployed network's
 frame, float64), the Loihi 2 integer network's accuracy in the reference simulator (one image at a
 time, one frame: for ``hw`` runs the checkpoint is loaded, converted and quantized as ``bsnn convert``
-does, written to netx and read back), the share of images on which the two predict the same class,
-synaptic operations, spikes and dynamic energy per image one at a time and streamed (``bsnn
-profile``'s figures of that run on the Loihi 2 profile: estimates), and the paired standard error of
-its accuracy difference to the ``hw lambda=0`` point. Runs are kept in ``<out>/<name>.json`` as
+does, written to netx and read back; its exact frame on every image, and the reference simulator on
+the first 500 as a check), the share of images on which the two predict the same class, synaptic
+operations, spikes and dynamic energy per image one at a time and streamed (``FrameCost`` and
+``frame_energy``: ``bsnn profile``'s figures, which its run on the first 500 images confirms; Loihi 2
+profile, estimates), and the paired standard error of its accuracy difference to the ``hw lambda=0``
+point. Runs are kept in ``<out>/<name>.json`` as
 they finish; a rerun skips them.
 
     python bench/energy_tradeoff.py                                    # everything (hours)
@@ -44,7 +46,7 @@ import netx_export
 from bsnn_lava import zoo
 from bsnn_lava.conversion import convert
 from bsnn_lava.datasets import load_npz
-from bsnn_lava.profile import profile_run
+from bsnn_lava.profile import frame_energy, profile_run
 from bsnn_lava.quantize import quantize
 from bsnn_lava.sim import frame_forward, simulate
 from bsnn_lava.training import finetune
@@ -61,6 +63,8 @@ KINDS = {"binary4": ("binary", 4), "graded8": ("graded", 8)}
 #: the issue's targets: dynamic energy per image streamed (uJ) within 1 point of the lambda = 0 run
 ENERGY_TARGETS_UJ = {("resnet20", "graded8"): 150, ("resnet56", "graded8"): 400, ("resnet20", "binary4"): 300}
 N_CALIBRATION = 300
+#: Test images also run in the reference simulator and priced by ``profile_run`` (a check of the frame's figures).
+PROFILED_IMAGES = 500
 
 
 def main() -> None:
@@ -145,10 +149,19 @@ def one_run(args, model_name, base, kind, options, x_train, y_train, x_test, y_t
         rounding = f"error feedback + bias correction ({N_CALIBRATION} images)"
     with tempfile.TemporaryDirectory() as folder:  # what a user deploys: the netx file
         network = netx_export.read(netx_export.write(network, Path(folder) / "net.h5"))
-    result = simulate(network, x_test, y_test, frames=1, steps=network.latency_steps)
-    integer_predictions = result.predictions_per_step[-1]
+    cost = frame_cost(network, torch.as_tensor(x_test).permute(0, 3, 1, 2))  # the exact frame, every image
+    integer_predictions = np.asarray(cost["predictions"])
+    energy = frame_energy(network, cost["synops"], cost["synops_graded"], cost["spikes"], "loihi2")
+    n_run = min(len(x_test), PROFILED_IMAGES)  # the same figures from a run of the simulator and bsnn profile
+    result = simulate(network, x_test[:n_run], y_test[:n_run], frames=1, steps=network.latency_steps)
     profile = profile_run(network, result, "loihi2")
-    estimate = frame_cost(network, torch.as_tensor(x_test).permute(0, 3, 1, 2))
+    subset = frame_cost(network, torch.as_tensor(x_test[:n_run]).permute(0, 3, 1, 2))
+    profiled = {"images": n_run, "synops": profile.synops, "synops_estimate": subset["synops"],
+                "dynamic_uj": {m: profile.throughput[m]["energy_nj"]["dynamic"] / 1e3 for m in energy if m != "profile"},
+                "dynamic_uj_estimate": {m: v for m, v in frame_energy(network, subset["synops"], subset["synops_graded"],
+                                                                       subset["spikes"], "loihi2").items()
+                                        if m != "profile"},
+                "same_predictions": bool(np.array_equal(result.predictions_per_step[-1], integer_predictions[:n_run]))}
     labels = np.asarray(y_test)
     record = model.finetune_record
     return {
@@ -157,12 +170,8 @@ def one_run(args, model_name, base, kind, options, x_train, y_train, x_test, y_t
         "integer_accuracy": float((integer_predictions == labels).mean()),
         "same_predictions": float((model_predictions == integer_predictions).mean()),
         "correct": pack(integer_predictions == labels),
-        "synops": profile.synops, "spikes_per_image": profile.spikes,
-        "synops_estimate": estimate["synops"], "spikes_estimate": estimate["spikes"],
-        "energy_uj": {mode: profile.throughput[mode]["energy_nj"]["dynamic"] / 1e3
-                      for mode in ("one_at_a_time", "streamed")},
-        "static_uj": {mode: profile.throughput[mode]["energy_nj"]["static"] / 1e3
-                      for mode in ("one_at_a_time", "streamed")},
+        "synops": cost["synops"], "spikes_per_image": cost["spikes"], "profiled": profiled,
+        "energy_uj": {mode: energy[mode] for mode in ("one_at_a_time", "streamed")},
         "latency_steps": network.latency_steps, "frame_steps": network.frame_steps,
         "history": [{k: h.get(k) for k in ("epoch", "loss", "accuracy", "synops", "seconds")}
                     for h in record["history"]],
@@ -235,6 +244,14 @@ def write_report(args, payload: dict) -> None:
 def targets(model_name: str, kind: str, mine: dict, n: int) -> list:
     """The issue's targets for one model and kind, each with its measured figure."""
     rows = []
+    checked = [v["profiled"] for v in mine.values() if "profiled" in v]
+    if checked:
+        agree = all(c["same_predictions"] and abs(c["synops"] - c["synops_estimate"]) <= 1e-9 * c["synops"]
+                    and all(abs(c["dynamic_uj"][m] - c["dynamic_uj_estimate"][m]) <= 1e-9 * c["dynamic_uj"][m]
+                            for m in c["dynamic_uj"]) for c in checked)
+        rows.append(f"- the frame's predictions, synaptic operations and energies equal a reference-simulator run's "
+                    f"and bsnn profile's on the first {checked[0]['images']} test images ({len(checked)} runs): "
+                    f"{'yes' if agree else 'NO'}")
     hw_runs = {k: v for k, v in mine.items() if k.startswith("hw ") or k.startswith("rate ")}
     if hw_runs:
         same = min(v["same_predictions"] for v in hw_runs.values())

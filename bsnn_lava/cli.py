@@ -685,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="epochs that train the folded network (default with --hw, --energy or --rate-target: a "
                            "third of the window's epochs, at least 1)")
     chip.add_argument("--fold-lr", type=float, default=FOLD_LR_DEFAULT,
-                      help=f"Adam learning rate of the folded epochs, cosine decay (default: {FOLD_LR_DEFAULT:g})")
+                      help=f"Adam learning rate of the folded epochs' weights, 10x for thresholds and biases, cosine "
+                           f"decay (default: {FOLD_LR_DEFAULT:g})")
     chip.add_argument("--headroom-bits", type=int, default=6,
                       help="with --hw: state headroom above a full window, as bsnn convert (default: 6)")
     tune.add_argument("--no-augment", action="store_true", help="no random crop and flip (e.g. for digits)")

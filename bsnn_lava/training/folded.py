@@ -23,7 +23,7 @@ over images on a network's exact frame.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,15 +46,32 @@ def _param_shape(values: np.ndarray, shape: Tuple[int, ...]) -> Tuple[int, ...]:
     return (-1, 1, 1) if values.ndim == 1 and len(shape) == 3 else values.shape
 
 
+def _bias_scale(layer) -> np.ndarray:
+    """What a layer's bias is stored relative to, shaped like the bias: its channel's threshold where
+    both are per channel (or the bias per neuron), else the largest threshold; the readout's largest
+    bias."""
+    bias = np.asarray(layer.bias)
+    if not isinstance(layer, GatedIF):
+        return np.full(bias.shape, max(float(np.max(np.abs(bias), initial=0.0)), 1e-12))
+    threshold = np.asarray(layer.threshold)
+    if threshold.ndim == 1 and bias.ndim >= 1:
+        return np.broadcast_to(threshold.reshape(-1, *([1] * (bias.ndim - 1))), bias.shape).copy()
+    return np.full(bias.shape, float(np.max(threshold)))
+
+
 class FoldedNetwork(nn.Module):
     """A float bistable network with frame reset, its frame computed by torch with trainable parameters.
 
     ``network``: the float IR (every spiking layer ``frame_reset``). Trainable: the synapse weights of
     every neuron layer and of the readout (their zeros stay zero, so fan-outs and synaptic operation
     counts keep their structure), biases and thresholds (``v_init`` follows the threshold at its
-    fraction, theta / 2 for a converted clip-floor-shift model); relays are fixed. Each parameter is
-    stored divided by a fixed per-tensor scale (the largest initial weight, the largest initial
-    threshold for thresholds and biases), so one learning rate suits every layer.
+    fraction, theta / 2 for a converted clip-floor-shift model); relays are fixed. A synapse weight is
+    the model's (BatchNorm folded) times its source's count unit: the source neuron layer's current
+    threshold (through any relays: as in the clip-floor-shift model, a source's threshold scales what
+    it sends) or ``1 / (pixel_max std)`` for the pixels. Each value is stored relative to a fixed
+    scale, so that a step of Adam is a relative change of the same size everywhere: a weight to its
+    output channel's largest initial one (folding BatchNorm scales the channels apart), a threshold
+    to its initial value, a bias to its channel's initial threshold.
 
     ``hw``: a hardware profile (integer grid in the training forward pass, :meth:`deployed` the
     integer network) or ``None`` (the float network). ``headroom_bits``: as :func:`quantize`.
@@ -73,46 +90,88 @@ class FoldedNetwork(nn.Module):
         self.headroom_bits = int(headroom_bits)
         self.window = network.window_steps
         self.values = nn.ParameterDict()
-        self.register_buffer("unused", torch.zeros(0), persistent=False)  # a device and dtype even without buffers
+        index = {layer.name: i for i, layer in enumerate(network.layers)}
+        #: (layer, synapse) -> index of the layer whose threshold is the unit of a source count, or None (pixels)
+        self.count_unit: Dict[Tuple[int, int], Optional[int]] = {}
+        converter = network.provenance.get("converter", {})
+        pixel_unit = 1.0 / (float(converter.get("pixel_max", 255.0)) * torch.as_tensor(converter.get("std", [1.0]),
+                                                                                       dtype=torch.float64))
         for i, layer in enumerate(network.layers[1:], start=1):
             trainable = not (isinstance(layer, GatedIF) and layer.role == "relay")
-            reference = float(np.max(layer.threshold)) if isinstance(layer, GatedIF) else None
             for k, synapse in enumerate(layer.synapses):
-                weight = torch.tensor(synapse.op.weight, dtype=torch.float32)
-                unit = float(weight.abs().max()) or 1.0
-                self._add(f"w{i}_{k}", weight / unit, unit, trainable, mask=weight != 0)
-            if reference is None:  # the readout: its bias in units of its largest weight
-                reference = max(float(self._unit(f"w{i}_0")), float(np.max(np.abs(layer.bias), initial=0.0))) or 1.0
-            self._add(f"b{i}", torch.tensor(layer.bias, dtype=torch.float32) / reference, reference, trainable)
+                weight = torch.tensor(synapse.op.weight, dtype=torch.float64)
+                if not trainable:
+                    self.register_buffer(f"fixed_w{i}_{k}", weight.float())
+                    continue
+                origin = self._count_origin(synapse.source)
+                self.count_unit[(i, k)] = None if origin is None else index[origin]
+                channels = self._input_channels(synapse, network[synapse.source].shape)
+                self.register_buffer(f"channel{i}_{k}", channels)
+                source_units = pixel_unit if origin is None else torch.tensor(network[origin].threshold,
+                                                                              dtype=torch.float64)
+                if origin is None:
+                    self.register_buffer(f"pixel_unit{i}_{k}", source_units.float())
+                model_weight = weight / source_units.expand(network[synapse.source].shape[0])[channels]
+                row = model_weight.abs().reshape(model_weight.shape[0], -1).amax(1).clamp(min=1e-12)
+                row = row.reshape(-1, *([1] * (model_weight.ndim - 1)))
+                self.register_buffer(f"scale_w{i}_{k}", row.float())
+                self.values[f"w{i}_{k}"] = nn.Parameter((model_weight / row).float())
+                self.register_buffer(f"mask{i}_{k}", weight != 0)
+            self._add(f"b{i}", layer.bias, trainable, _bias_scale(layer))
             if isinstance(layer, GatedIF):
-                self._add(f"t{i}", torch.tensor(layer.threshold, dtype=torch.float32) / reference, reference,
-                          trainable)
+                self._add(f"t{i}", layer.threshold, trainable, layer.threshold)
                 fraction = np.asarray(layer.v_init) / np.asarray(layer.threshold)
                 self.register_buffer(f"f{i}", torch.as_tensor(fraction, dtype=torch.float32))
         self._deployed: Optional[Network] = None
         self._cost: Optional[FrameCost] = None
 
-    def _add(self, name: str, value: torch.Tensor, unit: float, trainable: bool, mask=None) -> None:
-        if trainable:
-            self.values[name] = nn.Parameter(value.clone())
-        else:
-            self.register_buffer(f"fixed_{name}", value.clone())
-        self.register_buffer(f"unit_{name}", torch.tensor(unit, dtype=torch.float32))
-        if mask is not None and trainable:  # always, even without zeros: the same buffers whatever the weights
-            self.register_buffer(f"mask_{name}", mask)
+    def _count_origin(self, source: str) -> Optional[str]:
+        """The neuron layer whose counts reach a synapse from ``source`` (through relays), or
+        ``None`` for the pixels."""
+        layer = self.skeleton[source]
+        while isinstance(layer, GatedIF) and layer.role == "relay":
+            layer = self.skeleton[layer.synapses[0].source]
+        return None if layer is self.skeleton.input else layer.name
 
-    def _unit(self, name: str) -> torch.Tensor:
-        return getattr(self, f"unit_{name}")
+    @staticmethod
+    def _input_channels(synapse, source_shape) -> torch.Tensor:
+        """The source channel each weight reads, shaped to broadcast against the weight: conv
+        ``(out, in / groups, 1, 1)``, dense ``(1, inputs)`` (inputs in (C, H, W) order)."""
+        op = synapse.op
+        if isinstance(op, Conv2d):
+            out, per_group = op.weight.shape[:2]
+            group = torch.arange(out) // (out // op.groups)
+            return (group[:, None] * per_group + torch.arange(per_group)[None, :])[:, :, None, None]
+        shape = synapse.input_shape(source_shape)
+        return (torch.arange(int(np.prod(shape))) // int(np.prod(shape[1:])))[None, :]
+
+    def _add(self, name: str, value, trainable: bool, scale=None) -> None:
+        """A bias or threshold: trainable, stored relative to ``scale`` (broadcasting against it), or fixed."""
+        value = torch.tensor(np.asarray(value), dtype=torch.float64)
+        if trainable:
+            scale = torch.tensor(np.asarray(scale), dtype=torch.float64)
+            self.register_buffer(f"scale_{name}", scale.float())
+            self.values[name] = nn.Parameter((value / scale).float())
+        else:
+            self.register_buffer(f"fixed_{name}", value.float())
 
     def value(self, name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """Parameter ``name`` in the network's float units (masked weights: zeros kept), computed in
-        ``dtype`` (default: the stored one's)."""
-        stored = self.values[name] if name in self.values else getattr(self, f"fixed_{name}")
-        stored = stored if dtype is None else stored.to(dtype)
-        mask = getattr(self, f"mask_{name}", None)
-        if mask is not None:
-            stored = stored * mask
-        return stored * self._unit(name).to(stored.dtype)
+        """Parameter ``name`` (``w<i>_<k>``, ``b<i>``, ``t<i>``) in the network's float units, computed
+        in ``dtype`` (default: the stored one's): a trainable weight is its model-unit value times its
+        source's count unit (zeros kept)."""
+        if name not in self.values:
+            fixed = getattr(self, f"fixed_{name}")
+            return fixed if dtype is None else fixed.to(dtype)
+        stored = self.values[name] if dtype is None else self.values[name].to(dtype)
+        stored = stored * getattr(self, f"scale_{name}").to(stored.dtype)
+        if not name.startswith("w"):
+            return stored
+        i, k = map(int, name[1:].split("_"))
+        origin = self.count_unit[(i, k)]
+        units = getattr(self, f"pixel_unit{i}_{k}") if origin is None else self.value(f"t{origin}", stored.dtype)
+        source_channels = self.skeleton[self.skeleton.layers[i].synapses[k].source].shape[0]
+        units = units.to(stored.dtype).expand(source_channels)[getattr(self, f"channel{i}_{k}")]
+        return stored * getattr(self, f"mask{i}_{k}") * units
 
     def train(self, mode: bool = True):
         self._deployed = None  # parameters may change: the deployed network is rebuilt when next needed

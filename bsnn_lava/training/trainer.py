@@ -34,8 +34,11 @@ CROP_PADDING = 4
 #: The share of the window's epochs that train the folded network when ``hw``, ``energy`` or
 #: ``rate_target`` is set and ``fold_epochs`` is not (at least one epoch).
 FOLD_SHARE = 1 / 3
-#: Adam's learning rate of the folded epochs (parameters in units of their tensor's largest initial value).
+#: Adam's learning rate of the folded epochs' weights (each stored relative to its output channel's
+#: largest, so a step is a relative change), and the factor for thresholds and biases (relative to
+#: their thresholds): the energy loss moves them most.
 FOLD_LR = 5e-4
+FOLD_THRESHOLD_LR_FACTOR = 10.0
 
 
 def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs: int = 4, batch_size: int = 128,
@@ -75,8 +78,9 @@ def finetune(model: nn.Module, images, labels, window: Optional[int] = 4, epochs
             :data:`FOLD_SHARE` of the window's epochs, at least 1) train the converted network itself
             (:class:`~bsnn_lava.training.folded.FoldedNetwork`: BatchNorm and normalisation folded
             as the converter folds them, relays in place, ``spikes`` ``binary`` or ``graded``) with
-            Adam at ``fold_lr`` (cosine decay; parameters in units of their tensor's largest initial
-            value); the returned model is that module, whose eval forward pass is the deployed
+            Adam at ``fold_lr`` for the weights and :data:`FOLD_THRESHOLD_LR_FACTOR` times it for
+            thresholds and biases (cosine decay; every value stored relative to a fixed scale, so a
+            step is a relative change); the returned model is that module, whose eval forward pass is the deployed
             network's exact frame and which ``bsnn_lava.convert`` turns into its float network. With
             ``hw`` (a profile name, path or :class:`HardwareProfile`) the forward pass computes on
             the profile's integers (scales as :func:`~bsnn_lava.quantize.quantize` chooses them with
@@ -410,10 +414,11 @@ def _train_folded(model, state, config, x_all, y_all, generator, hw, normalise, 
     fold = config["fold"]
     float_model = model
     folded = fold_model(float_model, config, hw).to(device)
-    parameters = list(folded.values.values())
-    optimizer = torch.optim.Adam(parameters, lr=fold["lr"])
-    for group in optimizer.param_groups:
-        group["initial_lr"] = fold["lr"]
+    named = list(folded.values.items())
+    groups = [{"params": [p for n, p in named if n.startswith("w")], "initial_lr": fold["lr"]},
+              {"params": [p for n, p in named if not n.startswith("w")],
+               "initial_lr": fold["lr"] * FOLD_THRESHOLD_LR_FACTOR}]
+    optimizer = torch.optim.Adam(groups, lr=fold["lr"])
     history = []
     if state is not None:
         if state[CHECKPOINT_KEY].get("fold") != fold:
@@ -449,7 +454,7 @@ def _train_folded(model, state, config, x_all, y_all, generator, hw, normalise, 
                       + (f" on {fold['hw']}'s integers" if fold["hw"] else ""), check_what, config, warn_drop,
                       checkpoint, save)
     history = loop.run(history, config["fold_epochs"], loss_of, checked,
-                       after_step=lambda: [folded.values[n].data.clamp_(min=1e-3) for n in folded.values
+                       after_step=lambda: [folded.values[n].data.clamp_(min=1e-2) for n in folded.values
                                            if n.startswith("t")])
     return loop.finish(history)
 
