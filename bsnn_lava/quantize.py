@@ -106,6 +106,8 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
 
 #: Input patches (images x output positions) used to estimate a layer's input second moments.
 _HESSIAN_SAMPLES = 65536
+#: Images whose input patches are unfolded at once while the second moments are accumulated.
+_HESSIAN_CHUNK = 8
 #: Layers reading more inputs per neuron keep their rounded-to-nearest weights (bias correction still
 #: applies): the float64 input covariance and its factors take about 3 x 8 x fan-in**2 bytes (1.5 GiB
 #: at this cap; ResNet-34's classifier, its average pooling folded in, reads 25,088 inputs: 14 GiB).
@@ -196,23 +198,44 @@ def _error_feedback_rounding(layer_f, layer_q, rates, mant_max: int, block: int 
             return cols.transpose(1, 2).reshape(-1, cols.shape[1])
         return source_rates.reshape(source_rates.shape[0], -1)
 
+    def inputs(images: slice):  # (samples, fan-in of all synapses) of some images
+        return torch.cat([patches(s, rates[s.source][images]) for s in layer_f.synapses], dim=1)
+
     n_images = min(rates[layer_f.synapses[0].source].shape[0],
                    math.ceil(_HESSIAN_SAMPLES / math.prod(layer_f.shape[1:])))
-    inputs = torch.cat([patches(s, rates[s.source][:n_images]) for s in layer_f.synapses], dim=1)
+    # the centred second moments, accumulated over chunks of images (the patches of all images at
+    # once would take 8 x _HESSIAN_SAMPLES x fan-in bytes several times over)
+    chunks = [slice(i, min(i + _HESSIAN_CHUNK, n_images)) for i in range(0, n_images, _HESSIAN_CHUNK)]
+    n_samples = 0
+    mean = 0.0
+    for chunk in chunks:
+        part = inputs(chunk)
+        n_samples += part.shape[0]
+        mean = mean + part.sum(dim=0)
+    mean = mean / n_samples  # the mean error goes to the bias correction: minimise the spread
+    hessian = None
+    for chunk in chunks:
+        part = inputs(chunk) - mean
+        hessian = part.T @ part if hessian is None else hessian.addmm_(part.T, part)
+    hessian /= n_samples
     weight = torch.cat([torch.from_numpy(s.op.weight.reshape(s.op.weight.shape[0], -1) * layer_q.scale)
                         for s in layer_f.synapses], dim=1)
     sizes = [s.op.weight[0].size for s in layer_f.synapses]
     grid = torch.cat([torch.full((n,), 2.0 ** s.op.weight_exp, dtype=torch.float64)
                       for n, s in zip(sizes, layer_q.synapses)])
-    inputs = inputs - inputs.mean(dim=0)  # the mean error goes to the bias correction: minimise the spread
-    hessian = inputs.T @ inputs / inputs.shape[0]
     dead = torch.diag(hessian) == 0
     hessian[dead, dead] = 1.0
-    hessian += 0.01 * torch.diag(hessian).mean() * torch.eye(hessian.shape[0], dtype=torch.float64)
+    hessian.diagonal().add_(0.01 * torch.diag(hessian).mean())
     order = torch.argsort(torch.diag(hessian), descending=True)  # most active inputs first
-    weight, grid, hessian = weight[:, order], grid[order], hessian[order][:, order]
-    inverse_factor = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
+    weight, grid = weight[:, order], grid[order]
+    hessian = hessian[order]  # each step drops what the next does not need: a classifier reading
+    hessian = hessian[:, order]  # 4,096 inputs holds 134 MB per copy of its float64 covariance
+    factor = torch.linalg.cholesky(hessian)
     del hessian
+    inverse = torch.cholesky_inverse(factor)
+    del factor
+    inverse_factor = torch.linalg.cholesky(inverse, upper=True)
+    del inverse
     rounded = torch.empty_like(weight)
     for start in range(0, weight.shape[1], block):  # GPTQ's lazy batch updates: the same arithmetic,
         end = min(start + block, weight.shape[1])   # the columns after the block updated once per block

@@ -1,8 +1,6 @@
 """Fine-tuning for the chip: the folded network trained on a profile's integers (``hw=``) and for
 energy (``energy=``, ``rate_target=``). What it must keep: the integer network predicts exactly what
 the trained model predicts, the energy term counts what ``bsnn profile`` counts, resume is bit-exact."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -193,26 +191,34 @@ def test_finetune_refuses_what_the_folded_epochs_cannot_do(digits, bases):
         finetune(tuned, x, y, window=2, epochs=2, progress=False)
 
 
-def _bsnn(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "bsnn_lava", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+def _bsnn(capsys, *args):
+    """``bsnn *args`` in this process (exit code, stdout, stderr): a subprocess would import torch again per call."""
+    from bsnn_lava.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's refusals
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_finetune_hw_then_convert_writes_the_same_trained_integers_twice(tmp_path, digits):
+def test_cli_finetune_hw_then_convert_writes_the_same_trained_integers_twice(tmp_path, digits, capsys, monkeypatch):
     x, y, _, _ = digits
     torch.save(train_digits_model(x, y, epochs=1).state_dict(), tmp_path / "d.th")
-    (tmp_path / "digits_net.py").write_text("from bsnn_lava.demo import DigitsResNet\n\ndef build():\n"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chip_digits_net.py").write_text("from bsnn_lava.demo import DigitsResNet\n\ndef build():\n"
                                             "    return DigitsResNet()\n")
-    common = ["--factory", "digits_net:build", "--mean", "0", "--std", "1"]
-    done = _bsnn("finetune", "d.th", *common, "--data", "digits:train", "--limit", "200", "--window", "2", "--epochs",
-                 "2", "--no-augment", "--hw", "loihi2", "--spikes", "graded", "--energy", "0.05", "--out", "ft.th",
-                 cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "on loihi2's integers" in done.stderr and "synops/image" in done.stdout
+    common = ["--factory", "chip_digits_net:build", "--mean", "0", "--std", "1"]
+    code, out, err = _bsnn(capsys, "finetune", "d.th", *common, "--data", "digits:train", "--limit", "200", "--window",
+                           "2", "--epochs", "2", "--no-augment", "--hw", "loihi2", "--spikes", "graded", "--energy",
+                           "0.05", "--out", "ft.th")
+    assert code == 0, err
+    assert "on loihi2's integers" in err and "synops/image" in out
     for out in ("a.h5", "b.h5"):
-        done = _bsnn("convert", "ft.th", *common, "--calib", "digits:train", "--out", out, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        assert "integers as trained" in done.stderr
+        code, _, err = _bsnn(capsys, "convert", "ft.th", *common, "--calib", "digits:train", "--out", out)
+        assert code == 0 and "integers as trained" in err, err
     assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
     network = netx_export.read(tmp_path / "a.h5")
     assert network.numeric == "int" and network.spikes == "graded"
@@ -225,14 +231,13 @@ def test_cli_finetune_hw_then_convert_writes_the_same_trained_integers_twice(tmp
     refusals = [(["--hw", "loihi1"], "graded spikes"), (["--spikes", "binary"], "would change it"),
                 (["--headroom-bits", "3"], "headroom_bits 6")]
     for flags, pattern in refusals:
-        done = _bsnn("convert", "ft.th", *common, "--calib", "digits:train", "--out", "c.h5", *flags, cwd=tmp_path)
-        assert done.returncode == 2 and pattern in done.stderr, (flags, done.stderr)
+        code, _, err = _bsnn(capsys, "convert", "ft.th", *common, "--calib", "digits:train", "--out", "c.h5", *flags)
+        assert code == 2 and pattern in err, (flags, err)
         assert not (tmp_path / "c.h5").exists()
     for flags, pattern in [(["--relu", "--hw", "loihi2"], "--relu fine-tune has none"),
                            (["--energy", "-1"], "must be a number >= 0"), (["--hw", "loihi9"], "loihi9")]:
-        done = _bsnn("finetune", "d.th", *common, "--data", "digits:train", "--out", "x.th", *flags, cwd=tmp_path)
-        assert done.returncode == 2 and pattern in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
-            (flags, done.stderr)
+        code, _, err = _bsnn(capsys, "finetune", "d.th", *common, "--data", "digits:train", "--out", "x.th", *flags)
+        assert code == 2 and pattern in err and len(err.strip().splitlines()) == 1, (flags, err)
 
 
 def test_the_cli_default_fold_rate_is_the_trainers():
