@@ -22,13 +22,25 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 OUTPUT_RULE = ("output files (--out, --json, --html): the folder must exist (it is not created); a file is "
                "written completely or not at all, replacing an existing one")
 
-EPILOG = f"""examples:
-  bsnn demo                       train a digits ResNet, convert, compare BSNN with IF, plot
-  bsnn convert resnet20.th --calib train.npz --hw loihi2 --out net.h5
-  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 4 --out ft.th
-  bsnn inspect net.h5
-  bsnn check net.h5 --hw loihi1
-  bsnn simulate net.h5 --data test.npz --steps 256 --limit 500 --json out.json
+EPILOG = f"""examples (README.md's command table; each command's --help has its own):
+  bsnn demo                                                   # the end-to-end demo (digits)
+  bsnn convert resnet20.th --calib train.npz --hw loihi2 --out r20.h5   # checkpoint -> netx HDF5
+  bsnn inspect r20.h5                                         # layer table and provenance
+  bsnn check r20.h5 --hw loihi1                               # layers -> cores; exit 2 if it does not fit
+  bsnn simulate r20.h5 --data test.npz --steps 256 --limit 500 --json result.json
+  bsnn simulate r20.h5 --data test.npz --steps 80 --limit 2 --backend lava     # the same file in Lava, bit-exact
+  bsnn profile r20.h5 --data test.npz --steps 256 --limit 100 --hw loihi2 --html report.html
+  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 6 --out r20_p4.th   # exact after one frame
+  bsnn finetune resnet20.th --data train.npz --window 8 --spikes graded --hw loihi2 --energy 0.03 --out r20_g8e.th
+  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --out r20_p4.h5     # learned thresholds, frame reset
+  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --spikes graded --out r20_g4.h5 # Loihi 2 graded spikes
+  bsnn convert r20_g8e.th --calib train.npz --out r20_g8e.h5   # the integers as trained (--hw from the checkpoint)
+  bsnn simulate r20_g4.h5 --data test.npz --stream --batch-size 32 --backend lava   # a new image every frame
+  bsnn profile r20_g4.h5 --data test.npz --stream --limit 1000 --hw loihi2 --html stream.html
+  bsnn profile r20_p4.h5 r20_g4.h5 r20_g8e.h5 --data test.npz --limit 1000 --hw loihi2 --html tradeoff.html
+  torchrun --standalone --nproc-per-node 4 -m bsnn_lava simulate r20.h5 --data test.npz --steps 512 --json r.json
+  bsnn simulate r34.h5 --data /data/imagenet/val --steps 64 --limit 100   # a folder of class subfolders
+  bsnn convert resnet50.pth --factory bsnn_lava.zoo:imagenet_resnet50 --calib /data/imagenet/val --hw loihi2 --out r50.h5
 
 {OUTPUT_RULE}.
 exit codes: 0 success, 1 internal error, 2 bad input (one-line message), 130/143 interrupted (SIGINT/SIGTERM)"""
@@ -554,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "an exact BSNN (clip-floor-shift activations, frame reset) and check it frame by frame, "
                           "quantize the BSNN for Loihi 2, export it as netx HDF5, run the file in Lava on a few digits and compare every "
                           "spike with the reference, profile spikes and energy, and write a plot and an HTML report.",
-                          epilog="example: bsnn demo --out bsnn-demo", formatter_class=raw)
+                          epilog="examples:\n  bsnn demo\n  bsnn demo --out bsnn-demo", formatter_class=raw)
     demo.add_argument("--out", default="bsnn-demo", help="output folder, created if needed (default: bsnn-demo)")
     demo.add_argument("--steps", type=positive_int, default=96, help="time steps T to simulate (default: 96)")
     demo.add_argument("--window", type=positive_int, default=2, help="bistable window P in steps (default: 2)")
@@ -567,9 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Convert a trained ReLU network (a CIFAR ResNet checkpoint, or any model from "
                           "--factory) into a spiking network, calibrated on --calib, optionally quantized for a "
                           "hardware profile, and write it as a netx HDF5 file.",
-                          epilog="examples:\n  bsnn convert resnet20.th --calib train.npz --out r20.h5\n"
-                          "  bsnn convert resnet20.th --calib train.npz --hw loihi2 --window 4 --out r20_q.h5\n"
-                          "  bsnn convert ft8.th --calib train.npz --hw loihi2 --spikes graded --out r20_g8.h5\n"
+                          epilog="examples:\n  bsnn convert resnet20.th --calib train.npz --hw loihi2 --out r20.h5\n"
+                          "  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --out r20_p4.h5     # learned "
+                          "thresholds, frame reset\n"
+                          "  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --spikes graded --out r20_g4.h5\n"
+                          "  bsnn convert r20_g8e.th --calib train.npz --out r20_g8e.h5   # the integers as trained "
+                          "(--hw from the checkpoint)\n"
+                          "  bsnn convert resnet20.th --calib train.npz --spikes graded --levels 16 --channelwise "
+                          "--hw loihi2 --out r20_g16.h5\n"
                           "  bsnn convert w.pt --factory mynets:build_vgg --mean 0.5 --std 0.25 --calib "
                           "train.npz --out vgg.h5\n"
                           "  bsnn convert resnet50.pth --factory bsnn_lava.zoo:imagenet_resnet50 --calib "
@@ -623,9 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "that bsnn convert gives a BSNN that equals the fine-tuned model at every complete frame "
                           "(frame reset). --relu fine-tunes the plain model the same way (the fair baseline). A "
                           "checkpoint is written after every epoch; --resume continues from it.",
-                          epilog="examples:\n  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 4 "
+                          epilog="examples:\n  bsnn finetune resnet20.th --data train.npz --window 4 --epochs 6 "
                           "--out r20_p4.th\n  bsnn convert r20_p4.th --calib train.npz --hw loihi2 --out r20_p4.h5\n"
-                          "  bsnn finetune resnet20.th --data train.npz --window 8 --epochs 6 --spikes graded "
+                          "  bsnn finetune resnet20.th --data train.npz --window 8 --spikes graded "
                           "--hw loihi2 --energy 0.03 --out r20_g8e.th\n"
                           "  bsnn convert r20_g8e.th --calib train.npz --out r20_g8e.h5   # its Loihi 2 integers as "
                           "trained\n"
@@ -703,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="map a network onto cores of a hardware profile; exit 2 if it does not fit",
                            description="Map each layer onto cores (neurons, input axons, synaptic memory per core) "
                            "and print layers -> cores, totals and every violated limit.",
-                           epilog="examples:\n  bsnn check net.h5 --hw loihi2\n  bsnn check net.h5 --hw my_chip.toml "
+                           epilog="examples:\n  bsnn check r20.h5 --hw loihi1     # exit 2 if it does not fit\n"
+                           "  bsnn check net.h5 --hw loihi2\n  bsnn check net.h5 --hw my_chip.toml "
                            f"--json report.json\n\n{OUTPUT_RULE}.", formatter_class=raw)
     check.add_argument("net", help="a netx HDF5 file written by bsnn convert")
     check.add_argument("--hw", default="loihi2", help="hardware profile: loihi2, loihi1 or a .toml path")
@@ -740,9 +758,14 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Simulate a netx HDF5 network on images with the reference simulator "
                               "(exact integer arithmetic for quantized networks), or in Lava. Ctrl-C or SIGTERM "
                               "stops the run within seconds and writes nothing.",
-                              epilog="examples:\n  bsnn simulate net.h5 --data digits --steps 96\n  bsnn simulate "
-                              "net.h5 --data test.npz --steps 256 --limit 500 --json result.json\n  bsnn simulate "
-                              "r20_g8.h5 --data test.npz --stream --batch-size 32 --backend lava\n\n--json holds the "
+                              epilog="examples:\n  bsnn simulate net.h5 --data digits --steps 96\n"
+                              "  bsnn simulate r20.h5 --data test.npz --steps 256 --limit 500 --json result.json\n"
+                              "  bsnn simulate r20.h5 --data test.npz --steps 80 --limit 2 --backend lava\n"
+                              "  bsnn simulate r20_g4.h5 --data test.npz --stream --batch-size 32 --backend lava\n"
+                              "  torchrun --standalone --nproc-per-node 4 -m bsnn_lava simulate r20.h5 --data test.npz "
+                              "--steps 512 --json r.json\n"
+                              "  bsnn simulate r34.h5 --data /data/imagenet/val --steps 64 --limit 100   # a folder of "
+                              "class subfolders\n\n--json holds the "
                               "accuracy after every step, the counts, and per image (columns): index, label, "
                               "prediction, ann_prediction, final_from_step; streamed: 'stream' (lanes, rounds, "
                               "latency_steps, frame_steps, images_per_step, accuracy) and per image prediction_step "
@@ -762,10 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "table (accuracy, spikes, synaptic operations, energy per image, images/s, chips) and one "
                           "chart of accuracy against dynamic energy per image show the trade-off.",
                           epilog="examples:\n  bsnn profile net.h5 --data digits --steps 64 --hw loihi2\n"
-                          "  bsnn profile net.h5 --data test.npz --limit 100 --steps 256 --json p.json --html p.html\n"
-                          "  bsnn profile r20_g8.h5 --data test.npz --limit 1000 --stream --hw loihi2\n"
-                          "  bsnn profile r20_p4.h5 r20_g4.h5 r20_g8.h5 --data test.npz --limit 1000 --hw loihi2 --html "
-                          "tradeoff.html\n\nSeveral files: --json holds 'table' (a row per file) and 'profiles' (each "
+                          "  bsnn profile r20.h5 --data test.npz --steps 256 --limit 100 --hw loihi2 --html report.html\n"
+                          "  bsnn profile r20_g4.h5 --data test.npz --stream --limit 1000 --hw loihi2 --html stream.html\n"
+                          "  bsnn profile r20_p4.h5 r20_g4.h5 r20_g8e.h5 --data test.npz --limit 1000 --hw loihi2 "
+                          "--html tradeoff.html\n\nSeveral files: --json holds 'table' (a row per file) and 'profiles' (each "
                           "file's profile); the files must take the same input and classes."
                           f"\n{OUTPUT_RULE}.", formatter_class=raw)
     add_run_arguments(prof, several=True)

@@ -25,7 +25,7 @@ def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
         description="Read a bsnn-netx HDF5 file (validating every field) and print one row per layer: index, "
         "name, kind, netx type, shape, input layers, neuron type/role, schedule mode, offset and window "
         "(steps), threshold and bias (value or min..max, in the layer's units), scale, number of weights; "
-        "then the provenance.", epilog="examples:\n  bsnn inspect net.h5\n  bsnn inspect net.h5 --json",
+        "then the provenance.", epilog="examples:\n  bsnn inspect r20.h5\n  bsnn inspect r20.h5 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", help="a file written by netx_export.write(..., mode='bsnn')")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

@@ -5,7 +5,7 @@
 # real runtime dependencies come from the registry; the lava-nc 0.10.0 and lava-dl 0.6.0 wheels are
 # installed with --no-deps --ignore-requires-python (they declare Python <3.11; the one 3.11 fix is
 # applied at import time by bsnn_lava.lava_compat, never by editing site-packages).
-# Python 3.10: see README.md ("Python 3.10").
+# Python 3.10: see docs/guide.md ("Install").
 set -euo pipefail
 VENV="${1:-.venv}"
 PYTHON="${PYTHON:-python3}"

@@ -181,7 +181,7 @@ def test_cli_finetune_distils_checks_and_warns(tmp_path, capsys):
     assert torch.load(tmp_path / "broken.th", weights_only=True)["bsnn_finetune"]["warning"].startswith("warning:")
     assert main([*common, "--teacher", str(tmp_path / "missing.th"), "--out", str(tmp_path / "x.th")]) == 2
     assert "missing.th" in capsys.readouterr().err and not (tmp_path / "x.th").exists()
-    # the README's two steps: a ReLU fine-tune first, then the teacher of the window's fine-tune
+    # docs/guide.md's two steps: a ReLU fine-tune first, then the teacher of the window's fine-tune
     assert main([*relu, "--relu", "--out", str(tmp_path / "relu.th")]) == 0
     assert main([*common, "--teacher", str(tmp_path / "relu.th"), "--out", str(tmp_path / "kd.th")]) == 0
     distilled = torch.load(tmp_path / "kd.th", weights_only=True)["bsnn_finetune"]
