@@ -220,7 +220,7 @@ def write_report(args, payload: dict) -> None:
              "which the two predict the same class. Energy: `bsnn profile`'s dynamic energy per image on the Loihi 2 "
              "profile (estimates: borrowed Loihi 1 energies per operation), one image at a time and streamed (a new "
              "image every frame). d: integer accuracy minus the `hw lambda=0` point's, with its paired standard "
-             "error.", ""]
+             "error.", "", f"![accuracy against dynamic energy per image]({args.name}.png)", ""]
     for key_prefix in sorted({"/".join(k.split("/")[:2]) for k in runs}):
         model_name, kind = key_prefix.split("/")
         mine = {k.split("/", 2)[2]: v for k, v in runs.items() if k.startswith(key_prefix + "/")}
@@ -298,10 +298,12 @@ def plot(args, payload: dict) -> None:
                     points = sorted(points + [(v["energy_uj"]["streamed"], 100 * v["integer_accuracy"])])
                 if points:
                     ax.plot(*zip(*points), style, color=colors[kind], label=f"{kind}: {what}")
-            if "float" in mine:
-                v = mine["float"]
-                ax.plot(v["energy_uj"]["streamed"], 100 * v["integer_accuracy"], "x", color=colors[kind], ms=10,
-                        label=f"{kind}: float fine-tune, rounded after")
+            for label, marker, what in (("float", "x", "float fine-tune, rounded after"),
+                                        ("float-fold lambda=0", "+", "folded epochs without the integers")):
+                if label in mine:
+                    v = mine[label]
+                    ax.plot(v["energy_uj"]["streamed"], 100 * v["integer_accuracy"], marker, color=colors[kind],
+                            ms=10, label=f"{kind}: {what}")
         ax.set_xscale("log")
         ax.set_xlabel("dynamic energy per image, streamed (uJ, Loihi 2 profile: estimate)")
         ax.set_ylabel("accuracy of the Loihi 2 integer network (%)")
