@@ -1,11 +1,13 @@
 """Helpers shared by the benchmarks: machine description, result files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,7 +102,7 @@ class TreeMemoryPeak:
     every process's page tables: seconds for dozens of Lava workers, so a thread here would stall)."""
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak = interval, None
+        self.interval, self.peak, self.monitor_cpu_s = interval, None, 0.0
 
     def __enter__(self):
         import subprocess
@@ -110,7 +112,7 @@ class TreeMemoryPeak:
         code = ("import json, os, signal, sys, time; sys.path.insert(0, sys.argv[1]); "
                 "from common import process_tree_memory; root, out, interval = int(sys.argv[2]), sys.argv[3], "
                 "float(sys.argv[4]); peak = dict(process_tree_memory(root, os.getpid()), samples=0); "
-                "done = []; signal.signal(signal.SIGTERM, lambda *_: done.append(1))\n"
+                "done = []; signal.signal(signal.SIGTERM, lambda *_: done.append(1)); json.dump(peak, open(out, 'w'))\n"
                 "while not done and os.path.exists(f'/proc/{root}'):\n"
                 "    now = process_tree_memory(root, os.getpid()); samples = peak['samples'] + 1\n"
                 "    peak = dict(now, samples=samples) if now['pss'] > peak['pss'] else dict(peak, samples=samples)\n"
@@ -118,11 +120,56 @@ class TreeMemoryPeak:
                 "json.dump(peak, open(out, 'w'))")
         self._monitor = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).parent), str(os.getpid()),
                                           self._out.name, str(self.interval)])
+        while not os.path.getsize(self._out.name):  # the monitor's first sample: it now takes SIGTERM
+            if self._monitor.poll() is not None:
+                raise RuntimeError(f"the memory monitor exited with {self._monitor.returncode}")
+            time.sleep(0.01)
         return self
 
     def __exit__(self, *exc):
         self._monitor.terminate()
-        self._monitor.wait()
+        _, _, usage = os.wait4(self._monitor.pid, 0)  # reaped here: its CPU time is the monitor's own
+        self._monitor.returncode, self.monitor_cpu_s = 0, usage.ru_utime + usage.ru_stime
         with open(self._out.name) as result:
             self.peak = json.load(result)
         os.unlink(self._out.name)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@contextlib.contextmanager
+def measured(record: dict, name: str, tree_interval: float = 0.2):
+    """Wall time, CPU time (``cpu_s``: this process's, every thread; ``children_cpu_s``: its children
+    that ended meanwhile), peak resident memory of this process (every 20 ms) and peak proportional
+    set of this process and its children (:class:`TreeMemoryPeak`, a sample every ``tree_interval``
+    seconds) during the block, in ``record[name]``."""
+    peak, done = [rss_bytes()], threading.Event()
+    cpu_started, children_started = time.process_time(), os.times()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    entry = record.setdefault(name, {})
+    tree = TreeMemoryPeak(tree_interval)
+    try:
+        with tree:
+            yield entry
+    finally:
+        done.set()
+        sampler.join()
+        children = os.times()
+        entry.update(seconds=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started,
+                     children_cpu_s=max(0.0, children.children_user + children.children_system
+                                     - children_started.children_user - children_started.children_system
+                                     - tree.monitor_cpu_s),
+                     peak_rss_gib=max(peak[0], rss_bytes()) / 2 ** 30,
+                     peak_tree_pss_gib=tree.peak["pss"] / 2 ** 30, tree_processes=tree.peak["processes"],
+                     tree_rss_sum_gib=tree.peak["rss"] / 2 ** 30, tree_samples=tree.peak["samples"])
+        print(f"{name}: {entry}", flush=True)

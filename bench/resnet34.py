@@ -25,51 +25,20 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from common import SHARED, TreeMemoryPeak, command_line, machine, machine_text, write_json, write_markdown
+from common import SHARED, command_line, machine, machine_text, measured, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-
-@contextlib.contextmanager
-def measured(record: dict, name: str):
-    """Wall time, peak resident memory of this process (every 20 ms) and peak proportional set of
-    this process and its children (:class:`TreeMemoryPeak`) during the block, in ``record[name]``."""
-    peak, done = [rss_bytes()], threading.Event()
-
-    def sample():
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], rss_bytes())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    entry = record.setdefault(name, {})
-    tree = TreeMemoryPeak()
-    try:
-        with tree:
-            yield entry
-    finally:
-        done.set()
-        sampler.join()
-        entry.update(seconds=time.perf_counter() - started, peak_rss_gib=max(peak[0], rss_bytes()) / 2 ** 30,
-                     peak_tree_pss_gib=tree.peak["pss"] / 2 ** 30, tree_processes=tree.peak["processes"],
-                     tree_rss_sum_gib=tree.peak["rss"] / 2 ** 30, tree_samples=tree.peak["samples"])
-        print(f"{name}: {entry}", flush=True)
+#: where the ImageNet cost of a network that streams one image per frame is measured
+STREAMED_NOTE = ("That is post-training binary conversion, each image alone for all 989 steps. A graded network with "
+                 "frame reset streams one image per frame (2 steps): bench/results/imagenet_size.md "
+                 "(`python bench/imagenet_size.py`) measures it for ResNet-18, -34 and -50, with Lava runs.")
 
 
 def images(args, n: int) -> np.ndarray:
@@ -82,6 +51,53 @@ def images(args, n: int) -> np.ndarray:
 
     x, _ = load_npz(args.cifar)
     return np.stack([np.asarray(Image.fromarray(im).resize((args.size, args.size), Image.BILINEAR)) for im in x[:n]])
+
+
+def ann_macs(model: nn.Module, size: int) -> int:
+    """Multiply-accumulates of one ``size`` x ``size`` image through ``model``'s convolutions and linear layers."""
+    with torch.no_grad():
+        macs = []
+        hooks = [m.register_forward_hook(lambda m, i, o: macs.append(o[0].numel() * m.weight[0].numel()))
+                 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        model(torch.zeros(1, 3, size, size))
+        for hook in hooks:
+            hook.remove()
+    return int(sum(macs))
+
+
+def lava_build_stage(stages: dict, fixed) -> dict:
+    """The "Lava CPU build" stage: :func:`check_memory`'s estimate of every Lava process (or its
+    refusal), the processes, the largest, and how many synapses take each form."""
+    from bsnn_lava.ir import Conv2d
+    from bsnn_lava.lava.build import available_memory_bytes, check_memory, memory_estimate
+    from bsnn_lava.lava.procs.process import conv_form
+
+    with measured(stages, "Lava CPU build") as entry:
+        available = available_memory_bytes()
+        entry["available_gib"] = None if available is None else available / 2 ** 30
+        try:
+            entry["needs_gib"] = check_memory(fixed) / 2 ** 30
+        except ValueError as err:
+            entry["refused"] = str(err)
+        per_process, building = memory_estimate(fixed)
+        entry.update(processes=len(per_process), largest_process_gib=max(per_process.values()) / 2 ** 30,
+                     forms=dict(collections.Counter(
+                         conv_form(int(s.op.fan_out(s.input_shape(fixed[s.source].shape)).sum()))
+                         if isinstance(s.op, Conv2d) else "dense" for layer in fixed.layers[1:] for s in layer.synapses)))
+    return entry
+
+
+def equal_to_reference(lava, ref) -> bool:
+    """Spike counts of every layer at every step, spikes per neuron and predictions (every step's;
+    streamed: each image's, with its prediction step and readout potentials) equal."""
+    same = (np.array_equal(lava.n_spikes_per_step, ref.n_spikes_per_step)
+            and np.array_equal(lava.predictions, ref.predictions)
+            and lava.n_spikes_per_neuron.keys() == ref.n_spikes_per_neuron.keys()
+            and all(np.array_equal(n, ref.n_spikes_per_neuron[name]) for name, n in lava.n_spikes_per_neuron.items()))
+    if ref.stream is None:
+        return bool(same and np.array_equal(lava.predictions_per_step, ref.predictions_per_step))
+    return bool(same and np.array_equal(lava.stream.prediction_step, ref.stream.prediction_step)
+                and np.array_equal(lava.stream.readout, ref.stream.readout))
 
 
 def main() -> None:
@@ -109,9 +125,6 @@ def main() -> None:
 
     import netx_export
     from bsnn_lava import convert, simulate, zoo
-    from bsnn_lava.ir import Conv2d
-    from bsnn_lava.lava.build import available_memory_bytes, check_memory, memory_estimate
-    from bsnn_lava.lava.procs.process import conv_form
     from bsnn_lava.lava.run import run_lava
     from bsnn_lava.quantize import quantize
     from bsnn_lava.resources import check_resources
@@ -124,14 +137,7 @@ def main() -> None:
     payload = {"benchmark": args.name, "command": command_line(), "machine": machine(), "depth": args.depth,
                "input": [3, args.size, args.size], "classes": 1000, "data": str(args.data or args.cifar),
                "parameters": sum(p.numel() for p in model.parameters()), "stages": stages}
-    with torch.no_grad():
-        macs = []
-        hooks = [m.register_forward_hook(lambda m, i, o: macs.append(o[0].numel() * m.weight[0].numel()))
-                 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        model(torch.zeros(1, 3, args.size, args.size))
-        for hook in hooks:
-            hook.remove()
-    payload["ann_macs"] = int(sum(macs))
+    payload["ann_macs"] = ann_macs(model, args.size)
     with measured(stages, "convert") as entry:
         network = convert(model, calib, window=2, mean=zoo.IMAGENET_MEAN, std=zoo.IMAGENET_STD, progress=True)
         entry.update(layers=len(network.layers), neurons=int(sum(np.prod(l.shape) for l in network.layers[1:])),
@@ -170,28 +176,14 @@ def main() -> None:
             "images": 50000, "steps": 989, "image_steps": 50000 * 989, "measured_image_steps_per_s": rate,
             "device": args.device, "cores_here": machine()["cpu_count"],
             "hours_here": 50000 * 989 / rate / 3600}
-    with measured(stages, "Lava CPU build") as entry:
-        available = available_memory_bytes()
-        entry["available_gib"] = None if available is None else available / 2 ** 30
-        try:
-            entry["needs_gib"] = check_memory(fixed) / 2 ** 30
-        except ValueError as err:
-            entry["refused"] = str(err)
-        per_process, building = memory_estimate(fixed)
-        entry.update(processes=len(per_process), largest_process_gib=max(per_process.values()) / 2 ** 30,
-                     forms=dict(collections.Counter(
-                         conv_form(int(s.op.fan_out(s.input_shape(fixed[s.source].shape)).sum()))
-                         if isinstance(s.op, Conv2d) else "dense" for layer in fixed.layers[1:] for s in layer.synapses)))
+    lava_build_stage(stages, fixed)
     if args.lava_steps and "refused" not in stages["Lava CPU build"]:
         with measured(stages, "Lava CPU run") as entry:
             lava = run_lava(fixed, test[:1], steps=args.lava_steps, progress=True)
         ref = simulate(fixed, test[:1], steps=args.lava_steps, method="step")
         entry.update(images=1, steps=args.lava_steps, **lava.extras["timing"],
                      spikes=int(lava.n_spikes_per_step.sum()),
-                     equal_to_reference=bool(np.array_equal(lava.n_spikes_per_step, ref.n_spikes_per_step)
-                                             and np.array_equal(lava.predictions_per_step, ref.predictions_per_step)
-                                             and all(np.array_equal(n, ref.n_spikes_per_neuron[name])
-                                                     for name, n in lava.n_spikes_per_neuron.items())))
+                     equal_to_reference=equal_to_reference(lava, ref))
     write_json(args.out / f"{args.name}.json", payload)
     write_report(args, payload)
 
@@ -240,7 +232,8 @@ def write_report(args, payload) -> None:
     if x:
         lines += ["", f"The paper's ImageNet experiment ({x['images']} images x {x['steps']} steps = "
                       f"{x['image_steps'] / 1e6:.1f} M image-steps) at the measured {x['measured_image_steps_per_s']:.2f} "
-                      f"image-steps/s ({x['device']}, {x['cores_here']} cores): {x['hours_here']:.0f} h here."]
+                      f"image-steps/s ({x['device']}, {x['cores_here']} cores): {x['hours_here']:.0f} h here.", "",
+                  STREAMED_NOTE]
     write_markdown(args.out / f"{args.name}.md", lines)
     print("\n".join(lines))
 
