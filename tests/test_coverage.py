@@ -213,9 +213,9 @@ SLOW = ("resnet50_224", "vgg16_bn_224")
 #: Fine-tuned with the BatchNorm statistics of the images (batchnorm_statistics_of): with random ones,
 #: ResNet-50's fine-tuning diverges within its first epoch.
 STATISTICS_FROM_DATA = ("resnet50", "resnet50_224")
-def models():
-    """The names of MODELS as pytest parameters, SLOW marked slow."""
-    return [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else []) for name in MODELS]
+def models(slow=SLOW):
+    """The names of MODELS as pytest parameters, those in ``slow`` marked slow."""
+    return [pytest.param(name, marks=[pytest.mark.slow] if name in slow else []) for name in MODELS]
 
 
 @lru_cache(maxsize=None)
@@ -280,7 +280,7 @@ def test_fan_out_and_full_weight_agree_with_torch():
 
 
 @pytest.mark.parametrize("spikes", ["binary", "graded"])
-@pytest.mark.parametrize("name", models())
+@pytest.mark.parametrize("name", models(SLOW + ("resnet50",)))  # bottlenecks: test_zoo and the CLI test below
 def test_finetuned_models_convert_exactly(name, spikes):
     """Clip-floor-shift fine-tuning (one short epoch on random data): the frame equals P times the
     fine-tuned model's logits (graded: one-step windows, the logits), and the BSNN predicts its class at
