@@ -43,6 +43,12 @@ def add_command(payload: dict, command: str = None) -> None:
         commands.append(command)
 
 
+def read_payload(path: Path, **empty) -> dict:
+    """A bench's results kept at ``path`` (runs finished earlier), or a new payload
+    ``{"benchmark": <path's stem>, **empty}``."""
+    return json.loads(path.read_text()) if path.exists() else {"benchmark": path.stem, **empty}
+
+
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(payload, indent=1))

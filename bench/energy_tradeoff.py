@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import shutil
 import tempfile
 import time
@@ -52,7 +51,7 @@ from bsnn_lava.sim import frame_forward, simulate
 from bsnn_lava.training import finetune
 from bsnn_lava.training.folded import frame_cost
 
-from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, read_payload, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -91,7 +90,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     path = args.out / f"{args.name}.json"
-    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": args.name, "runs": {}}
+    payload = read_payload(path, runs={})
     if args.report_only:
         write_report(args, payload)
         return

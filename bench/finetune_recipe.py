@@ -52,7 +52,7 @@ from bsnn_lava import zoo
 from bsnn_lava.datasets import load_npz
 from bsnn_lava.training import calibrate_thresholds, clip_floor_shift_model, finetune
 
-from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, read_payload, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -110,7 +110,7 @@ def main() -> None:
                         help="results of runs made in parallel under another --name: merged into this one")
     args = parser.parse_args()
     path = args.out / f"{args.name}.json"
-    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": args.name, "runs": {}, "start": {}}
+    payload = read_payload(path, runs={}, start={})
     for other in map(json.loads, (p.read_text() for p in args.merge)):
         payload["start"].update(other["start"])
         payload["runs"].update(other["runs"])

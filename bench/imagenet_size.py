@@ -31,13 +31,12 @@ does only the stages not there (``--force``: all of the runs named; ``--redo PRE
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import SHARED, add_command, machine, machine_text, measured, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, measured, read_payload, write_json, write_markdown
 from resnet34 import ann_macs, equal_to_reference, images, lava_build_stage
 
 RESULTS = Path(__file__).parent / "results"
@@ -75,7 +74,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     path = args.out / f"{args.name}.json"
-    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": args.name, "runs": {}}
+    payload = read_payload(path, runs={})
     if args.report_only:
         write_report(args, payload)
         return

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, read_payload, write_json, write_markdown
 
 RESULTS = Path(__file__).parent / "results"
 FIXED_T = (16, 32, 64, 96, 128, 192, 256, 384, 512)
@@ -79,7 +78,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     path = args.out / f"{args.name}.json"
-    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": args.name, "steps": {}}
+    payload = read_payload(path, steps={})
     if args.report_only:
         write_report(args, payload)
         return

@@ -34,7 +34,7 @@ from bsnn_lava.profile import profile_run
 from bsnn_lava.quantize import quantize
 
 import finetune as finetune_bench
-from common import SHARED, add_command, machine, machine_text, write_json, write_markdown
+from common import SHARED, add_command, machine, machine_text, read_payload, write_json, write_markdown
 
 MEAN, STD = zoo.CIFAR_RESNET_MEAN, zoo.CIFAR_RESNET_STD
 RESULTS = Path(__file__).parent / "results"
@@ -71,7 +71,7 @@ def main() -> None:
     if args.report_only:
         write_report(args, json.loads(path.read_text()))
         return
-    payload = json.loads(path.read_text()) if path.exists() else {"benchmark": args.name, "networks": {}}
+    payload = read_payload(path, networks={})
     if payload.get("n_test", args.n_test) != args.n_test:
         parser.error(f"{path} holds runs on {payload['n_test']} test images; use --name for another file")
     payload.update(n_test=args.n_test, machine=machine())
