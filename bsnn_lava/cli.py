@@ -426,8 +426,13 @@ def _simulate_file(args, network, x, y):
         except ValueError as err:
             raise UsageError(f"--device: {err}") from None
         return simulate(network, x, y, steps=args.steps, batch_size=args.batch_size or TORCH_BATCH_SIZE,
-                        device=args.device, progress=True, stream=args.stream, frames=args.frames)
+                        device=args.device, progress=True, stream=args.stream, frames=args.frames,
+                        ann=not getattr(args, "no_ann", False))
     from .lava.run import run_lava
+
+    if getattr(args, "no_ann", False):
+        raise UsageError(f"--no-ann with --backend {args.backend}: the Lava runs always compare with the ANN; "
+                         "--no-ann skips it in the reference simulator (--backend torch)")
 
     if args.backend == "loihi2" and args.batch_size not in (None, 1):
         raise UsageError(f"--batch-size {args.batch_size}: batches are a layout of Lava's CPU simulator; "
@@ -457,9 +462,9 @@ def _cmd_simulate(args) -> int:
               f"{result.n_steps} steps")
         for points in (2.0, 1.0, 0.5):
             print(f"  steps to ANN - {points} point(s): {result.steps_to_within(points) or 'not reached'}")
-    print(f"  spikes per image {sum(result.n_spikes.values()) / result.n_samples:.0f}, SIN per image "
-          f"{sum(result.n_sin.values()) / result.n_samples:.1f}, lost input {sum(result.n_lost_input.values())}, "
-          f"saturated {sum(result.n_saturated.values())}")
+    sin = "-" if result.n_sin is None else f"{sum(result.n_sin.values()) / result.n_samples:.1f}"
+    print(f"  spikes per image {sum(result.n_spikes.values()) / result.n_samples:.0f}, SIN per image {sin}, "
+          f"lost input {sum(result.n_lost_input.values())}, saturated {sum(result.n_saturated.values())}")
     if args.json:
         _write_json(args.json, result.summary(labels=y))
     return EXIT_OK
@@ -773,6 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=raw)
     add_run_arguments(simulate)
     simulate.add_argument("--json", help="write accuracy per step, counts and per-image predictions as JSON")
+    simulate.add_argument("--no-ann", action="store_true",
+                          help="do not run the equivalent ANN beside the network (no ANN accuracy, ann_prediction or "
+                               "SIN; torch backend): a streamed run of an ImageNet-size network spends most of its "
+                               "time there")
     simulate.set_defaults(handler=_cmd_simulate)
 
     prof = sub.add_parser("profile", help="spikes, synaptic ops and energy per layer and inference; HTML report",

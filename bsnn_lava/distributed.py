@@ -134,18 +134,20 @@ def merge_results(parts: List[SimResult], labels=None) -> SimResult:
         n_steps=first.n_steps, n_samples=n_samples, layer_names=first.layer_names,
         n_spikes_per_step=sum(p.n_spikes_per_step for p in parts), synapse_names=first.synapse_names,
         n_synops_per_step=sum(p.n_synops_per_step for p in parts),
-        n_spikes_per_neuron=sum_dicts("n_spikes_per_neuron"), n_sin=sum_dicts("n_sin"),
+        n_spikes_per_neuron=sum_dicts("n_spikes_per_neuron"),
+        n_sin=None if first.n_sin is None else sum_dicts("n_sin"),
         n_lost_input=sum_dicts("n_lost_input"), n_saturated=sum_dicts("n_saturated"), n_neurons=first.n_neurons,
         method=first.method, extras=_merge_extras([p.extras for p in parts]), frame_limit=first.frame_limit)
     if first.stream is not None:
         return SimResult(**summed, **_stream_rows(parts, labels))
     predictions_per_step = np.concatenate([p.predictions_per_step for p in parts], axis=1)
-    ann_predictions = np.concatenate([p.ann_predictions for p in parts])
+    ann_predictions = None if first.ann_predictions is None else np.concatenate([p.ann_predictions for p in parts])
     accuracy = ann_accuracy = None
     if labels is not None and first.accuracy is not None:
         labels = np.asarray(labels)
         accuracy = (predictions_per_step == labels).sum(axis=1) / n_samples
-        ann_accuracy = int((ann_predictions == labels).sum()) / n_samples
+        if ann_predictions is not None:
+            ann_accuracy = int((ann_predictions == labels).sum()) / n_samples
     return SimResult(**summed, predictions=np.concatenate([p.predictions for p in parts]),
                      predictions_per_step=predictions_per_step, ann_predictions=ann_predictions, accuracy=accuracy,
                      ann_accuracy=ann_accuracy)
@@ -159,7 +161,8 @@ def _stream_rows(parts: List[SimResult], labels) -> dict:
     index = np.concatenate([p.stream.image_index for p in parts])
     order = np.argsort(index, kind="stable")
     rows = lambda values: np.concatenate(values)[order]
-    predictions, ann_predictions = rows([p.predictions for p in parts]), rows([p.ann_predictions for p in parts])
+    predictions = rows([p.predictions for p in parts])
+    ann_predictions = None if parts[0].ann_predictions is None else rows([p.ann_predictions for p in parts])
     stream = replace(parts[0].stream, image_index=index[order],
                      prediction_step=rows([p.stream.prediction_step for p in parts]),
                      readout=rows([p.stream.readout for p in parts]))
@@ -167,7 +170,8 @@ def _stream_rows(parts: List[SimResult], labels) -> dict:
     if labels is not None and parts[0].final_correct is not None:
         labels = np.asarray(labels)[stream.image_index]
         final_correct = int((predictions == labels).sum())
-        ann_accuracy = int((ann_predictions == labels).sum()) / len(index)
+        if ann_predictions is not None:
+            ann_accuracy = int((ann_predictions == labels).sum()) / len(index)
     return dict(predictions=predictions, predictions_per_step=None, ann_predictions=ann_predictions,
                 ann_accuracy=ann_accuracy, stream=stream, final_correct=final_correct)
 

@@ -153,7 +153,7 @@ def profile_run(network: Network, result: SimResult, hardware: Union[str, Hardwa
         spikes = float(result.n_spikes.get(layer.name, 0)) / n
         n_neurons = int(np.prod(layer.shape))
         layers.append(LayerProfile(layer.name, layer.role, n_neurons, spikes, spikes / n_neurons,
-                                   synops_by_source.get(layer.name, 0.0), result.n_sin.get(layer.name, 0) / n,
+                                   synops_by_source.get(layer.name, 0.0), (result.n_sin or {}).get(layer.name, 0) / n,
                                    result.n_lost_input.get(layer.name, 0) / n, result.n_saturated.get(layer.name, 0) / n))
     readout = network.readout
     layers.append(LayerProfile(readout.name, "readout", int(np.prod(readout.shape)), 0.0, 0.0, 0.0, 0.0,

@@ -76,6 +76,28 @@ def test_merged_shards_equal_one_run(networks, digits, kind):
     assert sum(whole.n_spikes.values()) > 0 and 0 < whole.accuracy[-1] < 1
 
 
+def test_runs_without_the_ann_merge_and_count_the_same(networks, digits):
+    """ann=False: the same spikes, synaptic operations and predictions, no ANN fields, one image at a
+    time and streamed (lane shares merged), on both paths."""
+    _, x, y = digits
+    network = networks["bsnn reset int"]
+    for method in ("step", "window"):
+        with_ann = simulate(network, x, y, steps=STEPS, batch_size=8, method=method)
+        parts = [simulate(network, x[s], y[s], steps=STEPS, batch_size=8, method=method, ann=False)
+                 for s in (shard(N_IMAGES, r, 3) for r in range(3))]
+        without = merge_results(parts, y)
+        assert without.ann_predictions is None and without.ann_accuracy is None and without.n_sin is None
+        assert with_ann.ann_predictions is not None and with_ann.n_sin
+        for name in ("predictions_per_step", "accuracy", "n_spikes_per_step", "n_synops_per_step"):
+            np.testing.assert_array_equal(getattr(without, name), getattr(with_ann, name), err_msg=f"{method} {name}")
+        assert "ann_prediction" not in without.summary(y)["images"]
+        streamed = simulate(network, x, y, stream=True, batch_size=4, method=method)
+        bare = simulate(network, x, y, stream=True, batch_size=4, method=method, ann=False)
+        np.testing.assert_array_equal(bare.stream.readout, streamed.stream.readout)
+        np.testing.assert_array_equal(bare.n_spikes_per_step, streamed.n_spikes_per_step)
+        assert bare.final_accuracy == streamed.final_accuracy and bare.n_sin is None
+
+
 def test_merge_refuses_different_runs(networks, digits):
     _, x, y = digits
     a = simulate(networks["bsnn float"], x[:5], y[:5], steps=STEPS)

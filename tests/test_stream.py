@@ -207,6 +207,14 @@ def test_cli_simulate_and_profile_streamed(data, tmp_path, capsys):
     profile = json.loads((tmp_path / "p.json").read_text())
     assert profile["streamed"] and profile["throughput"]["streamed"]["steps_per_image"] == 2
     assert "one image at a time and streamed" in (tmp_path / "p.html").read_text()
+    assert main(["simulate", str(path), *data_arg, "--stream", "--batch-size", "4", "--no-ann", "--json",
+                 str(tmp_path / "n.json")]) == 0
+    assert "SIN per image -" in capsys.readouterr().out
+    bare = json.loads((tmp_path / "n.json").read_text())
+    assert bare["ann_accuracy"] is None and bare["n_sin"] is None and bare["n_spikes"] == summary["n_spikes"]
+    assert bare["images"]["prediction"] == summary["images"]["prediction"]
+    assert main(["simulate", str(path), *data_arg, "--no-ann", "--backend", "lava", "--limit", "2"]) == 2
+    assert "--no-ann with --backend lava" in capsys.readouterr().err
     for bad in (["--stream", "--steps", "40"], ["--stream", "--frames", "2"]):
         assert main(["simulate", str(path), *data_arg, *bad]) == 2
         assert "with --stream" in capsys.readouterr().err

@@ -52,6 +52,8 @@ class PairedComparison:
 def compare_runs(a: SimResult, b: SimResult, labels, samples=None) -> PairedComparison:
     """Compare two simulations of the same images (and steps); ``samples``: an index or slice
     selecting the images to compare (default all)."""
+    if a.ann_predictions is None:
+        raise ValueError("run a was simulated without the ANN (ann=False); compare_runs needs its ANN predictions")
     if a.predictions_per_step.shape != b.predictions_per_step.shape:
         raise ValueError(f"the runs differ in shape (steps, images): {a.predictions_per_step.shape} vs "
                          f"{b.predictions_per_step.shape}")

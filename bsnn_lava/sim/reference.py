@@ -37,7 +37,7 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
              device: str = "cpu", method: str = "auto", dtype: Optional[torch.dtype] = None,
              record: Union[bool, Collection[str]] = False, progress: bool = False,
              distributed: Optional[bool] = None,
-             stream: bool = False, frames: Union[int, str, None] = None) -> SimResult:
+             stream: bool = False, frames: Union[int, str, None] = None, ann: bool = True) -> SimResult:
     """Simulate ``network`` on raw uint8 ``images`` for ``steps`` steps, or streamed.
 
     Args:
@@ -71,6 +71,10 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
             ``result.stream`` holds the timing, every image's prediction step and readout potentials.
         frames: the run's frame limit (:meth:`Network.for_run`): ``None`` (a frame-reset network stops
             each layer after its first frame), an integer, or ``"all"``; not for streamed runs.
+        ann: compare with the equivalent ANN (:class:`~bsnn_lava.sim.ann.ReferenceANN`: ``ann_predictions``,
+            ``ann_accuracy``, ``n_sin``). ``False`` leaves those ``None`` and skips the ANN, which a
+            streamed run of a large network otherwise spends most of its time in (two float64
+            passes per entering round); spikes, predictions and every other count are the same.
     Returns:
         A :class:`SimResult`; ``result.predictions_per_step[t, i]`` is the class predicted for image
         ``i`` after ``t + 1`` steps (one image at a time), ``result.stream`` (streamed).
@@ -102,7 +106,7 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
         raise ValueError("the window path needs a bistable network whose layers are synchronised "
                          "(offset = source offset + P + synaptic delay, one offset per layer's sources)")
     run = lambda part_plan, x, y, show, dev: _simulate_here(network, x, y, int(steps), batch_size, dev, method, dtype,
-                                                          record, progress and show, part_plan)
+                                                          record, progress and show, part_plan, ann)
     if use_ranks(distributed):
         device = rank_device(device)
         if plan is not None:
@@ -114,7 +118,7 @@ def simulate(network: Network, images, labels=None, steps: Optional[int] = None,
 
 def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, device: str, method: str,
                    requested_dtype: Optional[torch.dtype], record: Optional[frozenset], progress: bool,
-                   plan: Optional[StreamPlan]) -> SimResult:
+                   plan: Optional[StreamPlan], ann: bool = True) -> SimResult:
     """:func:`simulate` in this process (``network`` already :meth:`~Network.for_run`): one image at
     a time in batches, or streamed through the lanes of ``plan``."""
     y_all = None if y_all is None else torch.as_tensor(y_all)
@@ -125,7 +129,7 @@ def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, 
         fast = NetworkKernels(network, torch.float32, device)
         if all(k.exact_in_float32 for _, k in fast.all_synapses()):
             window_kernels = fast
-    run = _Run(network, kernels, steps, network.state_bits, record, window_kernels, plan)
+    run = _Run(network, kernels, steps, network.state_bits, record, window_kernels, plan, ann)
     n_images = len(x_all) if plan is None else len(plan.image_indices())
     start = 0
     with tqdm(total=n_images, desc=f"simulate ({method} path{', streamed' if plan else ''})", disable=not progress,
@@ -148,7 +152,7 @@ def _simulate_here(network: Network, x_all, y_all, steps: int, batch_size: int, 
     result.frame_limit = network.readout.schedule.frames
     if plan is not None and y_all is not None:
         result.final_correct = int((torch.as_tensor(result.predictions) == y_all[result.stream.image_index]).sum())
-    result.extras["ann"] = run.ann.kind
+    result.extras["ann"] = None if run.ann is None else run.ann.kind
     if method == "window":
         result.extras["n_windows_stepwise"] = run.n_windows_stepwise
         result.extras["window_arithmetic"] = str(window_kernels.dtype).replace("torch.", "")
@@ -251,12 +255,13 @@ class _Run:
 
     def __init__(self, network: Network, kernels: NetworkKernels, n_steps: int, state_bits,
                  record: Optional[frozenset] = None,
-                 window_kernels: Optional[NetworkKernels] = None, plan: Optional[StreamPlan] = None):
+                 window_kernels: Optional[NetworkKernels] = None, plan: Optional[StreamPlan] = None,
+                 ann: bool = True):
         self.network = network
         self.plan = plan
         self.records = {name: [] for name in (*sorted(record), network.readout.name)} if record else None
         self.kernels = kernels
-        self.ann = ReferenceANN(network, kernels)
+        self.ann = ReferenceANN(network, kernels) if ann else None  # None: no ANN, no SIN
         self.window_kernels = window_kernels or kernels
         self.n_steps = n_steps
         self.state_bits = state_bits
@@ -270,7 +275,7 @@ class _Run:
                                   for layer in self.spiking}
         self.correct = torch.zeros(n_steps, dtype=torch.float64, device=device)
         self.counters = {key: {layer.name: 0 for layer in network.layers[1:]} for key in ("lost", "saturated")}
-        self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron"}
+        self.counters["sin"] = {layer.name: 0 for layer in self.spiking if layer.role == "neuron" and ann}
         self.ann_correct = 0
         self.predictions = []  # per batch: (n_steps, batch) predicted classes (one image at a time)
         self.ann_predictions = []  # per batch or round: the ANN's classes
@@ -306,7 +311,9 @@ class _Run:
 
     def _open_round(self, source, k: int) -> None:
         """Round k enters: the ANN on its images gives their ANN predictions and, per neuron layer,
-        the neurons whose pre-activation is <= 0 (for SIN)."""
+        the neurons whose pre-activation is <= 0 (for SIN); nothing without the ANN."""
+        if self.ann is None:
+            return
         x, y, n = source.round(k)
         if n == 0:  # a lane share of a stream whose last round has no image for it
             self.inactive[k] = {name: torch.zeros(0, *self.network[name].shape, dtype=torch.bool)
@@ -600,11 +607,11 @@ class _Run:
             synapse_names=tuple(self.kernels.synapse_names),
             n_synops_per_step=self.synops_per_step.cpu().numpy().astype(np.int64),
             n_spikes_per_neuron={k: v.cpu().numpy().astype(np.int64) for k, v in self.spikes_per_neuron.items()},
-            n_sin=as_int(self.counters["sin"]), n_lost_input=as_int(self.counters["lost"]),
+            n_sin=as_int(self.counters["sin"]) if self.ann is not None else None, n_lost_input=as_int(self.counters["lost"]),
             n_saturated=as_int(self.counters["saturated"]),
             n_neurons={layer.name: int(np.prod(layer.shape)) for layer in self.network.layers[1:]},
-            ann_predictions=np.concatenate(self.ann_predictions),
-            ann_accuracy=self.ann_correct / n_samples if has_labels else None, method=method)
+            ann_predictions=np.concatenate(self.ann_predictions) if self.ann is not None else None,
+            ann_accuracy=self.ann_correct / n_samples if has_labels and self.ann is not None else None, method=method)
         if self.plan is not None:
             predictions = np.concatenate([r[0] for r in self.rounds]).astype(np.int64)
             return SimResult(**counts, predictions=predictions, predictions_per_step=None, stream=StreamRecord(

@@ -41,7 +41,8 @@ class SimResult:
     ``n_spikes_per_neuron[layer]``: spikes of each neuron, summed over steps and samples.
     ``predictions_per_step[t, i]``: the class predicted for sample i after ``t + 1`` steps (argmax
     of the readout potential, first index on ties); ``predictions`` is its last row.
-    ``ann_predictions[i]``: the class the equivalent ANN predicts for sample i. ``frame_limit``: the
+    ``ann_predictions[i]``: the class the equivalent ANN predicts for sample i (``n_sin``,
+    ``ann_predictions`` and ``ann_accuracy`` are ``None`` for a run without the ANN). ``frame_limit``: the
     frames each layer ran (:meth:`bsnn_lava.ir.Network.for_run`).
 
     A streamed run (``stream`` set, :class:`StreamRecord`) has one prediction per image, read at the
@@ -55,13 +56,13 @@ class SimResult:
     synapse_names: Tuple[str, ...]
     n_synops_per_step: np.ndarray
     n_spikes_per_neuron: Dict[str, np.ndarray]
-    n_sin: Dict[str, int]
+    n_sin: Optional[Dict[str, int]]
     n_lost_input: Dict[str, int]
     n_saturated: Dict[str, int]
     n_neurons: Dict[str, int]
     predictions: np.ndarray
     predictions_per_step: Optional[np.ndarray]
-    ann_predictions: np.ndarray
+    ann_predictions: Optional[np.ndarray]
     accuracy: Optional[np.ndarray] = None
     ann_accuracy: Optional[float] = None
     method: str = "step"
@@ -118,12 +119,13 @@ class SimResult:
     def per_image(self, labels=None) -> Dict[str, list]:
         """Columns, one entry per image in run order: ``index`` (0-based position in the images
         given), ``label`` (when ``labels`` are given), ``prediction`` (after the last step),
-        ``ann_prediction``, ``final_from_step`` (:meth:`steps_to_final_prediction`)."""
+        ``ann_prediction`` (runs with the ANN), ``final_from_step`` (:meth:`steps_to_final_prediction`)."""
         columns = {"index": list(range(self.n_samples))}
         if labels is not None:
             columns["label"] = [int(v) for v in np.asarray(labels)]
-        columns.update(prediction=[int(v) for v in self.predictions],
-                       ann_prediction=[int(v) for v in self.ann_predictions])
+        columns["prediction"] = [int(v) for v in self.predictions]
+        if self.ann_predictions is not None:
+            columns["ann_prediction"] = [int(v) for v in self.ann_predictions]
         if self.stream is None:
             columns["final_from_step"] = [int(v) for v in self.steps_to_final_prediction()]
         else:
