@@ -103,6 +103,47 @@ def test_both_kernel_paths_are_exact_past_float32_and_float64(batch_size):
             assert np.array_equal(kernel.correlated(x).astype(np.int64), expected)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_dense_synapse_keeps_small_mantissas_and_is_exact(monkeypatch, batch_size):
+    """A dense synapse holds 8-bit mantissas in one byte each, wider ones in the next integer type, and
+    sums exactly (integer products past 2**24 and 2**53 too, in chunks of rows smaller than its active
+    inputs), times 2**weight_exp; a float network's stays float64."""
+    from bsnn_lava.lava.procs import dense_synapse
+
+    monkeypatch.setattr(models, "DENSE_CHUNK_VALUES", 7 * 5)  # chunks of 7 rows of 5 outputs
+    rng = np.random.default_rng(4)
+    for low, high, storage, compute in ((-128, 128, np.int8, np.float32), (-30000, 30000, np.int16, np.float64),
+                                        (-2 ** 47, 2 ** 47, np.int64, np.int64)):
+        weight = rng.integers(low, high, (5, 60))
+        weight[:, 3] = 0
+        synapse = models.DenseSynapse(dense_synapse(weight.astype(float), (60,), weight_exp=2, max_input=255), True)
+        assert synapse.by_input.dtype == storage and synapse.by_input.shape == (60, 5) and synapse.compute == compute
+        for fraction in (0.0, 0.1, 1.0):
+            s = messages(rng, batch_size, 60, fraction, 255, True)
+            out = synapse(s)
+            if fraction == 0:
+                assert out is None
+                continue
+            expected = [[sum(int(a) * int(w) for a, w in zip(row, column)) * 4 for column in weight] for row in s]
+            assert out.dtype == np.int64 and out.tolist() == expected
+    real = models.DenseSynapse(dense_synapse(rng.normal(size=(5, 60)), (60,), weight_exp=0), False)
+    assert real.by_input.dtype == np.float64
+
+
+def test_a_sparse_kernel_builds_its_matrix_in_proportion_to_its_nonzero_weights():
+    """An identity map of 1024 channels (a relay) at 4x4: 16,384 matrix entries, built without visiting
+    the 1024 x 1024 kernel's zeros at every position (that took 2 GiB per relay of ResNet-50)."""
+    import tracemalloc
+
+    weight = np.eye(1024)[:, :, None, None] * 3.0
+    tracemalloc.start()
+    matrix = models.conv_matrix(weight, (1024, 4, 4), (1, 1), (0, 0))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert matrix.nnz == 1024 * 16 and peak < 64 * matrix.nnz  # bytes; visiting every entry: 16.8 M of them
+    np.testing.assert_array_equal(matrix.diagonal(), np.full(1024 * 16, 3.0))  # nnz entries: all on the diagonal
+
+
 def test_both_forms_read_max_pooled_graded_messages():
     """A synapse that max-pools its source's graded payloads first, then convolves (stride 2, padding)."""
     rng = np.random.default_rng(5)
@@ -188,7 +229,7 @@ def test_memory_estimate_counts_every_process_in_the_form_it_runs(monkeypatch):
     and im2col scratch, the matrix form its matrix too); the refusal names the largest process."""
     network, b = residual_network(), lava_build
     matrices = {(layer.name, k): int(s.op.fan_out(s.input_shape(network[s.source].shape)).sum())
-                for layer in network.layers[1:] for k, s in enumerate(layer.synapses)}
+                for layer in network.layers[1:] for k, s in enumerate(layer.synapses) if isinstance(s.op, Conv2d)}
     # layer 'c' (8 x 6 x 6): a dilated 3x3 conv of b (8 x 6 x 6) and a strided 1x1 of a (8 x 12 x 12)
     columns = 8 * 9 * 36 + 8 * 1 * 36  # im2col values: in_channels x taps x output positions, per synapse
     padded = 8 * 10 * 10 + 8 * 12 * 12
@@ -203,11 +244,15 @@ def test_memory_estimate_counts_every_process_in_the_form_it_runs(monkeypatch):
                         + b.RECEIVED_BYTES * batch_size * (288 + 1152) + kernels
                         + b.SCRATCH_BYTES_PER_VALUE * batch_size * (columns + padded + 2 * 3 * 288))
             if form == "matrix":  # these small convolutions keep their matrices too
-                expected += b.MATRIX_BYTES_PER_WEIGHT * (matrices["c", 0] + matrices["c", 1])
-                assert building == b.BUILD_BYTES_PER_WEIGHT * max(matrices.values())
-            else:  # only the readout's dense matrix
-                assert building == b.BUILD_BYTES_PER_WEIGHT * matrices["out", 0]
+                expected += (b.MATRIX_BYTES_PER_WEIGHT * (matrices["c", 0] + matrices["c", 1])
+                             + b.MATRIX_BYTES_PER_INPUT * (288 + 1152))
+                assert building == b.BUILD_BYTES_PER_WEIGHT * sum(matrices.values())  # every worker builds at once
+            else:  # no matrix is built
+                assert building == 0
             assert per_process["c"] == expected
+            # the readout's dense synapse: its 5 x 288 mantissas in int8 and a chunk's scratch
+            assert per_process["out"] == (b.WORKER_BYTES + (batch_size * b.NEURON_BYTES + b.PARAMETER_BYTES) * 5
+                                          + b.RECEIVED_BYTES * batch_size * 288 + 1440 * (1 + 2 * 8))
     need = lava_build.check_memory(network, available=None, batch_size=2)
     assert need == sum(per_process.values()) + b.RUNTIME_PROCESSES * b.WORKER_BYTES + building
     assert lava_build.check_memory(network, available=need, batch_size=2) == need

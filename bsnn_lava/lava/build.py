@@ -172,26 +172,30 @@ NEURON_BYTES, PARAMETER_BYTES, RECEIVED_BYTES = 64, 48, 16
 #: x output positions), of its padded input and, three times, of its output (the product, int64, the
 #: sum), float64 or int64 at most.
 KERNEL_BYTES_PER_WEIGHT, SCRATCH_BYTES_PER_VALUE = 16, 8
-#: A synapse matrix (a dense synapse, and a convolution in the matrix form): per nonzero weight, a value
-#: and a row index (up to 8 + 4 bytes), and while building it index arrays (``conv_matrix``'s peak:
-#: 45 bytes per weight, measured with tracemalloc on a 32-channel 3x3 convolution of a 28x28 input,
-#: then the float32 copy), counted once, for the largest matrix. A max pool: per pooled value its
+#: A synapse matrix (a convolution in the matrix form): per nonzero weight, a value and a row index (up
+#: to 8 + 4 bytes), per input its column pointer and weight count (4 + 8 bytes), and while building it
+#: index arrays (``conv_matrix``'s peak, measured with tracemalloc: 46 bytes per weight for a 32-channel
+#: 3x3 convolution of a 28x28 input, 57 for the identity map of a 256-channel 56x56 relay), in every
+#: such process at once (Lava's workers all build their models when the runtime starts). A dense
+#: synapse: its mantissas (:func:`mantissa_dtype`'s bytes per weight) and a chunk of its rows, gathered
+#: and converted (``DENSE_CHUNK_VALUES``, twice 8 bytes each at most). A max pool: per pooled value its
 #: taps (int64) and, per image, the pooled message.
-MATRIX_BYTES_PER_WEIGHT, BUILD_BYTES_PER_WEIGHT, POOL_BYTES_PER_VALUE = 12, 48, 8
+MATRIX_BYTES_PER_WEIGHT, MATRIX_BYTES_PER_INPUT, BUILD_BYTES_PER_WEIGHT, POOL_BYTES_PER_VALUE = 12, 12, 64, 8
 
 
-def synapse_memory(synapse, source_shape, batch_size: int = 1) -> Tuple[int, int]:
+def synapse_memory(synapse, source_shape, batch_size: int = 1, integer: bool = True) -> Tuple[int, int]:
     """The bytes a synapse (:class:`bsnn_lava.ir.Synapse`) from a source of ``source_shape`` needs in
     its target's process, in the form the CPU models give it (:func:`~bsnn_lava.lava.procs.process.conv_form`),
-    for ``batch_size`` images: (kept, built), ``built`` being a matrix's extra while it is built."""
-    from bsnn_lava.lava.procs.process import conv_form
+    for ``batch_size`` images (``integer``: of an integer network): (kept, built), ``built`` being a
+    matrix's extra while it is built."""
+    from bsnn_lava.lava.procs.process import DENSE_CHUNK_VALUES, conv_form, mantissa_dtype
 
     op, in_shape = synapse.op, synapse.input_shape(source_shape)
     need = RECEIVED_BYTES * batch_size * int(np.prod(source_shape))
     if synapse.pool is not None:
         need += POOL_BYTES_PER_VALUE * int(np.prod(in_shape)) * (int(np.prod(synapse.pool.kernel)) + batch_size)
-    matrix_weights = int(op.fan_out(in_shape).sum())
     if isinstance(op, Conv2d):
+        matrix_weights = int(op.fan_out(in_shape).sum())
         out_channels, out_h, out_w = op.output_shape(in_shape)
         columns = in_shape[0] * op.weight.shape[2] * op.weight.shape[3] * out_h * out_w
         padded = in_shape[0] * (in_shape[1] + 2 * op.padding[0]) * (in_shape[2] + 2 * op.padding[1])
@@ -199,21 +203,24 @@ def synapse_memory(synapse, source_shape, batch_size: int = 1) -> Tuple[int, int
         need += KERNEL_BYTES_PER_WEIGHT * op.weight.size + SCRATCH_BYTES_PER_VALUE * batch_size * scratch
         if conv_form(matrix_weights) == "kernel":
             return need, 0
-    return need + MATRIX_BYTES_PER_WEIGHT * matrix_weights, BUILD_BYTES_PER_WEIGHT * matrix_weights
+        matrix = MATRIX_BYTES_PER_WEIGHT * matrix_weights + MATRIX_BYTES_PER_INPUT * int(np.prod(in_shape))
+        return need + matrix, BUILD_BYTES_PER_WEIGHT * matrix_weights
+    bytes_per_weight = np.dtype(mantissa_dtype(op.weight, integer)).itemsize
+    return need + bytes_per_weight * op.weight.size + 2 * 8 * min(DENSE_CHUNK_VALUES, op.weight.size), 0
 
 
 def memory_estimate(network: Network, batch_size: int = 1) -> Tuple[Dict[str, int], int]:
     """What the CPU models of ``network`` need for ``batch_size`` images at once, in bytes: per
     Lava process (by layer name: its worker, states, messages and incoming synapses), and the
-    extra of building the largest synapse matrix (once)."""
+    extra of building the synapse matrices (all at once, as Lava's workers start together)."""
     need, building = {}, 0
     for layer in network.layers:
         size = int(np.prod(layer.shape))
         need[layer.name] = WORKER_BYTES + (NEURON_BYTES * batch_size + PARAMETER_BYTES) * size
         for synapse in getattr(layer, "synapses", ()):
-            kept, built = synapse_memory(synapse, network[synapse.source].shape, batch_size)
+            kept, built = synapse_memory(synapse, network[synapse.source].shape, batch_size, network.numeric == "int")
             need[layer.name] += kept
-            building = max(building, built)
+            building += built
     return need, building
 
 

@@ -15,10 +15,12 @@ Batches (``batch_size`` B): every model works on arrays with a leading axis of t
 both; the images of a batch share the step and therefore the schedule.
 
 Synapses (:class:`SynapticInput`) are event-driven: an all-zero input costs one scan for nonzeros.
-A dense synapse, and a small convolution, is a sparse (CSC) matrix of ``mantissa * 2**weight_exp``
-built once when the model is created (:class:`MatrixSynapse`), of which only the columns of the
-inputs active in some image of the batch are touched; a larger convolution keeps its kernel
-(:class:`KernelConv`) and scatters the active inputs or correlates densely, whichever costs less.
+A dense synapse keeps its mantissas, one row per input, in the smallest integer type that holds them
+(:class:`DenseSynapse`), and multiplies only the rows of the inputs active in some image of the
+batch; a small convolution is a sparse (CSC) matrix of ``mantissa * 2**weight_exp`` built once when
+the model is created (:class:`MatrixSynapse`), of which only the active inputs' columns are touched; a
+larger convolution keeps its kernel (:class:`KernelConv`) and scatters the active inputs or
+correlates densely, whichever costs less.
 Both are exact for ``fixed_pt`` (``weight_exp >= 0``): the output equals the reference's
 ``conv(s, mantissa) * 2**weight_exp``. The synaptic operations of what a model sends are counted by
 the sender, from the fan-outs of its outgoing synapses (the IR's ``Conv2d.fan_out``/``Dense.fan_out``).
@@ -42,7 +44,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
 from bsnn_lava.dynamics import StreamPlan, frame_starts, gated_if_step, max_pool, phase, stream_frame
-from bsnn_lava.lava.procs.process import MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout, batched
+from bsnn_lava.lava.procs.process import (DENSE_CHUNK_VALUES, MAX_INPUTS, EventCount, GatedIF, PixelInput, Readout,
+                                         batched, mantissa_dtype)
 
 #: Above this fraction of active inputs (active in some image of the batch) a synapse multiplies the
 #: whole matrix instead of slicing columns: for one image, and for a batch, where slicing costs the
@@ -67,24 +70,26 @@ def conv_matrix(weight: np.ndarray, in_shape, stride, padding, dilation=(1, 1), 
 
     ``weight``: (C_out, C_in / groups, kH, kW). Rows and columns are flattened in (C, H, W) order;
     entries that fall into the padding or whose weight is zero are left out (so a grouped or
-    depthwise convolution stores only its own weights).
+    depthwise convolution stores only its own weights). Built from the nonzero weights only, each
+    at every output position (memory in proportion to the matrix, whatever the kernel's zeros: an
+    identity map of 2048 channels is 2048 weights, not 2048 x 2048).
     """
     n_out_ch, per_group, kernel_h, kernel_w = weight.shape
     _, height, width = in_shape
     out_h = (height + 2 * padding[0] - dilation[0] * (kernel_h - 1) - 1) // stride[0] + 1
     out_w = (width + 2 * padding[1] - dilation[1] * (kernel_w - 1) - 1) // stride[1] + 1
-    o, c, oy, ky, ox, kx = np.ix_(np.arange(n_out_ch), np.arange(per_group), np.arange(out_h), np.arange(kernel_h),
-                                  np.arange(out_w), np.arange(kernel_w))
-    iy = oy * stride[0] - padding[0] + ky * dilation[0]
-    ix = ox * stride[1] - padding[1] + kx * dilation[1]
+    o, c, ky, kx = np.nonzero(weight)  # one entry per nonzero weight, (K,)
+    values = weight[o, c, ky, kx]
+    oy, ox = np.arange(out_h), np.arange(out_w)
+    iy = oy * stride[0] - padding[0] + ky[:, None] * dilation[0]  # (K, H_out)
+    ix = ox * stride[1] - padding[1] + kx[:, None] * dilation[1]  # (K, W_out)
     in_channel = (o // (n_out_ch // groups)) * per_group + c  # output group g reads input group g
-    shape6 = (n_out_ch, per_group, out_h, kernel_h, out_w, kernel_w)
-    values = np.broadcast_to(weight[o, c, ky, kx], shape6)
-    keep = np.broadcast_to((iy >= 0) & (iy < height) & (ix >= 0) & (ix < width), shape6) & (values != 0)
-    rows = np.broadcast_to((o * out_h + oy) * out_w + ox, shape6)[keep]
-    cols = np.broadcast_to((in_channel * height + iy) * width + ix, shape6)[keep]
+    keep = ((iy >= 0) & (iy < height))[:, :, None] & ((ix >= 0) & (ix < width))[:, None, :]  # (K, H_out, W_out)
+    rows = np.broadcast_to((o[:, None, None] * out_h + oy[None, :, None]) * out_w + ox, keep.shape)[keep]
+    cols = np.broadcast_to((in_channel[:, None, None] * height + iy[:, :, None]) * width + ix[:, None, :],
+                           keep.shape)[keep]
     shape = (n_out_ch * out_h * out_w, per_group * groups * height * width)
-    return sparse.csc_matrix((values[keep], (rows, cols)), shape=shape)
+    return sparse.csc_matrix((np.broadcast_to(values[:, None, None], keep.shape)[keep], (rows, cols)), shape=shape)
 
 
 def exact_dtype(bound: float, integer: bool):
@@ -96,16 +101,15 @@ def exact_dtype(bound: float, integer: bool):
 
 
 class MatrixSynapse:
-    """A synapse as a sparse (CSC) matrix of ``mantissa * 2**weight_exp``: a dense synapse, or the
-    events' path of a convolution in the ``matrix`` form (:func:`conv_matrix`, one entry per nonzero
-    weight and output position). Multiplies only the columns of the inputs active in some image of
-    the batch, or the whole matrix above ``dense_fraction`` of them."""
+    """A convolution synapse as a sparse (CSC) matrix of ``mantissa * 2**weight_exp``: the events' path
+    of a convolution in the ``matrix`` form (:func:`conv_matrix`, one entry per nonzero weight and
+    output position). Multiplies only the columns of the inputs active in some image of the batch, or
+    the whole matrix above ``dense_fraction`` of them."""
 
     def __init__(self, synapse: dict, integer: bool, dense_fraction: float):
         effective = synapse["weight"] * 2.0 ** synapse["weight_exp"]
-        matrix = (conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"],
-                              synapse["dilation"], synapse["groups"])
-                  if synapse["kind"] == "conv" else sparse.csc_matrix(effective))
+        matrix = conv_matrix(effective, synapse["in_shape"], synapse["stride"], synapse["padding"],
+                             synapse["dilation"], synapse["groups"])
         row_sum = abs(matrix).sum(axis=1).max() if matrix.nnz else 0
         self.dtype = np.int64 if integer else np.float64
         self.matrix = matrix.tocsc().astype(exact_dtype(synapse["max_input"] * row_sum, integer))
@@ -124,6 +128,41 @@ class MatrixSynapse:
         else:
             product = self.matrix[:, active] @ s[:, active].T.astype(self.matrix.dtype)
         return product.astype(self.dtype, copy=False).T  # exact: integer-valued where float32
+
+
+class DenseSynapse:
+    """A dense synapse held as its mantissas, transposed: row i (``by_input``, (in_features,
+    out_features)) holds the weights input i drives, in :func:`mantissa_dtype` (one byte per weight
+    for 8-bit mantissas, where a sparse matrix would keep 12; ResNet-50's readout, 1000 x 100,352
+    weights with the average pool folded in, needs 96 MiB).
+
+    Event-driven: only the rows of the inputs active in some image of the batch are multiplied,
+    converted :data:`DENSE_CHUNK_VALUES` at a time to the :func:`exact_dtype` of ``max_input`` times the
+    largest ``|mantissa|`` sum of an output, summed in int64, then multiplied by ``2**weight_exp``
+    (exact for integer networks).
+    """
+
+    def __init__(self, synapse: dict, integer: bool):
+        weight = np.asarray(synapse["weight"])
+        self.by_input = np.ascontiguousarray(weight.T, dtype=mantissa_dtype(weight, integer))
+        row_sums = [np.abs(weight[i:i + 64]).sum(axis=1).max() for i in range(0, weight.shape[0], 64)]  # no full copy
+        bound = synapse["max_input"] * float(max(row_sums, default=0.0))
+        self.compute = exact_dtype(bound, integer)
+        self.dtype = np.int64 if integer else np.float64
+        self.scale = 2 ** synapse["weight_exp"] if integer else 2.0 ** synapse["weight_exp"]
+        self.chunk_rows = max(1, DENSE_CHUNK_VALUES // max(1, self.by_input.shape[1]))
+
+    def __call__(self, s: np.ndarray) -> ty.Optional[np.ndarray]:
+        """(B, n_out) from the inputs ``s`` (B, n_in), or ``None`` when all are zero."""
+        active = np.flatnonzero((s != 0).any(axis=0))
+        if active.size == 0:
+            return None
+        total = np.zeros((s.shape[0], self.by_input.shape[1]), dtype=self.dtype)
+        for start in range(0, active.size, self.chunk_rows):
+            rows = active[start:start + self.chunk_rows]
+            product = s[:, rows].astype(self.compute) @ self.by_input[rows].astype(self.compute)
+            total += product.astype(self.dtype, copy=False)  # exact: integer-valued where float
+        return total if self.scale == 1 else total * self.scale
 
 
 class KernelConv:
@@ -238,9 +277,9 @@ class KernelConv:
 class SynapticInput:
     """A layer's incoming synapses: what they deliver from the messages their sources sent.
 
-    Each synapse is a :class:`MatrixSynapse` (dense synapses, and convolutions in the ``matrix``
-    form) or a :class:`KernelConv` (convolutions in the ``kernel`` form), as its spec's ``form``
-    says (:func:`bsnn_lava.lava.procs.process.conv_form`). Both are exact for ``fixed_pt``
+    Each synapse is a :class:`DenseSynapse` (dense synapses) or a :class:`KernelConv` (convolutions;
+    in the ``matrix`` form, as its spec's ``form`` says, with a :class:`MatrixSynapse` for its
+    events: :func:`bsnn_lava.lava.procs.process.conv_form`). All are exact for ``fixed_pt``
     (``integer``): products in float32 where every partial sum is an integer float32 holds exactly
     (``max_input``, the largest value its source sends, times the largest row sum of ``|weight|``
     below 2**24; scipy's float32 product is 2-3x faster than its int32 or int64 one), else in
@@ -259,7 +298,7 @@ class SynapticInput:
                 raise ValueError(f"process {layer!r}, synapse {k}: fixed_pt needs integer weight mantissas and "
                                  f"weight_exp >= 0, got weight_exp {weight_exp}")
             self.synapses.append(KernelConv(synapse, integer, dense_fraction) if synapse["kind"] == "conv"
-                                 else MatrixSynapse(synapse, integer, dense_fraction))
+                                 else DenseSynapse(synapse, integer))
 
     def deliver(self, received: ty.Sequence[np.ndarray]) -> ty.Optional[np.ndarray]:
         """The summed input (B, n_out) of the messages ``received`` (one per synapse), or ``None``

@@ -71,6 +71,10 @@ REQUIRED_LOG_FIELDS = {"gated_if": ("counts", "totals"), "readout": ("v",), "pix
 #: bench/results/lava_kernel.md.
 MATRIX_FORM_MAX_WEIGHTS = 4_000_000
 CONV_FORMS = ("matrix", "kernel")
+#: A dense synapse (``models.DenseSynapse``: its mantissas once, in :func:`mantissa_dtype`) converts the
+#: rows of its active inputs to the type it multiplies in this many values at a time (8 bytes each at
+#: most: a bounded scratch, whatever the layer's size).
+DENSE_CHUNK_VALUES = 2 ** 22
 #: Input ports of a layer process: ``s_in0`` .. ``s_in<MAX_INPUTS - 1>``, one per incoming synapse;
 #: the ports of a layer with fewer synapses stay unconnected (shape (1,), never read).
 MAX_INPUTS = 4
@@ -212,6 +216,15 @@ def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: in
     return dict(kind="conv", weight=weight, weight_exp=weight_exp, in_shape=in_shape,
                 out_shape=(weight.shape[0], *out_hw), stride=stride, padding=padding, dilation=dilation,
                 groups=groups, max_input=_integer_at_least(max_input, "max_input"), form=form)
+
+
+def mantissa_dtype(weight: np.ndarray, integer: bool):
+    """The smallest signed integer type holding every mantissa of ``weight`` (``integer``), else float64."""
+    if not integer or weight.size == 0:
+        return np.float64 if not integer else np.int8
+    low, high = float(weight.min()), float(weight.max())
+    return next(t for t in (np.int8, np.int16, np.int32, np.int64)
+                if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
 
 
 def conv_form(matrix_weights: int) -> str:
