@@ -108,6 +108,9 @@ def quantize(network: Network, profile: Union[str, HardwareProfile] = "loihi2", 
 _HESSIAN_SAMPLES = 65536
 #: Images whose input patches are unfolded at once while the second moments are accumulated.
 _HESSIAN_CHUNK = 8
+#: Images whose synaptic input is computed at once while calibrating (torch's float64 convolution unfolds
+#: its whole batch: 300 images of a 16-channel 3x3 convolution at 32x32 took 354 MB at once).
+_RATE_CHUNK = 32
 #: Layers reading more inputs per neuron keep their rounded-to-nearest weights (bias correction still
 #: applies): the float64 input covariance and its factors take about 3 x 8 x fan-in**2 bytes (1.5 GiB
 #: at this cap; ResNet-34's classifier, its average pooling folded in, reads 25,088 inputs: 14 GiB).
@@ -133,6 +136,9 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
     from .sim.ann import activation
     from .sim.kernels import NetworkKernels, SynapseKernel, layer_param
 
+    def by_chunks(compute):  # the images' rows, _RATE_CHUNK at a time: the same values, a bounded im2col
+        return torch.cat([compute(slice(i, i + _RATE_CHUNK)) for i in range(0, x.shape[0], _RATE_CHUNK)])
+
     x = as_nchw(images, float_net.input.shape[0]).to(torch.float64)
     if x.shape[0] == 0:
         raise ValueError("calibrated rounding needs at least one calibration image")
@@ -144,27 +150,34 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
     pairs = tqdm(list(zip(float_net.layers[1:], int_net.layers[1:])), desc="quantize (error-feedback rounding)",
                  unit="layer", disable=not progress, leave=False)
     for i, (layer_f, layer_q) in enumerate(pairs, start=1):
-        z_float = (float_kernels.synaptic_input(layer_f.name, rates["float"], integer_input=False)
-                   + float_kernels.params[layer_f.name]["bias"])
+        z_float = by_chunks(lambda part: float_kernels.synaptic_input(
+            layer_f.name, {name: r[part] for name, r in rates["float"].items()}, integer_input=False))
+        z_float += float_kernels.params[layer_f.name]["bias"]
         is_relay = getattr(layer_q, "role", "") == "relay"
         feedback = (not is_relay and sum(s.op.weight[0].size for s in layer_q.synapses) <= MAX_ERROR_FEEDBACK_FAN_IN
                     and all(getattr(s.op, "groups", 1) == 1 for s in layer_q.synapses))
         if feedback:
             layer_q = replace(layer_q, synapses=_error_feedback_rounding(layer_f, layer_q, rates["int"], mant_max))
         records[layer_q.name]["rounding"] = "error feedback" if feedback else "nearest"
-        z_int = sum(SynapseKernel(s.op, torch.float64, "cpu", 1.0, s.pool, int_net[s.source].shape)(
-            rates["int"][s.source], integer_input=False) for s in layer_q.synapses)
+        kernels = [(SynapseKernel(s.op, torch.float64, "cpu", 1.0, s.pool, int_net[s.source].shape), s.source)
+                   for s in layer_q.synapses]
+        z_int = by_chunks(lambda part: sum(kernel(rates["int"][source][part], integer_input=False)
+                                           for kernel, source in kernels))
         if not is_relay:
-            target = (z_float * layer_q.scale - z_int).mean(dim=0).expand(*layer_q.shape)
+            # in place on fresh tensors (here and below): the same arithmetic, fewer images x neurons copies
+            target = z_float.mul(layer_q.scale).sub_(z_int).mean(dim=0).expand(*layer_q.shape)
             bias, bias_exp, n_clipped = _quantize_bias(target.numpy(), hw)
             layer_q = replace(layer_q, bias=bias)
             records[layer_q.name].update(bias_exp=bias_exp, n_bias_clipped=n_clipped)
         layers.append(layer_q)
-        z_int = z_int + layer_param(layer_q.bias, layer_q.shape, torch.float64, "cpu")
-        for kind, layer, z in (("float", layer_f, z_float), ("int", layer_q, z_int)):
+        z = {"float": z_float, "int": z_int.add_(layer_param(layer_q.bias, layer_q.shape, torch.float64, "cpu"))}
+        del z_float, z_int
+        for kind, layer in (("float", layer_f), ("int", layer_q)):
+            z_kind = z.pop(kind)
             if isinstance(layer, GatedIF):
-                rates[kind][layer.name] = activation(z, layer) / layer_param(layer.threshold, layer.shape,
-                                                                             torch.float64, "cpu")
+                rates[kind][layer.name] = activation(z_kind, layer).div_(layer_param(layer.threshold, layer.shape,
+                                                                                     torch.float64, "cpu"))
+            del z_kind
             for source in [s for s in rates[kind] if last_use.get(s, 0) <= i]:
                 del rates[kind][source]
     provenance = dict(int_net.provenance)
