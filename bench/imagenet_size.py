@@ -15,7 +15,7 @@ Lava's workers, :class:`common.TreeMemoryPeak`): convert (``--n-calib`` CIFAR-10
 224), quantize for loihi2 (error-feedback rounding on ``--n-quant-calib`` of them), ``check_resources`` for
 loihi2 (cores, chips), the reference simulator one image at a time (``--n-alone`` images in one batch, each
 for the latency) and streamed (``--n-stream`` images, ``--lanes`` B images entering per frame; every streamed
-prediction compared with the one-at-a-time run's), the Lava CPU build (:func:`check_memory`'s estimate) and a
+prediction compared with the one-at-a-time run's; ``--without-ann``: without the equivalent ANN beside it), the Lava CPU build (:func:`check_memory`'s estimate) and a
 streamed run of ``--n-lava`` images in Lava's CPU simulator (one lane), compared spike for spike with the
 reference's streamed run (step path): spike counts of every layer at every step, spikes per neuron, each
 image's prediction, prediction step and readout potentials.
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--n-alone", type=int, default=8, help="images of the one-at-a-time reference run (one batch)")
     parser.add_argument("--n-stream", type=int, default=64, help="images of each streamed reference run")
     parser.add_argument("--lanes", type=int, nargs="+", default=[1], help="lanes B of the streamed reference runs")
+    parser.add_argument("--without-ann", action="store_true",
+                        help="streamed reference runs without the equivalent ANN (simulate(..., ann=False): no ANN "
+                             "predictions or SIN; stage names end in ', no ANN')")
     parser.add_argument("--n-lava", type=int, default=2, help="images of the streamed Lava run (0: build estimate only)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the ImageNet estimate is per thread)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -198,11 +201,12 @@ def measure(args, run: str, entry: dict, calib, test, save) -> None:
         del lava, ref
         save()
     for lanes in args.lanes:
-        name = f"reference, streamed, B={lanes}"
+        name = f"reference, streamed, B={lanes}" + (", no ANN" if args.without_ann else "")
         if not todo(name):
             continue
         with measured(stages, name, TREE_INTERVAL) as e:
-            streamed = simulate(fixed, test[:args.n_stream], stream=True, batch_size=lanes, progress=True)
+            streamed = simulate(fixed, test[:args.n_stream], stream=True, batch_size=lanes, progress=True,
+                                ann=not args.without_ann)
             n = min(len(alone_predictions), args.n_stream)
             e.update(images=args.n_stream, steps=streamed.n_steps, lanes=lanes, method=streamed.method,
                      same_predictions_as_alone=bool(np.array_equal(streamed.predictions[:n], alone_predictions[:n])),
@@ -249,7 +253,8 @@ def stage_order(name: str, e: dict) -> tuple:
     """Stages in the order they run (a stage measured again later stays in its place)."""
     order = ["convert", "quantize (loihi2)", "check loihi2", "reference, one at a time", "reference, streamed",
              "Lava CPU build", "Lava CPU, streamed"]
-    return next(i for i, prefix in enumerate(order) if name.startswith(prefix)), e.get("lanes", 0)
+    return (next(i for i, prefix in enumerate(order) if name.startswith(prefix)), e.get("lanes", 0),
+            name.endswith("no ANN"))
 
 
 def stage_text(name: str, e: dict) -> str:
@@ -297,7 +302,8 @@ def imagenet_estimate(runs: dict) -> list:
              "jobs took). The rate includes the pipeline filling once, so it is slightly pessimistic; the filling is "
              "cheap (the progress output shows the first round's predictions after about as long as each later "
              "round's: the cost is per image, chiefly the reference ANN that each entering round is compared with, "
-             "not per step), so a rate measured over dozens of images is the rate over 50,000. 2 cores: two processes, "
+             "not per step; the runs marked *no ANN* skip it, `simulate(..., ann=False)` or `bsnn simulate --no-ann`, "
+             "and give the same predictions), so a rate measured over dozens of images is the rate over 50,000. 2 cores: two processes, "
              "each streaming half the images with one thread (`torchrun --nproc_per_node 2`, lanes sharded; the "
              "ranks share nothing until one gather at the end), assumed to scale linearly (not measured here); N "
              "cores: N such processes. One torch thread throughout.", "",
@@ -311,13 +317,15 @@ def imagenet_estimate(runs: dict) -> list:
                 continue
             wall_hours = IMAGENET_IMAGES / e["images_per_s"] / 3600
             cpu_hours = IMAGENET_IMAGES / e["images_per_cpu_s"] / 3600 if "images_per_cpu_s" in e else None
-            lines.append(f"| ResNet-{entry['depth']} {entry['kind']} | {e['images']} images, B={e['lanes']} | "
+            lines.append(f"| ResNet-{entry['depth']} {entry['kind']} | {e['images']} images, B={e['lanes']}"
+                         f"{', no ANN' if name.endswith('no ANN') else ''} | "
                          f"{e['images_per_s']:.3f} | "
                          + ("-" if cpu_hours is None else f"{e['images_per_cpu_s']:.3f}")
                          + f" | {wall_hours:.1f} | {wall_hours / 2:.1f} | "
                          + ("- | -" if cpu_hours is None else f"{cpu_hours / 2:.1f} | {cpu_hours:.1f} / N") + " |")
             if cpu_hours is not None and (best is None or cpu_hours < best["cpu_hours_1_core"]):
-                best = {"lanes": e["lanes"], "measured_images": e["images"], "wall_hours_1_core": wall_hours,
+                best = {"lanes": e["lanes"], "ann": not name.endswith("no ANN"), "measured_images": e["images"],
+                        "wall_hours_1_core": wall_hours,
                         "cpu_hours_1_core": cpu_hours, "cpu_hours_2_cores": cpu_hours / 2}
         if best:
             entry["imagenet_estimate"] = dict(best, images=IMAGENET_IMAGES)
