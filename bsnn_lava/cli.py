@@ -420,17 +420,17 @@ def _simulate_file(args, network, x, y):
     from .sim import simulate
     from .sim.reference import check_device
 
+    no_ann = getattr(args, "no_ann", False)  # a flag of bsnn simulate only
     if args.backend == "torch":
         try:
             check_device(args.device)
         except ValueError as err:
             raise UsageError(f"--device: {err}") from None
         return simulate(network, x, y, steps=args.steps, batch_size=args.batch_size or TORCH_BATCH_SIZE,
-                        device=args.device, progress=True, stream=args.stream, frames=args.frames,
-                        ann=not getattr(args, "no_ann", False))
+                        device=args.device, progress=True, stream=args.stream, frames=args.frames, ann=not no_ann)
     from .lava.run import run_lava
 
-    if getattr(args, "no_ann", False):
+    if no_ann:
         raise UsageError(f"--no-ann with --backend {args.backend}: the Lava runs always compare with the ANN; "
                          "--no-ann skips it in the reference simulator (--backend torch)")
 

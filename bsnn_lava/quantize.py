@@ -170,14 +170,11 @@ def _calibrate_rounding(float_net: Network, int_net: Network, images, hw: Hardwa
             layer_q = replace(layer_q, bias=bias)
             records[layer_q.name].update(bias_exp=bias_exp, n_bias_clipped=n_clipped)
         layers.append(layer_q)
-        z = {"float": z_float, "int": z_int.add_(layer_param(layer_q.bias, layer_q.shape, torch.float64, "cpu"))}
-        del z_float, z_int
-        for kind, layer in (("float", layer_f), ("int", layer_q)):
-            z_kind = z.pop(kind)
+        z_int += layer_param(layer_q.bias, layer_q.shape, torch.float64, "cpu")
+        for kind, layer, z in (("float", layer_f, z_float), ("int", layer_q, z_int)):
             if isinstance(layer, GatedIF):
-                rates[kind][layer.name] = activation(z_kind, layer).div_(layer_param(layer.threshold, layer.shape,
-                                                                                     torch.float64, "cpu"))
-            del z_kind
+                rates[kind][layer.name] = activation(z, layer).div_(layer_param(layer.threshold, layer.shape,
+                                                                                torch.float64, "cpu"))
             for source in [s for s in rates[kind] if last_use.get(s, 0) <= i]:
                 del rates[kind][source]
     provenance = dict(int_net.provenance)

@@ -160,7 +160,7 @@ class DenseSynapse:
         total = np.zeros((s.shape[0], self.by_input.shape[1]), dtype=self.dtype)
         for start in range(0, active.size, self.chunk_rows):
             rows = active[start:start + self.chunk_rows]
-            product = s[:, rows].astype(self.compute) @ self.by_input[rows].astype(self.compute)
+            product = s[:, rows].astype(self.compute, copy=False) @ self.by_input[rows].astype(self.compute, copy=False)
             total += product.astype(self.dtype, copy=False)  # exact: integer-valued where float
         return total if self.scale == 1 else total * self.scale
 

@@ -220,8 +220,10 @@ def conv_synapse(weight, in_shape, stride=(1, 1), padding=(0, 0), weight_exp: in
 
 def mantissa_dtype(weight: np.ndarray, integer: bool):
     """The smallest signed integer type holding every mantissa of ``weight`` (``integer``), else float64."""
-    if not integer or weight.size == 0:
-        return np.float64 if not integer else np.int8
+    if not integer:
+        return np.float64
+    if weight.size == 0:
+        return np.int8
     low, high = float(weight.min()), float(weight.max())
     return next(t for t in (np.int8, np.int16, np.int32, np.int64)
                 if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
